@@ -10,7 +10,7 @@ const swc = ['@swc/jest', {
 const common = {
   transform: { '^.+\\.(t|j)sx?$': swc },
   transformIgnorePatterns: ['/node_modules/(?!(@nestjs|file-type|strtok3|token-types|@tokenizer|uint8array-extras|@borewit|cookie|content-disposition)/)'],
-  moduleNameMapper: { '^@hyperplane/([a-z-]+)$': '<rootDir>/libs/$1/src/index.ts' },
+  moduleNameMapper: { '^@hyperplane/migrations$': '<rootDir>/migrations/index.ts', '^@hyperplane/([a-z-]+)$': '<rootDir>/libs/$1/src/index.ts' },
   testEnvironment: 'node',
 };
 module.exports = {

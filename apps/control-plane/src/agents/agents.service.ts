@@ -1,0 +1,213 @@
+import { Inject, Injectable, OnApplicationBootstrap, OnModuleDestroy } from '@nestjs/common';
+import { PartitionState, UUID_RE, uuidv7 } from '@hyperplane/domain';
+import { agentV1 } from '@hyperplane/proto';
+import { Logger } from 'pino';
+import { Config, CONFIG } from '../config';
+import { LOGGER } from '../common/tokens';
+import { EventBus } from '../events/event-bus';
+import { NodeRepository, NodeRow } from '../nodes/node.repository';
+import { nodeView } from '../nodes/nodes.service';
+import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
+import { partitionView } from '../partitions/partition-view';
+import { AgentSessions, AgentStreamWriter } from './agent-sessions';
+import { ConsoleSessions } from './console-sessions';
+
+/** Heartbeat period asked of agents. */
+export const HEARTBEAT_INTERVAL_MS = 3000;
+
+/** Thrown to refuse an agent; the adapter sends `Rejected` and closes the stream. */
+export class AgentRejectedError extends Error {}
+
+/** The spec of a partition as its node receives it. */
+export function specOf(r: PartitionRow): agentV1.PartitionSpec {
+  return {
+    id: r.id,
+    name: r.name,
+    projectId: r.project_id,
+    vcpus: r.vcpus,
+    memoryMib: Number(r.memory_mib),
+    diskGib: r.disk_gib,
+    image: r.image,
+    desired: r.desired,
+    generation: Number(r.generation),
+  };
+}
+
+/**
+ * The control plane's side of the agent protocol: registration, heartbeats, and reconciling what
+ * nodes report with what the database says should run. Agents report; the database decides.
+ */
+@Injectable()
+export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
+  private staleTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly nodes: NodeRepository,
+    private readonly partitions: PartitionRepository,
+    private readonly sessions: AgentSessions,
+    private readonly consoles: ConsoleSessions,
+    private readonly events: EventBus,
+    @Inject(CONFIG) private readonly config: Config,
+    @Inject(LOGGER) private readonly log: Logger,
+  ) {}
+
+  onApplicationBootstrap(): void {
+    this.sessions.setSpecPusher((nodeId, partitionId) => this.pushSpec(nodeId, partitionId));
+    const every = Math.max(500, Math.floor(this.config.nodeHeartbeatTimeoutMs / 3));
+    this.staleTimer = setInterval(() => void this.markStale(), every);
+    this.staleTimer.unref();
+  }
+
+  onModuleDestroy(): void {
+    if (this.staleTimer) clearInterval(this.staleTimer);
+  }
+
+  /** Registers (or re-registers) a node and sends it the full desired state. Returns the node id. */
+  async register(msg: agentV1.Register__Output, writer: AgentStreamWriter): Promise<string> {
+    if (this.config.joinToken && msg.joinToken !== this.config.joinToken) throw new AgentRejectedError('join token is not valid');
+    if (!msg.nodeName || !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(msg.nodeName)) {
+      throw new AgentRejectedError(`node name ${JSON.stringify(msg.nodeName)} must be a DNS label`);
+    }
+    const inv = msg.inventory;
+    if (!inv) throw new AgentRejectedError('register without inventory');
+    const byName = await this.nodes.findByName(msg.nodeName);
+    let id = msg.nodeId || byName?.id || uuidv7();
+    if (byName && byName.id !== id) {
+      const fresh = byName.status === 'ready' && byName.last_heartbeat_at && Date.now() - byName.last_heartbeat_at.getTime() < this.config.nodeHeartbeatTimeoutMs;
+      if (fresh) throw new AgentRejectedError(`node name ${msg.nodeName} is in use by another connected node`);
+      id = byName.id;
+    }
+    const row = await this.nodes.upsertRegistration({
+      id,
+      name: msg.nodeName,
+      address: msg.address ?? '',
+      driver: inv.driver || 'qemu',
+      accelerator: inv.accelerator ?? '',
+      qemuVersion: inv.qemuVersion ?? '',
+      cpuFlags: inv.cpuFlags ?? [],
+      machineTypes: inv.machineTypes ?? [],
+      labels: inv.labels ?? {},
+      images: (inv.images ?? []).map((i) => ({ name: i.name ?? '', format: i.format ?? '', sizeBytes: Number(i.sizeBytes ?? 0), virtualSizeBytes: Number(i.virtualSizeBytes ?? 0) })),
+      vcpus: inv.cpus ?? 0,
+      memoryMiB: Number(inv.memoryMib),
+      diskBytes: Number(inv.diskBytes),
+      connectedTo: this.sessions.replicaId,
+    });
+    await this.sessions.attach(id, writer);
+    writer.write({ registered: { nodeId: id, heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS } });
+    for (const s of msg.partitions ?? []) await this.onStatus(id, s);
+    const desired = await this.partitions.forNode(id);
+    writer.write({ desired: { partitions: desired.map(specOf) } });
+    await this.publishNode(row);
+    this.log.info({ nodeId: id, node: msg.nodeName, address: msg.address, running: msg.partitions?.length ?? 0 }, 'node registered');
+    return id;
+  }
+
+  /** A heartbeat: the node is alive. */
+  async onHeartbeat(nodeId: string): Promise<void> {
+    const r = await this.nodes.heartbeat(nodeId, this.sessions.replicaId);
+    if (r && r.previous !== 'ready') await this.publishNode(r.row);
+  }
+
+  /** A node reports a partition's real state; the record follows unless the control plane has decided otherwise. */
+  async onStatus(nodeId: string, s: agentV1.PartitionStatus__Output): Promise<void> {
+    if (!s.id || !UUID_RE.test(s.id)) return;
+    const observed = s.state ?? '';
+    const row = await this.partitions.getById(s.id);
+    if (!row || row.node_id !== nodeId) {
+      // Unknown here (deleted while the node was away, or placed elsewhere): the node must drop it.
+      if (observed !== 'absent') this.sessions.send(nodeId, { upsert: { id: s.id, desired: 'absent', generation: Number(s.generation) + 1 } });
+      return;
+    }
+    const state = impliedState(row, observed);
+    const updated = await this.partitions.observe(row.id, observed, Number(s.generation ?? 0), state, state ? s.reason ?? '' : '');
+    if (updated) await this.publishPartition(updated);
+  }
+
+  /** A command's result, for whoever waits on it. */
+  onResult(r: agentV1.CommandResult__Output): Promise<void> {
+    return this.sessions.resolveResult(r);
+  }
+
+  /** Serial console bytes from a node, for an open session. */
+  async onConsoleOutput(m: agentV1.ConsoleOutput__Output): Promise<void> {
+    this.consoles.deliver(m);
+  }
+
+  /** A guest event (QMP) from a node, passed on to the event stream. */
+  async onGuestEvent(nodeId: string, e: agentV1.GuestEvent__Output): Promise<void> {
+    if (!e.partitionId || !UUID_RE.test(e.partitionId)) return;
+    const row = await this.partitions.getById(e.partitionId);
+    if (!row || row.node_id !== nodeId) return;
+    let data: unknown = null;
+    try {
+      data = e.dataJson ? JSON.parse(e.dataJson) : null;
+    } catch {
+      data = e.dataJson;
+    }
+    await this.events.publish({ type: 'partition.guest-event', resourceType: 'partition', resourceId: row.id, projectId: row.project_id, data: { event: e.event, data, at: e.at } });
+  }
+
+  /** The stream closed: the node is unreachable until it reconnects. Its guests keep running. */
+  async disconnected(nodeId: string, writer: AgentStreamWriter): Promise<void> {
+    await this.sessions.detach(nodeId, writer);
+    const r = await this.nodes.markDisconnected(nodeId, this.sessions.replicaId);
+    if (r) {
+      await this.publishNode(r);
+      this.log.warn({ nodeId, node: r.name }, 'node disconnected');
+    }
+  }
+
+  /** Sends one partition's current spec down a local stream. */
+  async pushSpec(nodeId: string, partitionId: string): Promise<void> {
+    const row = await this.partitions.getById(partitionId);
+    if (!row || row.node_id !== nodeId) {
+      this.sessions.send(nodeId, { upsert: { id: partitionId, desired: 'absent', generation: Date.now() } });
+      return;
+    }
+    this.sessions.send(nodeId, { upsert: specOf(row) });
+  }
+
+  private async markStale(): Promise<void> {
+    try {
+      for (const r of await this.nodes.markStale(this.config.nodeHeartbeatTimeoutMs)) {
+        this.log.warn({ nodeId: r.id, node: r.name }, 'node missed its heartbeats: unreachable');
+        await this.publishNode(r);
+      }
+    } catch (err) {
+      this.log.warn({ err }, 'stale-node sweep failed');
+    }
+  }
+
+  private async publishNode(r: NodeRow): Promise<void> {
+    await this.events.publish({ type: 'node.updated', resourceType: 'node', resourceId: r.id, projectId: null, data: nodeView(r) });
+  }
+
+  private async publishPartition(r: PartitionRow): Promise<void> {
+    await this.events.publish({ type: 'partition.updated', resourceType: 'partition', resourceId: r.id, projectId: r.project_id, data: partitionView(r) });
+  }
+}
+
+/**
+ * The partition state a node's report implies, or null to leave the state alone. A partition
+ * being deleted stays `deleting`; a stop in progress stays `stopping` while the guest still runs.
+ */
+export function impliedState(row: Pick<PartitionRow, 'state' | 'desired'>, observed: string): PartitionState | null {
+  if (row.state === 'deleting') return null;
+  switch (observed) {
+    case 'starting':
+      return row.desired === 'running' ? 'starting' : null;
+    case 'running':
+      return row.desired === 'stopped' ? 'stopping' : 'running';
+    case 'stopping':
+      return 'stopping';
+    case 'stopped':
+      return row.desired === 'running' && (row.state === 'scheduled' || row.state === 'starting') ? null : 'stopped';
+    case 'failed':
+      return 'failed';
+    case 'absent':
+      return row.desired === 'running' && (row.state === 'running' || row.state === 'stopping') ? 'failed' : null;
+    default:
+      return null;
+  }
+}

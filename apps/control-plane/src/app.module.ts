@@ -1,0 +1,102 @@
+import { DynamicModule, Module, Provider } from '@nestjs/common';
+import { APP_FILTER, APP_GUARD, APP_PIPE } from '@nestjs/core';
+import { Redis } from 'ioredis';
+import { Logger } from 'pino';
+import { DataSource } from 'typeorm';
+import { Config, CONFIG } from './config';
+import { AgentSessions } from './agents/agent-sessions';
+import { AgentsService } from './agents/agents.service';
+import { ConsoleSessions } from './agents/console-sessions';
+import { AuthGuard } from './common/auth';
+import { IdempotencyRepository } from './common/idempotency.repository';
+import { InputPipe } from './common/input.pipe';
+import { ProblemFilter } from './common/problem.filter';
+import { DATA_SOURCE, LOGGER, REDIS, REDIS_SUB } from './common/tokens';
+import { TransactionRunner } from './common/transactions';
+import { EventBus } from './events/event-bus';
+import { EventsController } from './events/events.controller';
+import { EventsService } from './events/events.service';
+import { AgentGrpcApi } from './grpc/agent.grpc';
+import { GrpcServer } from './grpc/grpc-server';
+import { PublicGrpcApi } from './grpc/public-api.grpc';
+import { HealthController } from './health/health.controller';
+import { HealthService } from './health/health.service';
+import { NodeRepository } from './nodes/node.repository';
+import { NodesController } from './nodes/nodes.controller';
+import { NodesService } from './nodes/nodes.service';
+import { OperationQueueRepository } from './operations/operation-queue.repository';
+import { OperationRepository } from './operations/operation.repository';
+import { OperationRunner } from './operations/operation-runner';
+import { OperationsController } from './operations/operations.controller';
+import { OperationsService } from './operations/operations.service';
+import { PartitionOperations } from './partitions/partition-operations';
+import { PartitionRepository } from './partitions/partition.repository';
+import { PartitionsController } from './partitions/partitions.controller';
+import { PartitionsService } from './partitions/partitions.service';
+import { AuthService } from './projects/auth.service';
+import { ProjectRepository } from './projects/project.repository';
+import { TokenRepository } from './projects/token.repository';
+import { ProjectsController } from './projects/projects.controller';
+import { ProjectsService } from './projects/projects.service';
+
+/** Infrastructure handed in by the entrypoint (already connected and migrated). */
+export interface Infrastructure {
+  config: Config;
+  dataSource: DataSource;
+  redis: Redis;
+  redisSub: Redis;
+  logger: Logger;
+}
+
+/** One provider list; the entrypoint decides what to start (STYLE.md, after immich app.module.ts). */
+const PROVIDERS: Provider[] = [
+  // repositories: the only code that does I/O
+  IdempotencyRepository,
+  ProjectRepository,
+  TokenRepository,
+  NodeRepository,
+  PartitionRepository,
+  OperationRepository,
+  OperationQueueRepository,
+  // services
+  TransactionRunner,
+  EventBus,
+  AuthService,
+  ProjectsService,
+  NodesService,
+  OperationsService,
+  OperationRunner,
+  PartitionsService,
+  PartitionOperations,
+  AgentSessions,
+  ConsoleSessions,
+  AgentsService,
+  EventsService,
+  HealthService,
+  // adapters
+  PublicGrpcApi,
+  AgentGrpcApi,
+  GrpcServer,
+  { provide: APP_GUARD, useClass: AuthGuard },
+  { provide: APP_PIPE, useClass: InputPipe },
+  { provide: APP_FILTER, useClass: ProblemFilter },
+];
+
+/** The control plane's Nest module. */
+@Module({})
+export class AppModule {
+  static with(infra: Infrastructure): DynamicModule {
+    return {
+      module: AppModule,
+      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, OperationsController, EventsController],
+      providers: [
+        { provide: CONFIG, useValue: infra.config },
+        { provide: DATA_SOURCE, useValue: infra.dataSource },
+        { provide: REDIS, useValue: infra.redis },
+        { provide: REDIS_SUB, useValue: infra.redisSub },
+        { provide: LOGGER, useValue: infra.logger },
+        ...PROVIDERS,
+      ],
+    };
+  }
+}

@@ -1,0 +1,121 @@
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import 'reflect-metadata';
+import { LoggerService } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
+import { MAX_BODY_BYTES } from '@hyperplane/domain';
+import { Logger } from 'pino';
+import { AppModule } from './app.module';
+import { Config } from './config';
+import { createLogger, requestContext } from './common/logger';
+import { fastifyErrorProblem } from './common/problem.filter';
+import { toProblem } from './common/problem';
+import { createDataSource, migrate } from './database/database';
+import { createRedis } from './database/redis';
+import { GrpcServer } from './grpc/grpc-server';
+import { ProjectsService } from './projects/projects.service';
+
+/** A running control plane. */
+export interface ControlPlane {
+  httpPort: number;
+  grpcPort: number;
+  logger: Logger;
+  /** The first cluster-admin token, when this start created it. */
+  adminToken: string | null;
+  close(): Promise<void>;
+}
+
+/** Nest's own log lines, into the same JSON log. */
+class PinoNestLogger implements LoggerService {
+  constructor(private readonly pino: Logger) {}
+  log(message: unknown, context?: string) { this.pino.debug({ context }, String(message)); }
+  error(message: unknown, trace?: string, context?: string) { this.pino.error({ context, trace }, String(message)); }
+  warn(message: unknown, context?: string) { this.pino.warn({ context }, String(message)); }
+  debug(message: unknown, context?: string) { this.pino.debug({ context }, String(message)); }
+  verbose(message: unknown, context?: string) { this.pino.trace({ context }, String(message)); }
+}
+
+/**
+ * Starts the control plane: migrations, REST on Fastify, gRPC, the operation worker. On the first
+ * start it creates a cluster-admin token and writes it to `<dataDir>/admin-token` (mode 0600).
+ */
+export async function startControlPlane(config: Config): Promise<ControlPlane> {
+  const logger = createLogger(config.logLevel, 'control-plane');
+  const dataSource = createDataSource(config.databaseUrl);
+  await dataSource.initialize();
+  const applied = await migrate(dataSource);
+  if (applied.length) logger.info({ migrations: applied }, 'applied migrations');
+  const redis = createRedis(config.redisUrl, 'hp-cp');
+  const redisSub = createRedis(config.redisUrl, 'hp-cp-sub');
+  for (const r of [redis, redisSub]) r.on('error', (err) => logger.warn({ err: err.message }, 'redis connection error'));
+
+  const adapter = new FastifyAdapter({
+    bodyLimit: MAX_BODY_BYTES,
+    requestIdHeader: 'x-request-id',
+    genReqId: () => randomUUID(),
+    logger: false,
+    routerOptions: { ignoreTrailingSlash: true },
+  });
+  const app = await NestFactory.create<NestFastifyApplication>(AppModule.with({ config, dataSource, redis, redisSub, logger }), adapter, {
+    logger: new PinoNestLogger(logger),
+  });
+  const fastify = app.getHttpAdapter().getInstance();
+  fastify.addHook('onRequest', (req, reply, done) => {
+    void reply.header('x-request-id', req.id);
+    (req as unknown as { t0: bigint }).t0 = process.hrtime.bigint();
+    requestContext.run({ requestId: String(req.id) }, done);
+  });
+  fastify.addHook('onResponse', (req, reply, done) => {
+    const ms = Number(process.hrtime.bigint() - (req as unknown as { t0: bigint }).t0) / 1e6;
+    logger.info({ requestId: req.id, method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(ms * 100) / 100 }, 'request');
+    done();
+  });
+  fastify.setErrorHandler((err, req, reply) => {
+    const problem = fastifyErrorProblem(err as Error) ?? toProblem(err, req.url);
+    if (problem.status >= 500) logger.error({ err, requestId: req.id }, 'request failed');
+    void reply.status(problem.status).header('content-type', 'application/problem+json').send(problem);
+  });
+
+  const doc = SwaggerModule.createDocument(
+    app,
+    new DocumentBuilder()
+      .setTitle('Hyperplane')
+      .setDescription('Hypervisor control plane: projects, nodes, partitions and operations. Every mutating call accepts Idempotency-Key; errors are RFC 9457 problem+json.')
+      .setVersion('v1')
+      .addBearerAuth()
+      .build(),
+  );
+  SwaggerModule.setup('docs', app, doc, { jsonDocumentUrl: 'openapi.json', yamlDocumentUrl: 'openapi.yaml' });
+
+  app.enableShutdownHooks();
+  await app.init();
+  const grpcPort = await app.get(GrpcServer).start();
+  await app.listen({ port: config.httpPort, host: config.bindAddress });
+  const address = fastify.server.address();
+  const httpPort = typeof address === 'object' && address ? address.port : config.httpPort;
+
+  const adminToken = await app.get(ProjectsService).bootstrapClusterAdmin();
+  if (adminToken) {
+    mkdirSync(config.dataDir, { recursive: true });
+    writeFileSync(join(config.dataDir, 'admin-token'), adminToken + '\n', { mode: 0o600 });
+    logger.info({ file: join(config.dataDir, 'admin-token') }, 'created the first cluster-admin token');
+  }
+  logger.info({ httpPort, grpcPort }, 'control plane ready');
+
+  let closing: Promise<void> | undefined;
+  return {
+    httpPort,
+    grpcPort,
+    logger,
+    adminToken,
+    close: () =>
+      (closing ??= (async () => {
+        await app.close();
+        await Promise.allSettled([redis.quit(), redisSub.quit()]);
+        await dataSource.destroy();
+      })()),
+  };
+}

@@ -1,0 +1,88 @@
+/**
+ * Control-plane configuration from the environment (API.md, Configuration). Every variable has a
+ * default; a bad value stops the start with one line naming it.
+ */
+import { resolve } from 'node:path';
+
+/** Validated configuration. */
+export interface Config {
+  databaseUrl: string;
+  redisUrl: string;
+  httpPort: number;
+  grpcPort: number;
+  /** Address both servers listen on. */
+  bindAddress: string;
+  dataDir: string;
+  /** Prefix for every Redis key and channel, so several clusters (or test runs) share one Redis. */
+  redisPrefix: string;
+  logLevel: string;
+  /** Milliseconds without a heartbeat before a node is unreachable. */
+  nodeHeartbeatTimeoutMs: number;
+  /** Shared secret a worker must present to join; empty allows any local worker. */
+  joinToken: string;
+  /** How long an operation waits for a node to act before failing it. */
+  operationTimeoutMs: number;
+}
+
+/** A configuration value that does not parse; the message names the variable. */
+export class ConfigError extends Error {}
+
+function port(env: NodeJS.ProcessEnv, name: string, def: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || n < 1 || n > 65535) {
+    throw new ConfigError(`${name}=${JSON.stringify(raw)} is not a TCP port (1-65535)`);
+  }
+  return n;
+}
+
+function positiveInt(env: NodeJS.ProcessEnv, name: string, def: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  if (!/^\d+$/.test(raw) || Number(raw) <= 0) throw new ConfigError(`${name}=${JSON.stringify(raw)} is not a positive integer`);
+  return Number(raw);
+}
+
+function url(env: NodeJS.ProcessEnv, name: string, def: string, protocols: string[]): string {
+  const raw = env[name] || def;
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name}=${JSON.stringify(raw)} is not a URL`);
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    throw new ConfigError(`${name}=${JSON.stringify(raw)} must use ${protocols.join(' or ')}`);
+  }
+  return raw;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** Reads and validates the configuration; throws {@link ConfigError} naming the first bad variable. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const logLevel = env.HYPERPLANE_LOG_LEVEL || 'info';
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError(`HYPERPLANE_LOG_LEVEL=${JSON.stringify(logLevel)} must be one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const httpPort = port(env, 'HYPERPLANE_HTTP_PORT', 8080);
+  const grpcPort = port(env, 'HYPERPLANE_GRPC_PORT', 9090);
+  if (httpPort === grpcPort) throw new ConfigError(`HYPERPLANE_HTTP_PORT and HYPERPLANE_GRPC_PORT are both ${httpPort}`);
+  return {
+    databaseUrl: url(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/hyperplane', ['postgres:', 'postgresql:']),
+    redisUrl: url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
+    httpPort,
+    grpcPort,
+    bindAddress: env.HYPERPLANE_BIND_ADDRESS || '0.0.0.0',
+    dataDir: resolve(env.HYPERPLANE_DATA_DIR || '.hyperplane'),
+    redisPrefix: env.HYPERPLANE_REDIS_PREFIX || 'hp',
+    logLevel,
+    nodeHeartbeatTimeoutMs: positiveInt(env, 'HYPERPLANE_NODE_TIMEOUT_MS', 15000),
+    joinToken: env.HYPERPLANE_JOIN_TOKEN ?? '',
+    operationTimeoutMs: positiveInt(env, 'HYPERPLANE_OPERATION_TIMEOUT_MS', 300000),
+  };
+}
+
+/** Nest injection token for {@link Config}. */
+export const CONFIG = Symbol('CONFIG');

@@ -1,0 +1,72 @@
+/**
+ * PostgreSQL through TypeORM: one DataSource per process, the schema only through migrations.
+ */
+import { MIGRATIONS } from '@hyperplane/migrations';
+import { DataSource, EntityManager } from 'typeorm';
+
+/** Creates (does not connect) the control plane's DataSource. */
+export function createDataSource(databaseUrl: string, poolSize = 20): DataSource {
+  return new DataSource({
+    type: 'postgres',
+    url: databaseUrl,
+    migrations: MIGRATIONS,
+    migrationsTableName: 'schema_migrations',
+    synchronize: false,
+    migrationsRun: false,
+    logging: false,
+    extra: { max: poolSize, connectionTimeoutMillis: 5000, application_name: 'hyperplane-control-plane' },
+  });
+}
+
+/** Arbitrary key for the advisory lock that serialises migrations across replicas. */
+const MIGRATION_LOCK = 7_340_011;
+
+/**
+ * Applies pending migrations. Replicas starting together take turns on an advisory lock, so each
+ * migration runs exactly once. Returns the names of the migrations applied.
+ */
+export async function migrate(ds: DataSource): Promise<string[]> {
+  const runner = ds.createQueryRunner();
+  await runner.connect();
+  try {
+    await runner.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK]);
+    const applied = await ds.runMigrations({ transaction: 'each' });
+    return applied.map((m) => m.name);
+  } finally {
+    await runner.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
+    await runner.release();
+  }
+}
+
+/** Runs `work` in one transaction; an error rolls it back. */
+export function inTransaction<T>(ds: DataSource, work: (em: EntityManager) => Promise<T>): Promise<T> {
+  return ds.transaction(work);
+}
+
+/** Anything that can run SQL: the DataSource's manager or a transaction's. */
+export type Db = Pick<EntityManager, 'query'>;
+
+/**
+ * Runs SQL and returns its rows. TypeORM's postgres driver answers UPDATE/DELETE with
+ * `[rows, affected]` and everything else with `rows`; this evens that out.
+ */
+export async function rows<T>(db: Db, text: string, params: unknown[] = []): Promise<T[]> {
+  const res: unknown = await db.query(text, params);
+  if (Array.isArray(res) && res.length === 2 && Array.isArray(res[0]) && typeof res[1] === 'number') return res[0] as T[];
+  return res as T[];
+}
+
+/** Runs an UPDATE/DELETE and returns how many rows it touched. */
+export async function affected(db: Db, text: string, params: unknown[] = []): Promise<number> {
+  const res: unknown = await db.query(text, params);
+  if (Array.isArray(res) && res.length === 2 && typeof res[1] === 'number') return res[1];
+  return Array.isArray(res) ? res.length : 0;
+}
+
+/** True when `e` is PostgreSQL's unique-violation error (optionally on a given constraint). */
+export function isUniqueViolation(e: unknown, constraint?: string): boolean {
+  const err = e as { code?: string; constraint?: string; driverError?: { code?: string; constraint?: string } };
+  const code = err?.driverError?.code ?? err?.code;
+  const name = err?.driverError?.constraint ?? err?.constraint;
+  return code === '23505' && (constraint === undefined || name === constraint);
+}

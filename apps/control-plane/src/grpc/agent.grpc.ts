@@ -1,0 +1,80 @@
+import * as grpc from '@grpc/grpc-js';
+import { Inject, Injectable } from '@nestjs/common';
+import { agentV1 } from '@hyperplane/proto';
+import { Logger } from 'pino';
+import { LOGGER } from '../common/tokens';
+import { AgentRejectedError, AgentsService } from '../agents/agents.service';
+import { AgentStreamWriter } from '../agents/agent-sessions';
+
+type AgentCall = grpc.ServerDuplexStream<agentV1.AgentMessage__Output, agentV1.ControlMessage>;
+
+/**
+ * The agent protocol door: one bidirectional stream per node. Messages of one stream are handled
+ * strictly in order; the first must be `register`.
+ */
+@Injectable()
+export class AgentGrpcApi {
+  constructor(
+    private readonly agents: AgentsService,
+    @Inject(LOGGER) private readonly log: Logger,
+  ) {}
+
+  /** The AgentService implementation. */
+  service(): grpc.UntypedServiceImplementation {
+    return { Connect: (call: AgentCall) => this.onConnect(call) };
+  }
+
+  private onConnect(call: AgentCall): void {
+    let nodeId: string | undefined;
+    let chain = Promise.resolve();
+    let closed = false;
+    const writer: AgentStreamWriter = {
+      write: (m) => {
+        if (!closed) call.write(m);
+      },
+    };
+    const handle = async (m: agentV1.AgentMessage__Output) => {
+      if (!nodeId) {
+        if (m.body !== 'register' || !m.register) throw new AgentRejectedError('the first message must be register');
+        nodeId = await this.agents.register(m.register, writer);
+        return;
+      }
+      switch (m.body) {
+        case 'heartbeat':
+          return this.agents.onHeartbeat(nodeId);
+        case 'status':
+          return this.agents.onStatus(nodeId, m.status!);
+        case 'result':
+          return this.agents.onResult(m.result!);
+        case 'event':
+          return this.agents.onGuestEvent(nodeId, m.event!);
+        case 'consoleOutput':
+          return this.agents.onConsoleOutput(m.consoleOutput!);
+        case 'register':
+          throw new AgentRejectedError('register sent twice on one stream');
+      }
+    };
+    call.on('data', (m: agentV1.AgentMessage__Output) => {
+      chain = chain.then(() => handle(m)).catch((err: unknown) => {
+        if (err instanceof AgentRejectedError) {
+          this.log.warn({ reason: err.message, nodeId }, 'agent rejected');
+          writer.write({ rejected: { reason: err.message } });
+          closed = true;
+          call.end();
+        } else {
+          this.log.error({ err, nodeId }, 'agent message failed');
+        }
+      });
+    });
+    const finish = () => {
+      if (closed && !nodeId) return;
+      closed = true;
+      chain = chain.then(async () => {
+        if (nodeId) await this.agents.disconnected(nodeId, writer);
+      }).catch((err: unknown) => this.log.warn({ err, nodeId }, 'agent disconnect handling failed'));
+    };
+    call.on('end', () => { finish(); call.end(); });
+    call.on('cancelled', finish);
+    call.on('error', finish);
+  }
+}

@@ -1,0 +1,47 @@
+/** Maps service views (the REST JSON) to proto messages where names differ (`memoryMiB` → `memoryMib`). */
+import { v1 } from '@hyperplane/proto';
+import { NodeView } from '../nodes/nodes.service';
+import { OperationView } from '../operations/operations.service';
+import { PartitionView } from '../partitions/partition-view';
+import { TokenView } from '../projects/projects.service';
+import { HpEvent } from '../events/event-bus';
+
+const res = (r: { vcpus: number; memoryMiB: number; diskBytes: number }): v1.NodeResources => ({ vcpus: r.vcpus, memoryMib: r.memoryMiB, diskBytes: r.diskBytes });
+
+/** Partition view → proto. */
+export function partitionMsg(p: PartitionView): v1.Partition {
+  return { ...p, node: p.node ?? '', memoryMib: p.memoryMiB, diskGib: p.diskGiB };
+}
+
+/** Operation view → proto. */
+export function operationMsg(o: OperationView): v1.Operation {
+  return {
+    ...o,
+    projectId: o.projectId ?? '',
+    startedAt: o.startedAt ?? '',
+    finishedAt: o.finishedAt ?? '',
+    error: o.error ? { code: o.error.code, message: o.error.message, details: (o.error.details ?? []).map((d) => ({ field: d.field ?? '', reason: d.reason ?? '', message: d.message, count: d.count ?? 0 })) } : undefined,
+  };
+}
+
+/** Node view → proto. */
+export function nodeMsg(n: NodeView): v1.Node {
+  return {
+    ...n,
+    capacity: res(n.capacity),
+    allocatable: res(n.allocatable),
+    allocated: res(n.allocated),
+    images: n.images.map((i) => i.name),
+    lastHeartbeatAt: n.lastHeartbeatAt ?? '',
+  };
+}
+
+/** Token view → proto. */
+export function tokenMsg(t: TokenView): v1.Token {
+  return { ...t, projectId: t.projectId ?? '', lastUsedAt: t.lastUsedAt ?? '', token: t.token ?? '' };
+}
+
+/** Event → proto. */
+export function eventMsg(e: HpEvent): v1.Event {
+  return { id: e.id, type: e.type, resourceType: e.resourceType, resourceId: e.resourceId, projectId: e.projectId ?? '', at: e.at, dataJson: JSON.stringify(e.data) };
+}

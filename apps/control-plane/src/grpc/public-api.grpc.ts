@@ -1,0 +1,163 @@
+import * as grpc from '@grpc/grpc-js';
+import { Injectable } from '@nestjs/common';
+import { Principal } from '@hyperplane/domain';
+import { v1 } from '@hyperplane/proto';
+import { requestContext } from '../common/logger';
+import { parseIfMatch } from '../common/etag';
+import { MutationOptions } from '../common/transactions';
+import { validateInput } from '../common/validation';
+import { EventsService } from '../events/events.service';
+import { NodesService } from '../nodes/nodes.service';
+import { OperationsService } from '../operations/operations.service';
+import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from '../partitions/partitions.dto';
+import { PartitionsService } from '../partitions/partitions.service';
+import { AuthService } from '../projects/auth.service';
+import { CreateProjectInput, CreateTokenInput } from '../projects/projects.dto';
+import { ProjectsService } from '../projects/projects.service';
+import { toGrpcError } from './grpc-errors';
+import { eventMsg, nodeMsg, operationMsg, partitionMsg, tokenMsg } from './grpc-mappers';
+import { randomUUID } from 'node:crypto';
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
+
+const opts = (requestId?: string, etag?: string): MutationOptions => {
+  const ifMatch = parseIfMatch(etag);
+  return { idempotencyKey: requestId || undefined, ifMatch: ifMatch === -1 ? undefined : ifMatch };
+};
+const pick = <T extends object>(o: T): Partial<T> => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+
+/**
+ * The gRPC door: parses each request into the same service call the REST door makes, with the
+ * same validation (the DTO classes) and the same errors (mapped once, in grpc-errors.ts).
+ */
+@Injectable()
+export class PublicGrpcApi {
+  constructor(
+    private readonly auth: AuthService,
+    private readonly projects: ProjectsService,
+    private readonly nodes: NodesService,
+    private readonly partitions: PartitionsService,
+    private readonly operations: OperationsService,
+    private readonly events: EventsService,
+  ) {}
+
+  /** Wraps a handler: request id, authentication, error mapping. */
+  private unary<Req, Res>(fn: (p: Principal, req: Req, md: grpc.Metadata) => Promise<Res>): Unary<Req, Res> {
+    return (call, cb) => {
+      const requestId = String(call.metadata.get('x-request-id')[0] ?? randomUUID());
+      void requestContext.run({ requestId }, async () => {
+        try {
+          const principal = await this.auth.authenticate(String(call.metadata.get('authorization')[0] ?? '') || undefined);
+          cb(null, await fn(principal, call.request, call.metadata));
+        } catch (e) {
+          cb(toGrpcError(e));
+        }
+      });
+    };
+  }
+
+  private project(p: Principal, md: grpc.Metadata): Promise<string> {
+    const requested = md.get('project')[0];
+    return this.auth.projectScope(p, requested ? String(requested) : undefined);
+  }
+
+  /** Implementations keyed by service name, for grpc.Server#addService. */
+  services(): Record<string, grpc.UntypedServiceImplementation> {
+    return {
+      ProjectService: {
+        CreateProject: this.unary<v1.CreateProjectRequest__Output, v1.Project>((p, r) =>
+          this.projects.create(p, validateInput(CreateProjectInput, pick({ name: r.name ?? '', description: r.description })), opts(r.requestId))),
+        ListProjects: this.unary<v1.ListProjectsRequest__Output, v1.ListProjectsResponse>((p, r) => this.projects.list(p, r.pageSize, r.pageToken)),
+        GetProject: this.unary<v1.GetProjectRequest__Output, v1.Project>((p, r) => this.projects.get(p, r.project ?? '')),
+        CreateToken: this.unary<v1.CreateTokenRequest__Output, v1.Token>(async (p, r) =>
+          tokenMsg(await this.projects.createToken(p, r.project ?? '', validateInput(CreateTokenInput, pick({ role: r.role ?? '', description: r.description })), opts(r.requestId)))),
+        ListTokens: this.unary<v1.ListTokensRequest__Output, v1.ListTokensResponse>(async (p, r) => {
+          const page = await this.projects.listTokens(p, r.project ?? '', r.pageSize, r.pageToken);
+          return { items: page.items.map(tokenMsg), nextPageToken: page.nextPageToken };
+        }),
+        DeleteToken: this.unary<v1.DeleteTokenRequest__Output, v1.DeleteTokenResponse>(async (p, r) => {
+          await this.projects.deleteToken(p, r.project ?? '', r.tokenId ?? '');
+          return {};
+        }),
+      },
+      NodeService: {
+        ListNodes: this.unary<v1.ListNodesRequest__Output, v1.ListNodesResponse>(async (p, r) => {
+          const page = await this.nodes.list(p, { pageSize: r.pageSize, pageToken: r.pageToken, state: r.state });
+          return { items: page.items.map(nodeMsg), nextPageToken: page.nextPageToken };
+        }),
+        GetNode: this.unary<v1.GetNodeRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.get(p, r.node ?? ''))),
+        CordonNode: this.unary<v1.NodeActionRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.setCordoned(p, r.node ?? '', true))),
+        UncordonNode: this.unary<v1.NodeActionRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.setCordoned(p, r.node ?? '', false))),
+      },
+      PartitionService: {
+        CreatePartition: this.unary<v1.CreatePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md) => {
+          const input = validateInput(CreatePartitionInput, pick({
+            name: r.name ?? '',
+            vcpus: r.vcpus ?? 0,
+            memoryMiB: r.memoryMib ?? 0,
+            image: r.image ?? '',
+            labels: r.labels,
+            description: r.description,
+            diskGiB: r.diskGib,
+            placement: r.placement ? pick({ node: r.placement.node }) : undefined,
+          }));
+          const out = await this.partitions.create(p, await this.project(p, md), input, opts(r.requestId));
+          return { partition: partitionMsg(out.partition), operation: operationMsg(out.operation) };
+        }),
+        GetPartition: this.unary<v1.GetPartitionRequest__Output, v1.Partition>(async (p, r, md) => partitionMsg(await this.partitions.get(p, await this.project(p, md), r.id ?? ''))),
+        ListPartitions: this.unary<v1.ListPartitionsRequest__Output, v1.ListPartitionsResponse>(async (p, r, md) => {
+          const page = await this.partitions.list(p, await this.project(p, md), { pageSize: r.pageSize, pageToken: r.pageToken, state: r.state, label: r.label, node: r.node });
+          return { items: page.items.map(partitionMsg), nextPageToken: page.nextPageToken };
+        }),
+        UpdatePartition: this.unary<v1.UpdatePartitionRequest__Output, v1.Partition>(async (p, r, md) => {
+          const hasLabels = r.labels && Object.keys(r.labels).length > 0;
+          const input = validateInput(UpdatePartitionInput, pick({ labels: hasLabels || r.replaceLabels ? r.labels ?? {} : undefined, replaceLabels: r.replaceLabels || undefined, description: r.description }));
+          return partitionMsg(await this.partitions.update(p, await this.project(p, md), r.id ?? '', input, opts(undefined, r.etag)));
+        }),
+        StartPartition: this.unary<v1.PartitionActionRequest__Output, v1.PartitionOperation>(async (p, r, md) =>
+          this.pair(await this.partitions.start(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
+        StopPartition: this.unary<v1.StopPartitionRequest__Output, v1.PartitionOperation>(async (p, r, md) => {
+          const input = validateInput(StopPartitionInput, pick({ force: r.force }));
+          return this.pair(await this.partitions.stop(p, await this.project(p, md), r.id ?? '', input, opts(r.requestId, r.etag)));
+        }),
+        RebootPartition: this.unary<v1.PartitionActionRequest__Output, v1.PartitionOperation>(async (p, r, md) =>
+          this.pair(await this.partitions.reboot(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
+        DeletePartition: this.unary<v1.DeletePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md) =>
+          this.pair(await this.partitions.delete(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
+        GetConsole: this.unary<v1.GetConsoleRequest__Output, v1.ConsoleOutput>(async (p, r, md) => this.partitions.console(p, await this.project(p, md), r.id ?? '', r.tailBytes)),
+      },
+      OperationService: {
+        GetOperation: this.unary<v1.GetOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.get(p, await this.project(p, md), r.id ?? ''))),
+        ListOperations: this.unary<v1.ListOperationsRequest__Output, v1.ListOperationsResponse>(async (p, r, md) => {
+          const page = await this.operations.list(p, await this.project(p, md), { pageSize: r.pageSize, pageToken: r.pageToken, status: r.status, targetId: r.targetId });
+          return { items: page.items.map(operationMsg), nextPageToken: page.nextPageToken };
+        }),
+        WaitOperation: this.unary<v1.WaitOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.wait(p, await this.project(p, md), r.id ?? '', r.timeoutSeconds))),
+        CancelOperation: this.unary<v1.CancelOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.cancel(p, await this.project(p, md), r.id ?? ''))),
+      },
+      EventService: {
+        Watch: (call: grpc.ServerWritableStream<v1.WatchRequest__Output, v1.Event>) => {
+          void (async () => {
+            try {
+              const p = await this.auth.authenticate(String(call.metadata.get('authorization')[0] ?? '') || undefined);
+              const requested = call.metadata.get('project')[0];
+              const projectId = p.projectId || requested ? await this.project(p, call.metadata) : null;
+              const filter = this.events.filterFor(p, projectId, call.request.types ?? []);
+              const unsubscribe = this.events.watch(filter, (e) => call.write(eventMsg(e)));
+              call.on('cancelled', unsubscribe);
+              call.on('close', unsubscribe);
+              call.on('error', unsubscribe);
+              call.sendMetadata(new grpc.Metadata());
+            } catch (e) {
+              call.destroy(Object.assign(new Error((toGrpcError(e).details as string) ?? 'error'), toGrpcError(e)));
+            }
+          })();
+        },
+      },
+    };
+  }
+
+  private pair(r: { partition: Parameters<typeof partitionMsg>[0]; operation: Parameters<typeof operationMsg>[0] }): v1.PartitionOperation {
+    return { partition: partitionMsg(r.partition), operation: operationMsg(r.operation) };
+  }
+}

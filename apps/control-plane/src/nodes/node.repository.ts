@@ -1,0 +1,189 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { UUID_RE } from '@hyperplane/domain';
+import { DataSource } from 'typeorm';
+import { Db, affected, rows } from '../database/database';
+import { PageRequest } from '../common/pagination';
+import { DATA_SOURCE } from '../common/tokens';
+
+/** An image a node reported in its store. */
+export interface NodeImage {
+  name: string;
+  format: string;
+  sizeBytes: number;
+  virtualSizeBytes: number;
+}
+
+/** A nodes row. */
+export interface NodeRow {
+  id: string;
+  name: string;
+  address: string;
+  status: 'ready' | 'unreachable';
+  cordoned: boolean;
+  draining: boolean;
+  driver: string;
+  accelerator: string;
+  qemu_version: string;
+  cpu_flags: string[];
+  machine_types: string[];
+  labels: Record<string, string>;
+  images: NodeImage[];
+  vcpus: number;
+  memory_mib: string | number;
+  disk_bytes: string | number;
+  allocated_vcpus: number;
+  allocated_memory_mib: string | number;
+  allocated_disk_bytes: string | number;
+  cpu_allocation_ratio: number;
+  memory_allocation_ratio: number;
+  connected_to: string | null;
+  last_heartbeat_at: Date | null;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+/** What a registering agent tells about its node. */
+export interface NodeRegistration {
+  id: string;
+  name: string;
+  address: string;
+  driver: string;
+  accelerator: string;
+  qemuVersion: string;
+  cpuFlags: string[];
+  machineTypes: string[];
+  labels: Record<string, string>;
+  images: NodeImage[];
+  vcpus: number;
+  memoryMiB: number;
+  diskBytes: number;
+  connectedTo: string;
+}
+
+/** What a partition asks of a node. */
+export interface Demand {
+  vcpus: number;
+  memoryMiB: number;
+  diskBytes: number;
+  image: string;
+}
+
+/** SQL for nodes, including capacity reservations. */
+@Injectable()
+export class NodeRepository {
+  constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
+
+  /** Finds a node by id or name. */
+  async findByIdOrName(ref: string, db: Db = this.ds): Promise<NodeRow | undefined> {
+    const found = await rows<NodeRow>(db, `SELECT * FROM nodes WHERE ${UUID_RE.test(ref) ? 'id' : 'name'} = $1`, [ref]);
+    return found[0];
+  }
+
+  /** A node by name, for registration. */
+  async findByName(name: string): Promise<NodeRow | undefined> {
+    const found = await rows<NodeRow>(this.ds, `SELECT * FROM nodes WHERE name = $1`, [name]);
+    return found[0];
+  }
+
+  /** Inserts or refreshes a node from its agent's registration; keeps cordon/drain and allocations. */
+  async upsertRegistration(r: NodeRegistration): Promise<NodeRow> {
+    const found = await rows<NodeRow>(this.ds, 
+      `INSERT INTO nodes (id, name, address, status, driver, accelerator, qemu_version, cpu_flags, machine_types, labels, images,
+                          vcpus, memory_mib, disk_bytes, connected_to, last_heartbeat_at)
+       VALUES ($1, $2, $3, 'ready', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now())
+       ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, address = EXCLUDED.address, status = 'ready', driver = EXCLUDED.driver,
+         accelerator = EXCLUDED.accelerator, qemu_version = EXCLUDED.qemu_version, cpu_flags = EXCLUDED.cpu_flags,
+         machine_types = EXCLUDED.machine_types, labels = EXCLUDED.labels, images = EXCLUDED.images, vcpus = EXCLUDED.vcpus,
+         memory_mib = EXCLUDED.memory_mib, disk_bytes = EXCLUDED.disk_bytes, connected_to = EXCLUDED.connected_to,
+         last_heartbeat_at = now(), version = nodes.version + 1, updated_at = now()
+       RETURNING *`,
+      [r.id, r.name, r.address, r.driver, r.accelerator, r.qemuVersion, r.cpuFlags, r.machineTypes, JSON.stringify(r.labels), JSON.stringify(r.images), r.vcpus, r.memoryMiB, r.diskBytes, r.connectedTo],
+    );
+    return found[0]!;
+  }
+
+  /** Records a heartbeat; a node that was unreachable becomes ready again. Returns the row and its previous status. */
+  async heartbeat(id: string, replica: string): Promise<{ row: NodeRow; previous: string } | undefined> {
+    const found = await rows<NodeRow & { previous: string }>(this.ds, 
+      `UPDATE nodes n SET last_heartbeat_at = now(), status = 'ready', connected_to = $2,
+         version = CASE WHEN o.status = 'ready' THEN n.version ELSE n.version + 1 END,
+         updated_at = CASE WHEN o.status = 'ready' THEN n.updated_at ELSE now() END
+       FROM (SELECT id, status FROM nodes WHERE id = $1 FOR UPDATE) o
+       WHERE n.id = o.id RETURNING n.*, o.status AS previous`,
+      [id, replica],
+    );
+    const r = found[0];
+    return r ? { row: r, previous: r.previous } : undefined;
+  }
+
+  /** Marks nodes whose last heartbeat is older than `timeoutMs` unreachable; returns them. */
+  async markStale(timeoutMs: number): Promise<NodeRow[]> {
+    return rows(this.ds, 
+      `UPDATE nodes SET status = 'unreachable', connected_to = NULL, version = version + 1, updated_at = now()
+       WHERE status = 'ready' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => $1::float / 1000))
+       RETURNING *`,
+      [timeoutMs],
+    );
+  }
+
+  /** Marks a node unreachable at once (its stream closed). */
+  async markDisconnected(id: string, replica: string): Promise<NodeRow | undefined> {
+    const found = await rows<NodeRow>(this.ds, 
+      `UPDATE nodes SET status = 'unreachable', connected_to = NULL, version = version + 1, updated_at = now()
+       WHERE id = $1 AND connected_to = $2 RETURNING *`,
+      [id, replica],
+    );
+    return found[0];
+  }
+
+  /** Sets the cordon flag; returns the updated row. */
+  async setCordoned(id: string, cordoned: boolean): Promise<NodeRow | undefined> {
+    const found = await rows<NodeRow>(this.ds, 
+      `UPDATE nodes SET cordoned = $2, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`,
+      [id, cordoned],
+    );
+    return found[0];
+  }
+
+  /** A keyset page of nodes. */
+  list(page: PageRequest, filter: { state?: string }): Promise<NodeRow[]> {
+    return rows(this.ds, 
+      `SELECT * FROM nodes WHERE ($1::uuid IS NULL OR id > $1)
+         AND ($3::text IS NULL OR $3 = CASE WHEN status = 'unreachable' THEN 'unreachable' WHEN draining THEN 'draining'
+                                           WHEN cordoned THEN 'cordoned' ELSE 'ready' END)
+       ORDER BY id LIMIT $2`,
+      [page.afterId, page.pageSize + 1, filter.state ?? null],
+    );
+  }
+
+  /**
+   * Candidate nodes for a demand, locked for this transaction (FOR UPDATE) so concurrent placements
+   * cannot both take the last of a node's capacity. Returns every node with its row, so a filter
+   * can explain why each was rejected.
+   */
+  lockAll(tx: Db, onlyId?: string): Promise<NodeRow[]> {
+    return rows(tx, `SELECT * FROM nodes WHERE ($1::uuid IS NULL OR id = $1) ORDER BY name FOR UPDATE`, [onlyId ?? null]);
+  }
+
+  /** Adds (or with a negative demand, releases) a reservation on a node. */
+  async reserve(tx: Db, nodeId: string, d: { vcpus: number; memoryMiB: number; diskBytes: number }): Promise<void> {
+    await tx.query(
+      `UPDATE nodes SET allocated_vcpus = GREATEST(0, allocated_vcpus + $2), allocated_memory_mib = GREATEST(0, allocated_memory_mib + $3),
+         allocated_disk_bytes = GREATEST(0, allocated_disk_bytes + $4), version = version + 1, updated_at = now() WHERE id = $1`,
+      [nodeId, d.vcpus, d.memoryMiB, d.diskBytes],
+    );
+  }
+
+  /** True when any node reports the image in its store. */
+  async imageKnown(db: Db, image: string): Promise<boolean> {
+    const found = await rows(db, `SELECT 1 FROM nodes WHERE images @> $1::jsonb LIMIT 1`, [JSON.stringify([{ name: image }])]);
+    return found.length > 0;
+  }
+
+  /** Partition counts per node. */
+  async partitionCount(nodeId: string): Promise<number> {
+    const found = await rows<{ n: string }>(this.ds, `SELECT count(*) AS n FROM partitions WHERE node_id = $1`, [nodeId]);
+    return Number(found[0]?.n ?? 0);
+  }
+}

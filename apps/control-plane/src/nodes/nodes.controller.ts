@@ -1,0 +1,35 @@
+import { Controller, Get, HttpCode, Param, Post, Query } from '@nestjs/common';
+import { ApiBearerAuth, ApiTags } from '@nestjs/swagger';
+import { Principal } from '@hyperplane/domain';
+import { Caller } from '../common/auth';
+import { NodesService } from './nodes.service';
+
+/** REST door for nodes (cluster admins). */
+@ApiTags('nodes')
+@ApiBearerAuth()
+@Controller('v1/nodes')
+export class NodesController {
+  constructor(private readonly nodes: NodesService) {}
+
+  @Get()
+  list(@Caller() p: Principal, @Query('pageSize') pageSize?: string, @Query('pageToken') pageToken?: string, @Query('state') state?: string) {
+    return this.nodes.list(p, { pageSize, pageToken, state });
+  }
+
+  @Get(':id')
+  get(@Caller() p: Principal, @Param('id') id: string) {
+    return this.nodes.get(p, id);
+  }
+
+  @Post(':id/cordon')
+  @HttpCode(200)
+  cordon(@Caller() p: Principal, @Param('id') id: string) {
+    return this.nodes.setCordoned(p, id, true);
+  }
+
+  @Post(':id/uncordon')
+  @HttpCode(200)
+  uncordon(@Caller() p: Principal, @Param('id') id: string) {
+    return this.nodes.setCordoned(p, id, false);
+  }
+}

@@ -1,0 +1,86 @@
+import { Inject, Injectable, OnModuleDestroy } from '@nestjs/common';
+import { Job, Queue, Worker } from 'bullmq';
+import { Logger } from 'pino';
+import { Config, CONFIG } from '../config';
+import { LOGGER } from '../common/tokens';
+
+/** The payload of an operation's job; the job id is the operation id. */
+export interface OperationJobData {
+  operationId: string;
+}
+
+const QUEUE = 'operations';
+
+/**
+ * BullMQ on Redis: one job per operation, with the operation's id as the job id. A replica that
+ * dies mid-job loses its lock; BullMQ's stalled-job check hands the job to another replica (or to
+ * this one after a restart) within about `lockDurationMs`.
+ */
+@Injectable()
+export class OperationQueueRepository implements OnModuleDestroy {
+  private readonly queue: Queue<OperationJobData>;
+  private worker: Worker<OperationJobData> | undefined;
+  /** Lock time of a job; a crashed replica's jobs are picked up again after this. */
+  static readonly lockDurationMs = 10_000;
+
+  constructor(
+    @Inject(CONFIG) private readonly config: Config,
+    @Inject(LOGGER) private readonly log: Logger,
+  ) {
+    this.queue = new Queue<OperationJobData>(QUEUE, { connection: { url: config.redisUrl, maxRetriesPerRequest: null }, prefix: config.redisPrefix });
+    this.queue.on('error', (err) => this.log.warn({ err }, 'operation queue error'));
+  }
+
+  /** Enqueues the job for an operation; a job with that id already queued is left as it is. */
+  async enqueue(operationId: string, kind: string): Promise<void> {
+    await this.queue.add(kind, { operationId }, { jobId: operationId, removeOnComplete: { count: 1000 }, removeOnFail: { count: 1000 }, attempts: 1 });
+  }
+
+  /**
+   * Makes sure a live operation has a job that will run: adds one if none exists, replaces one that
+   * BullMQ considers finished. Used on start-up and by the periodic sweep.
+   */
+  async ensure(operationId: string, kind: string): Promise<'queued' | 'present' | 'requeued'> {
+    const job = await this.queue.getJob(operationId);
+    if (!job) {
+      await this.enqueue(operationId, kind);
+      return 'queued';
+    }
+    const state = await job.getState();
+    if (state === 'completed' || state === 'failed' || state === 'unknown') {
+      await job.remove().catch(() => undefined);
+      await this.enqueue(operationId, kind);
+      return 'requeued';
+    }
+    return 'present';
+  }
+
+  /** Removes a job that has not started (a cancelled pending operation). */
+  async removeIfWaiting(operationId: string): Promise<void> {
+    const job = await this.queue.getJob(operationId);
+    if (job && ['waiting', 'delayed', 'prioritized'].includes(await job.getState())) await job.remove().catch(() => undefined);
+  }
+
+  /** Starts processing jobs with `handler`; `concurrency` jobs at a time in this replica. */
+  startWorker(handler: (job: Job<OperationJobData>) => Promise<void>, concurrency: number): void {
+    this.worker = new Worker<OperationJobData>(QUEUE, handler, {
+      connection: { url: this.config.redisUrl, maxRetriesPerRequest: null },
+      prefix: this.config.redisPrefix,
+      concurrency,
+      lockDuration: OperationQueueRepository.lockDurationMs,
+      stalledInterval: 5_000,
+      maxStalledCount: 1000,
+    });
+    this.worker.on('error', (err) => this.log.warn({ err }, 'operation worker error'));
+  }
+
+  /** Readiness probe: Redis answers. */
+  async ping(): Promise<void> {
+    await this.queue.getJobCounts('active');
+  }
+
+  async onModuleDestroy(): Promise<void> {
+    await this.worker?.close().catch(() => undefined);
+    await this.queue.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,150 @@
+import { Inject, Injectable, OnApplicationBootstrap, OnModuleDestroy } from '@nestjs/common';
+import { CancelledError, DomainError, isFinal } from '@hyperplane/domain';
+import { Job } from 'bullmq';
+import { Logger } from 'pino';
+import { LOGGER } from '../common/tokens';
+import { EventBus } from '../events/event-bus';
+import { OperationJobData, OperationQueueRepository } from './operation-queue.repository';
+import { OperationError, OperationRepository, OperationRow } from './operation.repository';
+import { OperationsService } from './operations.service';
+
+/** What a handler gets besides its operation. */
+export interface OperationContext {
+  /** Aborted when a cancel is requested (on any replica). */
+  signal: AbortSignal;
+  /** Records phase and percentage, visible on the operation and in the event stream. */
+  progress(phase: string, percent: number): Promise<void>;
+}
+
+/**
+ * Does the work of one kind of operation. Must be idempotent: after a control-plane crash it runs
+ * again from the start on the same operation and must carry it to the end from wherever it got.
+ * Returns on success; throws a DomainError to fail; on cancel, undoes what it must and throws
+ * {@link CancelledError}.
+ */
+export type OperationHandler = (op: OperationRow, ctx: OperationContext) => Promise<void>;
+
+/** How often the sweep re-checks that every live operation has a job. */
+const SWEEP_MS = 15_000;
+
+/**
+ * Runs operations from the BullMQ queue through their handlers, drives each to a final status,
+ * and after a restart makes sure every operation that was live gets a job again (Incus
+ * operations.go: a status machine, a cancel hook, an event on every transition).
+ */
+@Injectable()
+export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy {
+  private readonly handlers = new Map<string, OperationHandler>();
+  private readonly running = new Map<string, AbortController>();
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private unsubscribe: (() => void) | undefined;
+  private started = false;
+
+  constructor(
+    private readonly ops: OperationRepository,
+    private readonly queue: OperationQueueRepository,
+    private readonly service: OperationsService,
+    private readonly events: EventBus,
+    @Inject(LOGGER) private readonly log: Logger,
+  ) {}
+
+  /** Registers the handler for a kind; each kind has exactly one. */
+  register(kind: string, handler: OperationHandler): void {
+    if (this.handlers.has(kind)) throw new Error(`operation kind ${kind} registered twice`);
+    this.handlers.set(kind, handler);
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    if (process.env.HYPERPLANE_NO_OPERATION_WORKER === '1') return;
+    this.started = true;
+    this.unsubscribe = this.events.subscribe((e) => {
+      if (e.type === 'operation.cancel-requested') this.running.get(e.resourceId)?.abort();
+    });
+    this.queue.startWorker((job) => this.onJob(job), 64);
+    await this.sweep();
+    this.sweepTimer = setInterval(() => void this.sweep(), SWEEP_MS);
+    this.sweepTimer.unref();
+  }
+
+  async onModuleDestroy(): Promise<void> {
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.unsubscribe?.();
+    for (const ac of this.running.values()) ac.abort(new Error('shutting down'));
+  }
+
+  /** Gives every live operation a job (recovery after a crash or a lost enqueue). */
+  async sweep(): Promise<void> {
+    if (!this.started) return;
+    try {
+      for (const op of await this.ops.live()) {
+        if (this.running.has(op.id)) continue;
+        const r = await this.queue.ensure(op.id, op.kind);
+        if (r !== 'present') this.log.info({ operationId: op.id, kind: op.kind, action: r }, 'recovered operation');
+      }
+    } catch (err) {
+      this.log.warn({ err }, 'operation sweep failed');
+    }
+  }
+
+  private async onJob(job: Job<OperationJobData>): Promise<void> {
+    const id = job.data.operationId;
+    const existing = await this.ops.get(id);
+    if (!existing || isFinal(existing.status)) return;
+    if (existing.cancel_requested && existing.status === 'pending') {
+      await this.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
+      return;
+    }
+    const handler = this.handlers.get(existing.kind);
+    if (!handler) {
+      await this.finish(id, 'failed', { code: 'INTERNAL', message: `no handler for operation kind ${existing.kind}` });
+      return;
+    }
+    const op = await this.ops.markRunning(id);
+    if (!op) return;
+    await this.service.publish(op);
+    const ac = new AbortController();
+    this.running.set(id, ac);
+    if (op.cancel_requested) ac.abort();
+    const ctx: OperationContext = {
+      signal: ac.signal,
+      progress: async (phase, percent) => {
+        const r = await this.ops.progress(id, phase, percent);
+        if (r) await this.service.publish(r);
+      },
+    };
+    const started = Date.now();
+    try {
+      await handler(op, ctx);
+      await this.finish(id, 'succeeded', null);
+      this.log.info({ operationId: id, kind: op.kind, ms: Date.now() - started }, 'operation succeeded');
+    } catch (e) {
+      if (e instanceof CancelledError || (ac.signal.aborted && !(e instanceof DomainError))) {
+        await this.finish(id, 'cancelled', { code: 'CANCELLED', message: e instanceof Error ? e.message : 'cancelled' });
+      } else {
+        const error = toOperationError(e);
+        if (error.code === 'INTERNAL') this.log.error({ err: e, operationId: id }, 'operation failed unexpectedly');
+        await this.finish(id, 'failed', error);
+        this.log.info({ operationId: id, kind: op.kind, error }, 'operation failed');
+      }
+    } finally {
+      this.running.delete(id);
+    }
+  }
+
+  private async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null): Promise<void> {
+    const r = await this.ops.finish(id, status, error);
+    if (r) await this.service.publish(r);
+  }
+}
+
+/** The error an operation records for a thrown value. */
+export function toOperationError(e: unknown): OperationError {
+  if (e instanceof DomainError) {
+    const details = [
+      ...e.fieldErrors.map((f) => ({ field: f.field, message: f.message })),
+      ...e.reasons.map((r) => ({ reason: r.reason, message: r.message, count: r.count })),
+    ];
+    return details.length ? { code: e.code, message: e.message, details } : { code: e.code, message: e.message };
+  }
+  return { code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) };
+}

@@ -1,0 +1,136 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { OperationStatus } from '@hyperplane/domain';
+import { DataSource } from 'typeorm';
+import { Db, affected, rows } from '../database/database';
+import { PageRequest } from '../common/pagination';
+import { DATA_SOURCE } from '../common/tokens';
+
+/** The error a failed operation carries. */
+export interface OperationError {
+  code: string;
+  message: string;
+  details?: Array<{ field?: string; reason?: string; message: string; count?: number }>;
+}
+
+/** An operations row. */
+export interface OperationRow {
+  id: string;
+  project_id: string | null;
+  kind: string;
+  target_type: string;
+  target_id: string;
+  status: OperationStatus;
+  phase: string;
+  progress: number;
+  params: Record<string, unknown>;
+  error: OperationError | null;
+  cancel_requested: boolean;
+  attempts: number;
+  version: number;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+  updated_at: Date;
+}
+
+/** What a new operation is. */
+export interface NewOperation {
+  id: string;
+  projectId: string | null;
+  kind: string;
+  targetType: string;
+  targetId: string;
+  params?: Record<string, unknown>;
+}
+
+/** SQL for operations. Status changes are conditional on the current status, so a final operation never changes. */
+@Injectable()
+export class OperationRepository {
+  constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
+
+  /** Records a new pending operation (in the transaction that creates its work). */
+  async insert(tx: Db, op: NewOperation): Promise<OperationRow> {
+    const found = await rows<OperationRow>(tx, 
+      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params)
+       VALUES ($1, $2, $3, $4, $5, 'pending', $6) RETURNING *`,
+      [op.id, op.projectId, op.kind, op.targetType, op.targetId, JSON.stringify(op.params ?? {})],
+    );
+    return found[0]!;
+  }
+
+  /** An operation by id, optionally only within a project. */
+  async get(id: string, projectId?: string | null): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds, 
+      `SELECT * FROM operations WHERE id = $1 AND ($2::uuid IS NULL OR project_id = $2)`,
+      [id, projectId ?? null],
+    );
+    return found[0];
+  }
+
+  /** A keyset page of a project's operations, newest last. */
+  list(projectId: string | null, page: PageRequest, f: { status?: string; targetId?: string }): Promise<OperationRow[]> {
+    return rows(this.ds, 
+      `SELECT * FROM operations WHERE ($1::uuid IS NULL OR project_id = $1) AND ($2::uuid IS NULL OR id > $2)
+         AND ($4::text IS NULL OR status = $4) AND ($5::uuid IS NULL OR target_id = $5)
+       ORDER BY id LIMIT $3`,
+      [projectId, page.afterId, page.pageSize + 1, f.status ?? null, f.targetId ?? null],
+    );
+  }
+
+  /** pending|running → running; returns the row, or undefined if it is already final. */
+  async markRunning(id: string): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds, 
+      `UPDATE operations SET status = 'running', started_at = COALESCE(started_at, now()), attempts = attempts + 1,
+         version = version + 1, updated_at = now()
+       WHERE id = $1 AND status IN ('pending', 'running') RETURNING *`,
+      [id],
+    );
+    return found[0];
+  }
+
+  /** Records progress of a running operation. */
+  async progress(id: string, phase: string, progress: number): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds, 
+      `UPDATE operations SET phase = $2, progress = $3, version = version + 1, updated_at = now()
+       WHERE id = $1 AND status = 'running' RETURNING *`,
+      [id, phase, Math.max(0, Math.min(100, Math.round(progress)))],
+    );
+    return found[0];
+  }
+
+  /** Moves a live operation to a final status; no-op (undefined) if it is final already. */
+  async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null, db: Db = this.ds): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(db, 
+      `UPDATE operations SET status = $2, error = $3, finished_at = now(), version = version + 1, updated_at = now(),
+         progress = CASE WHEN $2 = 'succeeded' THEN 100 ELSE progress END,
+         phase = CASE WHEN $2 = 'succeeded' THEN 'done' ELSE phase END
+       WHERE id = $1 AND status IN ('pending', 'running') RETURNING *`,
+      [id, status, error ? JSON.stringify(error) : null],
+    );
+    return found[0];
+  }
+
+  /** Flags a live operation for cancellation; returns the row (final ones unchanged). */
+  async requestCancel(id: string): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds, 
+      `UPDATE operations SET cancel_requested = true, version = version + 1, updated_at = now()
+       WHERE id = $1 AND status IN ('pending', 'running') RETURNING *`,
+      [id],
+    );
+    return found[0];
+  }
+
+  /** Every operation not yet final (for recovery after a restart). */
+  live(): Promise<OperationRow[]> {
+    return rows(this.ds, `SELECT * FROM operations WHERE status IN ('pending', 'running') ORDER BY id`);
+  }
+
+  /** The live operation on a target, if any (one at a time per partition). */
+  async liveForTarget(tx: Db, targetId: string): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(tx, 
+      `SELECT * FROM operations WHERE target_id = $1 AND status IN ('pending', 'running') ORDER BY id LIMIT 1`,
+      [targetId],
+    );
+    return found[0];
+  }
+}

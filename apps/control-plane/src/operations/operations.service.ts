@@ -1,0 +1,139 @@
+import { Injectable } from '@nestjs/common';
+import { FailedPreconditionError, NotFoundError, Principal, UUID_RE, ValidationError, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
+import { Page, parsePage, toPage } from '../common/pagination';
+import { EventBus } from '../events/event-bus';
+import { OperationQueueRepository } from './operation-queue.repository';
+import { OperationError, OperationRepository, OperationRow } from './operation.repository';
+
+/** An operation as both APIs show it (API.md, Operations). */
+export interface OperationView {
+  id: string;
+  kind: string;
+  target: { type: string; id: string };
+  status: string;
+  phase: string;
+  progress: number;
+  error: OperationError | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  projectId: string | null;
+}
+
+/** Maps an operation row to its view. */
+export function operationView(r: OperationRow): OperationView {
+  return {
+    id: r.id,
+    kind: r.kind,
+    target: { type: r.target_type, id: r.target_id },
+    status: r.status,
+    phase: r.phase,
+    progress: r.progress,
+    error: r.error,
+    createdAt: r.created_at.toISOString(),
+    startedAt: r.started_at ? r.started_at.toISOString() : null,
+    finishedAt: r.finished_at ? r.finished_at.toISOString() : null,
+    projectId: r.project_id,
+  };
+}
+
+/** Longest wait a client may ask for. */
+export const MAX_WAIT_SECONDS = 300;
+
+/** Reading, waiting on and cancelling operations. */
+@Injectable()
+export class OperationsService {
+  constructor(
+    private readonly ops: OperationRepository,
+    private readonly queue: OperationQueueRepository,
+    private readonly events: EventBus,
+  ) {}
+
+  /** Publishes an operation change to every event stream. */
+  async publish(r: OperationRow): Promise<void> {
+    await this.publishView(operationView(r));
+  }
+
+  /** Publishes an operation view to every event stream. */
+  async publishView(v: OperationView): Promise<void> {
+    await this.events.publish({ type: 'operation.updated', resourceType: 'operation', resourceId: v.id, projectId: v.projectId, data: v });
+  }
+
+  /** Gets an operation in the caller's project. */
+  async get(principal: Principal, projectId: string, id: string): Promise<OperationView> {
+    return operationView(await this.find(principal, projectId, id));
+  }
+
+  /** Lists operations in the caller's project. */
+  async list(principal: Principal, projectId: string, q: { pageSize?: unknown; pageToken?: unknown; status?: string; targetId?: string }): Promise<Page<OperationView>> {
+    requireRole(principal, 'viewer', 'list operations');
+    const page = parsePage(q.pageSize, q.pageToken);
+    if (q.status && !(OPERATION_STATUSES as readonly string[]).includes(q.status)) {
+      throw ValidationError.field('status', `must be one of ${OPERATION_STATUSES.join(', ')}`);
+    }
+    if (q.targetId && !UUID_RE.test(q.targetId)) throw ValidationError.field('targetId', 'must be a UUID');
+    const rows = await this.ops.list(projectId, page, { status: q.status || undefined, targetId: q.targetId || undefined });
+    return toPage(rows, page, operationView);
+  }
+
+  /** Waits until the operation is final or `timeoutSeconds` pass; returns it either way. */
+  async wait(principal: Principal, projectId: string, id: string, timeoutSeconds: unknown, signal?: AbortSignal): Promise<OperationView> {
+    let seconds = 30;
+    if (timeoutSeconds !== undefined && timeoutSeconds !== '' && timeoutSeconds !== 0) {
+      const n = Number(timeoutSeconds);
+      if (!Number.isFinite(n) || n < 0 || n > MAX_WAIT_SECONDS) throw ValidationError.field('timeoutSeconds', `must be a number between 0 and ${MAX_WAIT_SECONDS}`);
+      seconds = n;
+    }
+    let row = await this.find(principal, projectId, id);
+    if (isFinal(row.status) || seconds === 0) return operationView(row);
+    return new Promise<OperationView>((resolve, reject) => {
+      let done = false;
+      const finish = (r: OperationRow | OperationView) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        clearInterval(poll);
+        unsubscribe();
+        signal?.removeEventListener('abort', onAbort);
+        resolve('kind' in r && 'target_id' in r ? operationView(r as OperationRow) : (r as OperationView));
+      };
+      const check = () => {
+        this.ops.get(id).then((r) => { if (r && isFinal(r.status)) finish(r); else if (r) row = r; }, (e) => { if (!done) { done = true; cleanup(); reject(e); } });
+      };
+      const unsubscribe = this.events.subscribe((e) => {
+        if (e.resourceType === 'operation' && e.resourceId === id && isFinal((e.data as OperationView).status as never)) check();
+      });
+      const cleanup = () => { clearTimeout(timer); clearInterval(poll); unsubscribe(); };
+      const timer = setTimeout(() => { if (!done) this.ops.get(id).then((r) => finish(r ?? row), () => finish(row)); }, seconds * 1000);
+      // Events are notifications only: poll now and then in case one was missed.
+      const poll = setInterval(check, 2000);
+      const onAbort = () => finish(row);
+      signal?.addEventListener('abort', onAbort);
+      check();
+    });
+  }
+
+  /** Requests cancellation: a pending operation is cancelled at once, a running one at its next step. */
+  async cancel(principal: Principal, projectId: string, id: string): Promise<OperationView> {
+    requireRole(principal, 'operator', 'cancel operations');
+    const row = await this.find(principal, projectId, id);
+    if (isFinal(row.status)) throw new FailedPreconditionError(`cannot cancel operation ${id}: it is ${row.status}`);
+    let updated = await this.ops.requestCancel(id);
+    if (updated && updated.status === 'pending') {
+      await this.queue.removeIfWaiting(id);
+      updated = (await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' })) ?? updated;
+    }
+    const latest = updated ?? (await this.ops.get(id)) ?? row;
+    await this.publish(latest);
+    await this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: id, projectId: row.project_id, data: operationView(latest) });
+    return operationView(latest);
+  }
+
+  private async find(principal: Principal, projectId: string, id: string): Promise<OperationRow> {
+    requireRole(principal, 'viewer', 'read operations');
+    if (!UUID_RE.test(id)) throw new NotFoundError('operation', id);
+    const row = await this.ops.get(id, projectId);
+    if (!row) throw new NotFoundError('operation', id);
+    return row;
+  }
+}

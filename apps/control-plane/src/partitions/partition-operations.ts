@@ -1,0 +1,199 @@
+import { Inject, Injectable, OnModuleInit } from '@nestjs/common';
+import { CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError, PartitionState, UnavailableError } from '@hyperplane/domain';
+import { Config, CONFIG } from '../config';
+import { inTransaction } from '../database/database';
+import { DATA_SOURCE } from '../common/tokens';
+import { DataSource } from 'typeorm';
+import { AgentSessions } from '../agents/agent-sessions';
+import { EventBus } from '../events/event-bus';
+import { NodeRepository } from '../nodes/node.repository';
+import { OperationContext, OperationRunner } from '../operations/operation-runner';
+import { OperationRow } from '../operations/operation.repository';
+import { PartitionRepository, PartitionRow } from './partition.repository';
+import { partitionView } from './partition-view';
+
+/** How often a waiting operation re-reads the partition, in case an event was missed. */
+const POLL_MS = 1000;
+
+/**
+ * The handlers behind partition operations. Each is idempotent: after a control-plane crash it
+ * runs again and carries the operation on from wherever the partition is. The node is told what
+ * to do through the partition's desired state; the handler then waits for the node's report.
+ */
+@Injectable()
+export class PartitionOperations implements OnModuleInit {
+  constructor(
+    private readonly runner: OperationRunner,
+    private readonly partitions: PartitionRepository,
+    private readonly nodes: NodeRepository,
+    private readonly sessions: AgentSessions,
+    private readonly events: EventBus,
+    @Inject(DATA_SOURCE) private readonly ds: DataSource,
+    @Inject(CONFIG) private readonly config: Config,
+  ) {}
+
+  onModuleInit(): void {
+    this.runner.register('partition.create', (op, ctx) => this.handleStart(op, ctx));
+    this.runner.register('partition.start', (op, ctx) => this.handleStart(op, ctx));
+    this.runner.register('partition.stop', (op, ctx) => this.handleStop(op, ctx));
+    this.runner.register('partition.reboot', (op, ctx) => this.handleReboot(op, ctx));
+    this.runner.register('partition.delete', (op, ctx) => this.handleDelete(op, ctx));
+  }
+
+  /** create/start: desired running, then wait for the node to report it running. Cancel stops it again. */
+  async handleStart(op: OperationRow, ctx: OperationContext): Promise<void> {
+    let row = await this.mustGet(op);
+    if (row.state === 'running' && row.observed_state === 'running') return;
+    if (row.state === 'deleting') throw new CancelledError(`partition ${row.name} is being deleted`);
+    await ctx.progress('starting', 10);
+    if (row.desired !== 'running' || (row.state !== 'starting' && row.state !== 'running')) {
+      row = (await this.partitions.setDesired(this.ds.manager, row.id, 'running', 'starting')) ?? row;
+      await this.publish(row);
+    }
+    await this.tellNode(row);
+    try {
+      await this.waitFor(row.id, ctx, (r) => {
+        if (r.state === 'running' && r.observed_state === 'running' && Number(r.observed_generation) >= Number(row.generation)) return true;
+        if (r.state === 'failed') throw new FailedPreconditionError(`partition ${r.name} failed to start: ${r.state_reason || 'no reason given'}`);
+        if (r.state === 'deleting') throw new CancelledError(`partition ${r.name} is being deleted`);
+        return false;
+      });
+    } catch (e) {
+      if (e instanceof CancelledError || ctx.signal.aborted) {
+        const cur = await this.partitions.getById(row.id);
+        if (cur && cur.state !== 'deleting') {
+          const stopped = await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopping', 'start cancelled');
+          if (stopped) {
+            await this.publish(stopped);
+            await this.tellNode(stopped).catch(() => undefined);
+          }
+        }
+        throw e instanceof CancelledError ? e : new CancelledError('start cancelled; the partition is being stopped');
+      }
+      throw e;
+    }
+    await ctx.progress('running', 100);
+  }
+
+  /** stop: desired stopped, a stop command (graceful or forced), then wait for the node to report it stopped. */
+  async handleStop(op: OperationRow, ctx: OperationContext): Promise<void> {
+    let row = await this.mustGet(op);
+    if (row.state === 'stopped') return;
+    const force = op.params.force === true;
+    const graceMs = Number(op.params.graceSeconds ?? 30) * 1000;
+    row = (await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopping', force ? 'forced stop' : 'stop requested')) ?? row;
+    await this.publish(row);
+    await ctx.progress(force ? 'quitting' : 'powering-down', 20);
+    const node = this.requireNode(row);
+    await this.tellNode(row);
+    await this.sessions
+      .command(node, { stop: { partitionId: row.id, force, graceMs } }, graceMs + 15_000)
+      .catch((e: Error) => { if (!(e instanceof DeadlineExceededError)) throw e; });
+    await this.waitFor(row.id, ctx, (r) => {
+      if (r.state === 'stopped') return true;
+      if (r.state === 'failed') return true;
+      if (r.state === 'deleting') throw new CancelledError(`partition ${r.name} is being deleted`);
+      return false;
+    });
+  }
+
+  /** reboot: a guest reset on the node. */
+  async handleReboot(op: OperationRow, ctx: OperationContext): Promise<void> {
+    const row = await this.mustGet(op);
+    if (row.state !== 'running') throw new FailedPreconditionError(`cannot reboot partition ${row.name}: it is ${row.state}`);
+    await ctx.progress('resetting', 30);
+    const r = await this.sessions.command(this.requireNode(row), { reboot: { partitionId: row.id } }, 30_000);
+    if (!r.ok) throw new FailedPreconditionError(`reboot of partition ${row.name} failed: ${r.errorMessage}`);
+  }
+
+  /** delete: desired absent, wait for the node to remove the guest and its files, then drop the record and free the capacity. */
+  async handleDelete(op: OperationRow, ctx: OperationContext): Promise<void> {
+    const row = await this.partitions.getById(op.target_id);
+    if (!row) return; // already gone: a re-run after a crash
+    await ctx.progress('removing', 20);
+    if (row.node_id) {
+      const node = await this.nodes.findByIdOrName(row.node_id);
+      if (node?.status !== 'ready' || !(await this.sessions.sync(row.node_id, row.id))) {
+        throw new UnavailableError(`node ${node?.name ?? row.node_id} is unreachable; the partition stays deleting until it is back`);
+      }
+      await this.waitFor(row.id, ctx, (r) => r.observed_state === 'absent' && Number(r.observed_generation) >= Number(row.generation));
+    }
+    const gone = await inTransaction(this.ds, async (tx) => {
+      const deleted = await this.partitions.delete(tx, row.id);
+      if (deleted?.node_id) {
+        await this.nodes.reserve(tx, deleted.node_id, { vcpus: -deleted.vcpus, memoryMiB: -Number(deleted.memory_mib), diskBytes: -deleted.disk_gib * 1024 ** 3 });
+      }
+      return deleted;
+    });
+    if (gone) await this.events.publish({ type: 'partition.deleted', resourceType: 'partition', resourceId: gone.id, projectId: gone.project_id, data: partitionView(gone) });
+  }
+
+  private async mustGet(op: OperationRow): Promise<PartitionRow> {
+    const row = await this.partitions.getById(op.target_id);
+    if (!row) throw new CancelledError(`partition ${op.target_id} no longer exists`);
+    return row;
+  }
+
+  private requireNode(row: PartitionRow): string {
+    if (!row.node_id) throw new InternalError(`partition ${row.name} has no node`);
+    return row.node_id;
+  }
+
+  /** Pushes the partition's spec to its node; fails fast when no replica holds the node's stream. */
+  private async tellNode(row: PartitionRow): Promise<void> {
+    const nodeId = this.requireNode(row);
+    if (!(await this.sessions.sync(nodeId, row.id))) {
+      const node = await this.nodes.findByIdOrName(nodeId);
+      const failed = await this.partitions.setState(this.ds.manager, row.id, 'failed', `node ${node?.name ?? nodeId} is unreachable`, ['deleting', 'stopped']);
+      if (failed) await this.publish(failed);
+      throw new UnavailableError(`node ${node?.name ?? nodeId} is unreachable`);
+    }
+  }
+
+  /** Waits until `done(row)` is true (or throws), the operation is cancelled, or the timeout passes. */
+  private waitFor(id: string, ctx: OperationContext, done: (r: PartitionRow) => boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      let checking = false;
+      const end = (e?: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearInterval(poll);
+        clearTimeout(timer);
+        unsubscribe();
+        ctx.signal.removeEventListener('abort', onAbort);
+        if (e) reject(e);
+        else resolve();
+      };
+      const check = async () => {
+        if (settled || checking) return;
+        checking = true;
+        try {
+          const r = await this.partitions.getById(id);
+          if (!r) return end(new CancelledError(`partition ${id} no longer exists`));
+          if (done(r)) end();
+        } catch (e) {
+          end(e);
+        } finally {
+          checking = false;
+        }
+      };
+      const unsubscribe = this.events.subscribe((e) => {
+        if (e.resourceType === 'partition' && e.resourceId === id) void check();
+      });
+      const poll = setInterval(() => void check(), POLL_MS);
+      const timer = setTimeout(() => end(new DeadlineExceededError(`partition ${id} did not reach the expected state within ${this.config.operationTimeoutMs / 1000} s`)), this.config.operationTimeoutMs);
+      const onAbort = () => end(new CancelledError('cancelled'));
+      if (ctx.signal.aborted) return onAbort();
+      ctx.signal.addEventListener('abort', onAbort);
+      void check();
+    });
+  }
+
+  private async publish(r: PartitionRow): Promise<void> {
+    await this.events.publish({ type: 'partition.updated', resourceType: 'partition', resourceId: r.id, projectId: r.project_id, data: partitionView(r) });
+  }
+}
+
+/** States in which a partition holds capacity on its node. */
+export const HOLDS_CAPACITY: PartitionState[] = ['scheduled', 'starting', 'running', 'stopping', 'stopped', 'failed', 'deleting'];

@@ -1,0 +1,168 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { AlreadyExistsError, PartitionState } from '@hyperplane/domain';
+import { DataSource } from 'typeorm';
+import { Db, affected, rows, isUniqueViolation } from '../database/database';
+import { PageRequest } from '../common/pagination';
+import { DATA_SOURCE } from '../common/tokens';
+
+/** What the control plane wants a node to do with a partition. */
+export type Desired = 'running' | 'stopped' | 'absent';
+
+/** A partitions row. */
+export interface PartitionRow {
+  id: string;
+  project_id: string;
+  name: string;
+  description: string;
+  state: PartitionState;
+  state_reason: string;
+  desired: Desired;
+  generation: string | number;
+  observed_state: string;
+  observed_generation: string | number;
+  node_id: string | null;
+  vcpus: number;
+  memory_mib: string | number;
+  disk_gib: number;
+  image: string;
+  labels: Record<string, string>;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+/** A new partition. */
+export interface NewPartition {
+  id: string;
+  projectId: string;
+  name: string;
+  description: string;
+  state: PartitionState;
+  nodeId: string | null;
+  vcpus: number;
+  memoryMiB: number;
+  diskGiB: number;
+  image: string;
+  labels: Record<string, string>;
+}
+
+/** List filters. */
+export interface PartitionFilter {
+  state?: string;
+  labels?: Record<string, string>;
+  nodeId?: string;
+}
+
+/** SQL for partitions. */
+@Injectable()
+export class PartitionRepository {
+  constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
+
+  /** Inserts a partition; a taken name is {@link AlreadyExistsError}. */
+  async insert(tx: Db, p: NewPartition): Promise<PartitionRow> {
+    try {
+      const found = await rows<PartitionRow>(tx, 
+        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *`,
+        [p.id, p.projectId, p.name, p.description, p.state, p.nodeId, p.vcpus, p.memoryMiB, p.diskGiB, p.image, JSON.stringify(p.labels)],
+      );
+      return found[0]!;
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExistsError('partition', p.name);
+      throw e;
+    }
+  }
+
+  /** True when the project already has a partition with this name. */
+  async nameTaken(db: Db, projectId: string, name: string): Promise<boolean> {
+    const found = await rows<unknown>(db, `SELECT 1 FROM partitions WHERE project_id = $1 AND name = $2`, [projectId, name]);
+    return found.length > 0;
+  }
+
+  /** A partition in a project (the API's read path: one index lookup). */
+  async get(projectId: string, id: string): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(this.ds, `SELECT * FROM partitions WHERE id = $1 AND project_id = $2`, [id, projectId]);
+    return found[0];
+  }
+
+  /** A partition by id alone (internal: operations, agents). */
+  async getById(id: string, db: Db = this.ds): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(db, `SELECT * FROM partitions WHERE id = $1`, [id]);
+    return found[0];
+  }
+
+  /** A partition locked for the rest of the transaction. */
+  async lock(tx: Db, projectId: string, id: string): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(tx, `SELECT * FROM partitions WHERE id = $1 AND project_id = $2 FOR UPDATE`, [id, projectId]);
+    return found[0];
+  }
+
+  /** A keyset page of a project's partitions. */
+  list(projectId: string, page: PageRequest, f: PartitionFilter): Promise<PartitionRow[]> {
+    return rows(this.ds, 
+      `SELECT * FROM partitions WHERE project_id = $1 AND ($2::uuid IS NULL OR id > $2)
+         AND ($4::text IS NULL OR state = $4) AND ($5::jsonb IS NULL OR labels @> $5) AND ($6::uuid IS NULL OR node_id = $6)
+       ORDER BY id LIMIT $3`,
+      [projectId, page.afterId, page.pageSize + 1, f.state ?? null, f.labels && Object.keys(f.labels).length ? JSON.stringify(f.labels) : null, f.nodeId ?? null],
+    );
+  }
+
+  /** Updates labels and/or description, bumping the version. */
+  async updateMeta(tx: Db, id: string, patch: { labels?: Record<string, string>; description?: string }): Promise<PartitionRow> {
+    const found = await rows<PartitionRow>(tx, 
+      `UPDATE partitions SET labels = COALESCE($2::jsonb, labels), description = COALESCE($3, description),
+         version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`,
+      [id, patch.labels ? JSON.stringify(patch.labels) : null, patch.description ?? null],
+    );
+    return found[0]!;
+  }
+
+  /**
+   * Sets what the node should do (and optionally the state), bumping the generation so the agent
+   * can tell a new order from an old one.
+   */
+  async setDesired(db: Db, id: string, desired: Desired, state?: PartitionState, reason = '', nodeId?: string | null): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(db, 
+      `UPDATE partitions SET desired = $2, generation = generation + 1, state = COALESCE($3, state),
+         state_reason = CASE WHEN $3::text IS NULL THEN state_reason ELSE $4 END,
+         node_id = CASE WHEN $5::boolean THEN $6::uuid ELSE node_id END,
+         version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`,
+      [id, desired, state ?? null, reason, nodeId !== undefined, nodeId ?? null],
+    );
+    return found[0];
+  }
+
+  /** Moves a partition to `state` unless it is in one of `unless`; returns the row when it changed. */
+  async setState(db: Db, id: string, state: PartitionState, reason: string, unless: PartitionState[] = []): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(db, 
+      `UPDATE partitions SET state = $2, state_reason = $3, version = version + 1, updated_at = now()
+       WHERE id = $1 AND (state <> $2 OR state_reason <> $3) AND NOT (state = ANY($4::text[])) RETURNING *`,
+      [id, state, reason, unless],
+    );
+    return found[0];
+  }
+
+  /** Records what the node reports, and the state it implies; returns the row when anything changed. */
+  async observe(id: string, observed: string, generation: number, state: PartitionState | null, reason: string): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(this.ds, 
+      `UPDATE partitions SET observed_state = $2, observed_generation = $3,
+         state = COALESCE($4, state), state_reason = CASE WHEN $4::text IS NULL THEN state_reason ELSE $5 END,
+         version = version + 1, updated_at = now()
+       WHERE id = $1 AND (observed_state <> $2 OR observed_generation <> $3 OR ($4::text IS NOT NULL AND (state <> $4 OR state_reason <> $5)))
+       RETURNING *`,
+      [id, observed, generation, state, reason],
+    );
+    return found[0];
+  }
+
+  /** Deletes the record. */
+  async delete(tx: Db, id: string): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(tx, `DELETE FROM partitions WHERE id = $1 RETURNING *`, [id]);
+    return found[0];
+  }
+
+  /** Every partition placed on a node (what the node should know about). */
+  forNode(nodeId: string): Promise<PartitionRow[]> {
+    return rows(this.ds, `SELECT * FROM partitions WHERE node_id = $1 ORDER BY id`, [nodeId]);
+  }
+}

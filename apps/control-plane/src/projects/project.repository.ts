@@ -1,0 +1,50 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { AlreadyExistsError, UUID_RE } from '@hyperplane/domain';
+import { DataSource } from 'typeorm';
+import { Db, affected, rows, isUniqueViolation } from '../database/database';
+import { PageRequest } from '../common/pagination';
+import { DATA_SOURCE } from '../common/tokens';
+
+/** A projects row. */
+export interface ProjectRow {
+  id: string;
+  name: string;
+  description: string;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+/** SQL for projects. */
+@Injectable()
+export class ProjectRepository {
+  constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
+
+  /** Inserts a project; a taken name is {@link AlreadyExistsError}. */
+  async insert(tx: Db, p: { id: string; name: string; description: string }): Promise<ProjectRow> {
+    try {
+      const found = await rows<ProjectRow>(tx, 
+        `INSERT INTO projects (id, name, description) VALUES ($1, $2, $3) RETURNING *`,
+        [p.id, p.name, p.description],
+      );
+      return found[0]!;
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExistsError('project', p.name, 'the cluster');
+      throw e;
+    }
+  }
+
+  /** Finds a project by id or name. */
+  async findByIdOrName(ref: string, db: Db = this.ds): Promise<ProjectRow | undefined> {
+    const found = await rows<ProjectRow>(db, `SELECT * FROM projects WHERE ${UUID_RE.test(ref) ? 'id' : 'name'} = $1`, [ref]);
+    return found[0];
+  }
+
+  /** A keyset page of projects, optionally only one (for project-scoped callers). */
+  async list(page: PageRequest, onlyId?: string): Promise<ProjectRow[]> {
+    return rows(this.ds, 
+      `SELECT * FROM projects WHERE ($1::uuid IS NULL OR id > $1) AND ($3::uuid IS NULL OR id = $3) ORDER BY id LIMIT $2`,
+      [page.afterId, page.pageSize + 1, onlyId ?? null],
+    );
+  }
+}

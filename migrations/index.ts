@@ -1,0 +1,4 @@
+/** Every schema migration, oldest first. The schema exists only through these (never `synchronize`). */
+import { InitialSchema1732400000000 } from './1732400000000-initial-schema';
+
+export const MIGRATIONS = [InitialSchema1732400000000];

@@ -1,0 +1,35 @@
+/** Direct SQL for tests: seeding nodes and counting rows to prove a rejected request changed nothing. */
+import { Client } from 'pg';
+import { uuidv7 } from '@hyperplane/domain';
+
+/** Runs one query on the test database. */
+export async function sql<T = any>(text: string, params: unknown[] = []): Promise<T[]> {
+  const c = new Client({ connectionString: process.env.DATABASE_URL });
+  await c.connect();
+  try {
+    return (await c.query(text, params)).rows as T[];
+  } finally {
+    await c.end();
+  }
+}
+
+/** Inserts a ready node with the `sample` image and no agent behind it (its operations fail as "unreachable"). */
+export async function seedNode(name: string, opts: { vcpus?: number; memoryMiB?: number } = {}): Promise<string> {
+  const id = uuidv7();
+  await sql(
+    `INSERT INTO nodes (id, name, address, status, driver, accelerator, vcpus, memory_mib, disk_bytes, images, last_heartbeat_at)
+     VALUES ($1, $2, '127.0.0.250', 'ready', 'simulated', 'tcg', $3, $4, $5, $6, now() + interval '1 hour')`,
+    [id, name, opts.vcpus ?? 64, opts.memoryMiB ?? 1024 * 1024, 1024 ** 4, JSON.stringify([{ name: 'sample', format: 'qcow2', sizeBytes: 1, virtualSizeBytes: 1 }])],
+  );
+  return id;
+}
+
+/** Row counts of the tables a rejected request must not touch. */
+export async function counts(): Promise<Record<string, number>> {
+  const rows = await sql<{ t: string; n: string }>(
+    `SELECT 'partitions' t, count(*) n FROM partitions UNION ALL SELECT 'operations', count(*) FROM operations
+     UNION ALL SELECT 'projects', count(*) FROM projects UNION ALL SELECT 'tokens', count(*) FROM api_tokens
+     UNION ALL SELECT 'allocated', COALESCE(sum(allocated_memory_mib), 0) FROM nodes`,
+  );
+  return Object.fromEntries(rows.map((r) => [r.t, Number(r.n)]));
+}
