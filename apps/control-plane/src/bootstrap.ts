@@ -68,9 +68,23 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
     (req as unknown as { t0: bigint }).t0 = process.hrtime.bigint();
     requestContext.run({ requestId: String(req.id) }, done);
   });
+  // Every single-resource answer carries its etag as the ETag header too (for If-Match).
+  fastify.addHook('preSerialization', (req, reply, payload: unknown, done) => {
+    const etag = (payload as { etag?: unknown } | null)?.etag;
+    if (typeof etag === 'string' && (req.method === 'GET' || req.method === 'PATCH' || req.method === 'PUT')) void reply.header('etag', etag);
+    done(null, payload);
+  });
+  // One line per request: client errors at info, successes at debug (HYPERPLANE_LOG_LEVEL=debug shows
+  // them), as Incus and Nomad do; server errors are logged where they happen.
+  const accessDebug = logger.isLevelEnabled('debug');
   fastify.addHook('onResponse', (req, reply, done) => {
-    const ms = Number(process.hrtime.bigint() - (req as unknown as { t0: bigint }).t0) / 1e6;
-    logger.info({ requestId: req.id, method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(ms * 100) / 100 }, 'request');
+    const status = reply.statusCode;
+    if (status >= 400 || accessDebug) {
+      const ms = Number(process.hrtime.bigint() - (req as unknown as { t0: bigint }).t0) / 1e6;
+      const line = { requestId: req.id, method: req.method, url: req.url, status, ms: Math.round(ms * 100) / 100 };
+      if (status >= 400) logger.info(line, 'request');
+      else logger.debug(line, 'request');
+    }
     done();
   });
   fastify.setErrorHandler((err, req, reply) => {

@@ -15,7 +15,17 @@ export const requestContext = new AsyncLocalStorage<RequestContext>();
 
 /** The process-wide root logger; `mixin` adds the request id of the current request, if any. */
 export function createLogger(level: string, name: string): Logger {
-  return pino({
+  // Buffered, asynchronous writes: one syscall per few KiB instead of one per line. Flushed on exit.
+  const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  const flush = () => {
+    try {
+      destination.flushSync();
+    } catch {
+      /* nothing left to flush */
+    }
+  };
+  process.once('exit', flush);
+  const log = pino({
     level,
     base: { service: name, pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
@@ -24,5 +34,6 @@ export function createLogger(level: string, name: string): Logger {
       const ctx = requestContext.getStore();
       return ctx ? { requestId: ctx.requestId } : {};
     },
-  });
+  }, destination);
+  return log;
 }

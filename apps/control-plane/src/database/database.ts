@@ -51,9 +51,21 @@ export type Db = Pick<EntityManager, 'query'>;
  * `[rows, affected]` and everything else with `rows`; this evens that out.
  */
 export async function rows<T>(db: Db, text: string, params: unknown[] = []): Promise<T[]> {
+  const pool = poolOf(db);
+  if (pool) return (await pool.query(text, params)).rows as T[];
   const res: unknown = await db.query(text, params);
   if (Array.isArray(res) && res.length === 2 && Array.isArray(res[0]) && typeof res[1] === 'number') return res[0] as T[];
   return res as T[];
+}
+
+/**
+ * Outside a transaction, statements go straight to the pool TypeORM manages: one round trip, none
+ * of the query runner's per-call bookkeeping (the hot read path is measured by bench:api).
+ */
+function poolOf(db: Db): { query(text: string, params: unknown[]): Promise<{ rows: unknown[] }> } | undefined {
+  if (!(db instanceof DataSource)) return undefined;
+  const master = (db.driver as unknown as { master?: { query: (t: string, p: unknown[]) => Promise<{ rows: unknown[] }> } }).master;
+  return master && typeof master.query === 'function' ? master : undefined;
 }
 
 /** Runs an UPDATE/DELETE and returns how many rows it touched. */

@@ -41,10 +41,8 @@ export class PartitionsController {
   }
 
   @Get(':id')
-  async get(@Caller() p: Principal, @Param('id') id: string, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string) {
-    const view = await this.partitions.get(p, await this.auth.projectScope(p, project), id);
-    void res.header('etag', view.etag);
-    return view;
+  async get(@Caller() p: Principal, @Param('id') id: string, @Query('project') project?: string) {
+    return this.partitions.get(p, await this.auth.projectScope(p, project), id);
   }
 
   @Patch(':id')
@@ -52,13 +50,10 @@ export class PartitionsController {
     @Caller() p: Principal,
     @Param('id') id: string,
     @Body() body: UpdatePartitionInput,
-    @Res({ passthrough: true }) res: FastifyReply,
     @Query('project') project?: string,
     @Headers('if-match') ifMatch?: string,
   ) {
-    const view = await this.partitions.update(p, await this.auth.projectScope(p, project), id, body, mutationOptions(undefined, ifMatch));
-    void res.header('etag', view.etag);
-    return view;
+    return this.partitions.update(p, await this.auth.projectScope(p, project), id, body, mutationOptions(undefined, ifMatch));
   }
 
   @Post(':id/start')
