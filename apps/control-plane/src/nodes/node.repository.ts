@@ -3,6 +3,7 @@ import { UUID_RE } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
 import { Db, affected, rows } from '../database/database';
 import { PageRequest } from '../common/pagination';
+import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
 
 /** An image a node reported in its store. */
@@ -148,13 +149,10 @@ export class NodeRepository {
 
   /** A keyset page of nodes. */
   list(page: PageRequest, filter: { state?: string }): Promise<NodeRow[]> {
-    return rows(this.ds, 
-      `SELECT * FROM nodes WHERE ($1::uuid IS NULL OR id > $1)
-         AND ($3::text IS NULL OR $3 = CASE WHEN status = 'unreachable' THEN 'unreachable' WHEN draining THEN 'draining'
-                                           WHEN cordoned THEN 'cordoned' ELSE 'ready' END)
-       ORDER BY id LIMIT $2`,
-      [page.afterId, page.pageSize + 1, filter.state ?? null],
-    );
+    const w = new Where()
+      .add('id > ?', page.afterId)
+      .add(`? = CASE WHEN status = 'unreachable' THEN 'unreachable' WHEN draining THEN 'draining' WHEN cordoned THEN 'cordoned' ELSE 'ready' END`, filter.state);
+    return rows(this.ds, `SELECT * FROM nodes ${w} ORDER BY id LIMIT ${w.bind(page.pageSize + 1)}`, w.params);
   }
 
   /**

@@ -3,6 +3,7 @@ import { OperationStatus } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
 import { Db, affected, rows } from '../database/database';
 import { PageRequest } from '../common/pagination';
+import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
 
 /** The error a failed operation carries. */
@@ -69,12 +70,8 @@ export class OperationRepository {
 
   /** A keyset page of a project's operations, newest last. */
   list(projectId: string | null, page: PageRequest, f: { status?: string; targetId?: string }): Promise<OperationRow[]> {
-    return rows(this.ds, 
-      `SELECT * FROM operations WHERE ($1::uuid IS NULL OR project_id = $1) AND ($2::uuid IS NULL OR id > $2)
-         AND ($4::text IS NULL OR status = $4) AND ($5::uuid IS NULL OR target_id = $5)
-       ORDER BY id LIMIT $3`,
-      [projectId, page.afterId, page.pageSize + 1, f.status ?? null, f.targetId ?? null],
-    );
+    const w = new Where().add('project_id = ?', projectId).add('id > ?', page.afterId).add('status = ?', f.status).add('target_id = ?', f.targetId);
+    return rows(this.ds, `SELECT * FROM operations ${w} ORDER BY id LIMIT ${w.bind(page.pageSize + 1)}`, w.params);
   }
 
   /** pending|running → running; returns the row, or undefined if it is already final. */

@@ -3,6 +3,7 @@ import { AlreadyExistsError, PartitionState } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
 import { Db, affected, rows, isUniqueViolation } from '../database/database';
 import { PageRequest } from '../common/pagination';
+import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
 
 /** What the control plane wants a node to do with a partition. */
@@ -99,12 +100,13 @@ export class PartitionRepository {
 
   /** A keyset page of a project's partitions. */
   list(projectId: string, page: PageRequest, f: PartitionFilter): Promise<PartitionRow[]> {
-    return rows(this.ds, 
-      `SELECT * FROM partitions WHERE project_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         AND ($4::text IS NULL OR state = $4) AND ($5::jsonb IS NULL OR labels @> $5) AND ($6::uuid IS NULL OR node_id = $6)
-       ORDER BY id LIMIT $3`,
-      [projectId, page.afterId, page.pageSize + 1, f.state ?? null, f.labels && Object.keys(f.labels).length ? JSON.stringify(f.labels) : null, f.nodeId ?? null],
-    );
+    const w = new Where()
+      .add('project_id = ?', projectId)
+      .add('id > ?', page.afterId)
+      .add('state = ?', f.state)
+      .add('labels @> ?::jsonb', f.labels && Object.keys(f.labels).length ? JSON.stringify(f.labels) : undefined)
+      .add('node_id = ?', f.nodeId);
+    return rows(this.ds, `SELECT * FROM partitions ${w} ORDER BY id LIMIT ${w.bind(page.pageSize + 1)}`, w.params);
   }
 
   /** Updates labels and/or description, bumping the version. */

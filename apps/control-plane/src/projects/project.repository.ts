@@ -3,6 +3,7 @@ import { AlreadyExistsError, UUID_RE } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
 import { Db, affected, rows, isUniqueViolation } from '../database/database';
 import { PageRequest } from '../common/pagination';
+import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
 
 /** A projects row. */
@@ -42,9 +43,7 @@ export class ProjectRepository {
 
   /** A keyset page of projects, optionally only one (for project-scoped callers). */
   async list(page: PageRequest, onlyId?: string): Promise<ProjectRow[]> {
-    return rows(this.ds, 
-      `SELECT * FROM projects WHERE ($1::uuid IS NULL OR id > $1) AND ($3::uuid IS NULL OR id = $3) ORDER BY id LIMIT $2`,
-      [page.afterId, page.pageSize + 1, onlyId ?? null],
-    );
+    const w = new Where().add('id > ?', page.afterId).add('id = ?', onlyId);
+    return rows(this.ds, `SELECT * FROM projects ${w} ORDER BY id LIMIT ${w.bind(page.pageSize + 1)}`, w.params);
   }
 }

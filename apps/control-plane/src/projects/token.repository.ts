@@ -3,6 +3,7 @@ import { Role } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
 import { Db, affected, rows } from '../database/database';
 import { PageRequest } from '../common/pagination';
+import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
 
 /** An api_tokens row (never the secret itself, only its hash). */
@@ -51,11 +52,8 @@ export class TokenRepository {
 
   /** A keyset page of one project's tokens. */
   list(projectId: string, page: PageRequest): Promise<TokenRow[]> {
-    return rows(this.ds, 
-      `SELECT id, project_id, role, prefix, description, version, created_at, last_used_at FROM api_tokens
-       WHERE project_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3`,
-      [projectId, page.afterId, page.pageSize + 1],
-    );
+    const w = new Where().add('project_id = ?', projectId).add('id > ?', page.afterId);
+    return rows(this.ds, `SELECT id, project_id, role, prefix, description, version, created_at, last_used_at FROM api_tokens ${w} ORDER BY id LIMIT ${w.bind(page.pageSize + 1)}`, w.params);
   }
 
   /** Deletes one project's token; returns false when there was none. */
