@@ -33,6 +33,8 @@ import { PartitionOperations } from './partitions/partition-operations';
 import { PartitionRepository } from './partitions/partition.repository';
 import { PartitionsController } from './partitions/partitions.controller';
 import { PartitionsService } from './partitions/partitions.service';
+import { ConsoleService } from './partitions/console.service';
+import { ConsoleWebSocket } from './partitions/console.websocket';
 import { AuthService } from './projects/auth.service';
 import { ProjectRepository } from './projects/project.repository';
 import { TokenRepository } from './projects/token.repository';
@@ -67,6 +69,8 @@ const PROVIDERS: Provider[] = [
   OperationsService,
   OperationRunner,
   PartitionsService,
+  ConsoleService,
+  ConsoleWebSocket,
   PartitionOperations,
   AgentSessions,
   ConsoleSessions,

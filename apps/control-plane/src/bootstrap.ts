@@ -17,6 +17,7 @@ import { createDataSource, migrate } from './database/database';
 import { createRedis } from './database/redis';
 import { GrpcServer } from './grpc/grpc-server';
 import { ProjectsService } from './projects/projects.service';
+import { ConsoleWebSocket } from './partitions/console.websocket';
 
 /** A running control plane. */
 export interface ControlPlane {
@@ -104,6 +105,10 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
   );
   SwaggerModule.setup('docs', app, doc, { jsonDocumentUrl: 'openapi.json', yamlDocumentUrl: 'openapi.yaml' });
 
+  const consoleWs = app.get(ConsoleWebSocket);
+  fastify.server.on('upgrade', (req, socket, head) => {
+    if (!consoleWs.handleUpgrade(req, socket, head)) socket.destroy();
+  });
   app.enableShutdownHooks();
   await app.init();
   const grpcPort = await app.get(GrpcServer).start();

@@ -11,6 +11,8 @@ import { NodesService } from '../nodes/nodes.service';
 import { OperationsService } from '../operations/operations.service';
 import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from '../partitions/partitions.dto';
 import { PartitionsService } from '../partitions/partitions.service';
+import { ConsoleService } from '../partitions/console.service';
+import { ConsoleSession } from '../agents/console-sessions';
 import { AuthService } from '../projects/auth.service';
 import { CreateProjectInput, CreateTokenInput } from '../projects/projects.dto';
 import { ProjectsService } from '../projects/projects.service';
@@ -39,6 +41,7 @@ export class PublicGrpcApi {
     private readonly partitions: PartitionsService,
     private readonly operations: OperationsService,
     private readonly events: EventsService,
+    private readonly consoles: ConsoleService,
   ) {}
 
   /** Wraps a handler: request id, authentication, error mapping. */
@@ -124,6 +127,7 @@ export class PublicGrpcApi {
           this.pair(await this.partitions.reboot(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
         DeletePartition: this.unary<v1.DeletePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md) =>
           this.pair(await this.partitions.delete(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
+        AttachConsole: (call: grpc.ServerDuplexStream<v1.ConsoleInput__Output, v1.ConsoleChunk>) => this.attachConsole(call),
         GetConsole: this.unary<v1.GetConsoleRequest__Output, v1.ConsoleOutput>(async (p, r, md) => this.partitions.console(p, await this.project(p, md), r.id ?? '', r.tailBytes)),
       },
       OperationService: {
@@ -155,6 +159,40 @@ export class PublicGrpcApi {
         },
       },
     };
+  }
+
+  /** PartitionService.AttachConsole: the first message names the partition, then bytes both ways. */
+  private attachConsole(call: grpc.ServerDuplexStream<v1.ConsoleInput__Output, v1.ConsoleChunk>): void {
+    let session: ConsoleSession | undefined;
+    let opening = false;
+    const fail = (e: unknown) => {
+      const err = toGrpcError(e);
+      call.destroy(Object.assign(new Error(String(err.details)), err));
+    };
+    call.on('data', (m: v1.ConsoleInput__Output) => {
+      if (session) {
+        if (m.data?.length) session.write(Buffer.from(m.data));
+        return;
+      }
+      if (opening) return;
+      opening = true;
+      void (async () => {
+        try {
+          const p = await this.auth.authenticate(String(call.metadata.get('authorization')[0] ?? '') || undefined);
+          const s = await this.consoles.attach(p, await this.project(p, call.metadata), m.partitionId ?? '');
+          session = s;
+          s.on('data', (d) => call.write({ data: d }));
+          s.on('close', () => call.end());
+          if (m.data?.length) s.write(Buffer.from(m.data));
+        } catch (e) {
+          fail(e);
+        }
+      })();
+    });
+    const close = () => session?.close();
+    call.on('end', () => { close(); call.end(); });
+    call.on('cancelled', close);
+    call.on('error', close);
   }
 
   private pair(r: { partition: Parameters<typeof partitionMsg>[0]; operation: Parameters<typeof operationMsg>[0] }): v1.PartitionOperation {
