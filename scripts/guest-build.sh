@@ -31,12 +31,12 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SRC=$REPO_ROOT/scripts/guest
 FORCE=0
 
-log() { printf '[guest-build] %s\n' "$*"; }
+elapsed() { printf '%d.%01ds' $((($(date +%s%N) - T0) / 1000000000)) $(((($(date +%s%N) - T0) / 100000000) % 10)); }
+log() { printf '[guest-build %7s] %s\n' "+$(elapsed)" "$*"; }
 die() {
 	printf '[guest-build] error: %s\n' "$*" >&2
 	exit 1
 }
-elapsed() { printf '%d.%03ds' $((($(date +%s%N) - T0) / 1000000000)) $(((($(date +%s%N) - T0) / 1000000) % 1000)); }
 
 for arg in "$@"; do
 	case "$arg" in
@@ -52,6 +52,7 @@ done
 data_dir=${HYPERPLANE_DATA_DIR:-.hyperplane}
 OUT=${HYPERPLANE_GUEST_DIR:-$data_dir/guest}
 [[ $OUT == /* ]] || OUT=$REPO_ROOT/$OUT
+OUT=$(realpath -m "$OUT")
 readonly OUT STAMP=$OUT/.stamp
 readonly ARTIFACTS=(sample.qcow2 vmlinuz initrd.img manifest.json)
 
@@ -59,25 +60,29 @@ readonly ARTIFACTS=(sample.qcow2 vmlinuz initrd.img manifest.json)
 inputs_hash() {
 	(
 		cd "$REPO_ROOT"
-		find scripts/guest-build.sh scripts/guest -type f ! -name check.sh ! -name '*.md' -print0 |
-			LC_ALL=C sort -z |
-			while IFS= read -r -d '' f; do
-				printf '%s %s\n' "$(stat -c %a "$f")" "$(sha256sum "$f")"
-			done
+		local files=()
+		mapfile -d '' files < <(find scripts/guest-build.sh scripts/guest -type f ! -name check.sh ! -name '*.md' -print0 | LC_ALL=C sort -z)
+		stat -c '%a %n' "${files[@]}"
+		sha256sum "${files[@]}"
 	) | sha256sum | cut -c1-64
 }
 
 # Sets KPKG (linux-image-<ver>), KVER (<ver>, the /lib/modules name) and KPKG_VERSION from the
-# metapackage's dependency. Returns 1 when apt knows no such package (no package lists).
+# dependency of the metapackage (one apt-cache call when, as in Debian, it pins the version).
+# Returns 1 when apt knows no such package (no package lists).
 resolve_kernel() {
 	local dep
-	dep=$(apt-cache depends "$META_PKG" 2>/dev/null |
-		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\(-unsigned\)\{0,1\}\)$/\1/p' | head -n1) || true
+	dep=$(apt-cache show --no-all-versions "$META_PKG" 2>/dev/null | sed -n 's/^Depends: //p' | sed 's/[,|]/\n/g' |
+		sed -n 's/^ *\(linux-image-[0-9][^ ]*-cloud-amd64\(-unsigned\)\{0,1\}\)\( *(= *\([^)]*\))\)\{0,1\} *$/\1 \4/p' |
+		sed -n 1p) || true
 	[[ -n $dep ]] || return 1
-	KPKG=$dep
-	KVER=${dep#linux-image-}
+	KPKG=${dep%% *}
+	KPKG_VERSION=${dep#* }
+	KVER=${KPKG#linux-image-}
 	KVER=${KVER%-unsigned}
-	KPKG_VERSION=$(apt-cache show --no-all-versions "$dep" 2>/dev/null | sed -n 's/^Version: //p' | head -n1) || true
+	if [[ -z $KPKG_VERSION ]]; then
+		KPKG_VERSION=$(apt-cache show --no-all-versions "$KPKG" 2>/dev/null | sed -n 's/^Version: //p' | sed -n 1p) || true
+	fi
 	[[ -n $KPKG_VERSION ]] || return 1
 }
 
@@ -87,7 +92,8 @@ outputs_ok() {
 	(cd "$OUT" && sha256sum --quiet --strict -c SHA256SUMS >/dev/null 2>&1)
 }
 
-# Exits 0 when the outputs are up to date for ($1 = kernel package version or "").
+# Exits 0 when the outputs are up to date for ($1 = kernel package version or ""); says why
+# not unless $2 = quiet.
 exit_if_cached() {
 	[[ $FORCE == 0 && -f $STAMP ]] || return 0
 	local want have
@@ -102,7 +108,9 @@ exit_if_cached() {
 		log "up to date: $OUT/sample.qcow2 (${have#* }) in $(elapsed)"
 		exit 0
 	fi
-	if [[ $have != "$want" ]]; then
+	if [[ ${2:-} == quiet ]]; then
+		return 0
+	elif [[ $have != "$want" ]]; then
 		log "stale: built with '$have', want '$want'"
 	else
 		log "outputs in $OUT do not match SHA256SUMS: rebuilding"
@@ -125,7 +133,7 @@ mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock -w 900 9 || die "another guest build holds $OUT/.lock"
 # Someone else may have finished the build while this one waited for the lock.
-[[ -z $KPKG ]] || exit_if_cached "$KPKG_VERSION"
+[[ -z $KPKG ]] || exit_if_cached "$KPKG_VERSION" quiet
 
 WORK=$(mktemp -d "$OUT/.build.XXXXXX") # same filesystem as $OUT: the final mv are renames
 cleanup() { rm -rf "$WORK"; }
@@ -178,14 +186,18 @@ mkdir -p "$WORK/deb" "$WORK/kroot"
 	tail -n 20 "$APTLOG" >&2
 	die "apt-get download $KPKG=$KPKG_VERSION failed"
 }
-deb=$(find "$WORK/deb" -name '*.deb' | head -n1)
+deb=$(find "$WORK/deb" -name '*.deb' | sed -n 1p)
+[[ -n $deb ]] || die "apt-get download $KPKG left no .deb"
 log "kernel: downloaded $(basename "$deb") ($(($(stat -c %s "$deb") / 1048576)) MiB), extracting"
 dpkg -x "$deb" "$WORK/kroot"
 VMLINUZ=$WORK/kroot/boot/vmlinuz-$KVER
 [[ -f $VMLINUZ ]] || die "no boot/vmlinuz-$KVER in $(basename "$deb")"
 MODROOT=""
 for d in "$WORK/kroot/lib/modules/$KVER" "$WORK/kroot/usr/lib/modules/$KVER"; do
-	[[ -d $d ]] && MODROOT=$d && break
+	if [[ -d $d ]]; then
+		MODROOT=$d
+		break
+	fi
 done
 [[ -n $MODROOT ]] || die "no lib/modules/$KVER in $(basename "$deb")"
 
@@ -341,4 +353,6 @@ printf 'format=%s kernel=%s package=%s inputs=%s\n' "$FORMAT" "$KVER" "$KPKG_VER
 rm -f "$STAMP"
 for f in "${ARTIFACTS[@]}" SHA256SUMS; do mv -f "$WORK/$f" "$OUT/$f"; done
 mv -f "$WORK/stamp" "$STAMP"
+cleanup
+trap - EXIT
 log "done: $OUT/{sample.qcow2,vmlinuz,initrd.img,manifest.json} in $(elapsed)"
