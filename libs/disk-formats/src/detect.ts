@@ -1,3 +1,4 @@
+import { read as readFd } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { FileImageIo, type ImageIo } from './image-io';
 
@@ -10,11 +11,17 @@ export const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
 export const VHDX_SIGNATURE = Buffer.from('vhdxfile', 'latin1');
 
 /**
- * Decides the format from the first bytes of the file, never from its name: a qcow2 renamed
+ * Decides the format from the first bytes of the file (given as a path, a numeric fd, a
+ * FileHandle or an ImageIo), never from its name: a qcow2 renamed
  * ".vhdx" is qcow2. Anything without a qcow2 or VHDX magic is raw. The result is meant to be
  * pinned (`-drive format=...`) so that QEMU never probes a guest-controlled file itself.
  */
-export async function detectFormat(source: string | FileHandle | ImageIo): Promise<DiskFormat> {
+export async function detectFormat(source: string | number | FileHandle | ImageIo): Promise<DiskFormat> {
+  if (typeof source === 'number') {
+    const buf = Buffer.alloc(8);
+    const n = await new Promise<number>((resolve, reject) => readFd(source, buf, 0, 8, 0, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead))));
+    return detectFormatFromBytes(buf.subarray(0, n));
+  }
   if (typeof source === 'string') {
     const io = await FileImageIo.open(source, 'read');
     try {

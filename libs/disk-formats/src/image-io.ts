@@ -76,7 +76,8 @@ export class FileImageIo implements ImageIo {
 
   async read(offset: number, length: number): Promise<Buffer> {
     const len = Math.max(0, Math.min(length, this.size - offset));
-    const buf = Buffer.alloc(len);
+    // Only the bytes actually read are returned, so the unzeroed allocation never leaks.
+    const buf = Buffer.allocUnsafe(len);
     let done = 0;
     while (done < len) {
       const { bytesRead } = await this.handle.read(buf, done, len - done, offset + done);
@@ -145,5 +146,43 @@ export class MemoryImageIo implements ImageIo {
 
   async flush(): Promise<void> {
     this.ops.push({ kind: 'flush' });
+  }
+}
+
+/**
+ * Serves reads that fall inside already-fetched extents from memory, and passes the rest
+ * through. Parsers fetch a few extents in one go (e.g. the file's first 4 KiB) and then read
+ * field by field without paying a system call each time.
+ */
+export class PrefetchIo implements ImageIo {
+  private readonly extents: Array<{ offset: number; bytes: Buffer }> = [];
+
+  constructor(private readonly base: ImageIo) {}
+
+  get size(): number {
+    return this.base.size;
+  }
+
+  /** Fetches [offset, offset + length) (clipped to the file) into the cache. */
+  async prefetch(offset: number, length: number): Promise<void> {
+    if (offset >= this.base.size) return;
+    this.extents.push({ offset, bytes: await this.base.read(offset, Math.min(length, this.base.size - offset)) });
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const end = Math.min(offset + length, this.base.size);
+    for (const e of this.extents) {
+      if (offset >= e.offset && end <= e.offset + e.bytes.length) return Buffer.from(e.bytes.subarray(offset - e.offset, end - e.offset));
+    }
+    return this.base.read(offset, length);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.extents.length = 0;
+    await this.base.write(offset, data);
+  }
+
+  async flush(): Promise<void> {
+    await this.base.flush();
   }
 }

@@ -1,7 +1,7 @@
 import { type DiskFormat, detectFormatFromBytes, sniffForeignFormat } from './detect';
 import { type EnvelopeEncoding, decodeEnvelope, encodeEnvelopeToFit } from './envelope';
 import { ImageRejectedError, MetadataUnsupportedError, quoteForMessage } from './errors';
-import { FileImageIo, type ImageIo } from './image-io';
+import { FileImageIo, type ImageIo, PrefetchIo } from './image-io';
 import { type ImageMetadata, parseStoredMetadata, serializeMetadata } from './metadata-schema';
 import { type Qcow2Header, parseQcow2, qcow2MetadataBytes, qcow2MetadataCapacity, qcow2TooLargeError, writeQcow2Metadata } from './qcow2';
 import { type VhdxImage, parseVhdx, vhdxMetadataCapacity, vhdxTooLargeError, writeVhdxMetadata } from './vhdx';
@@ -87,8 +87,11 @@ const RAW_MESSAGE = 'raw images cannot hold metadata; convert to qcow2 or vhdx';
 type Parsed = { format: 'qcow2'; qcow2: Qcow2Header } | { format: 'vhdx'; vhdx: VhdxImage } | { format: 'raw' };
 
 async function parse(io: ImageIo, limits: { maxVirtualSizeBytes?: number } = {}): Promise<Parsed> {
-  const format = detectFormatFromBytes(await io.read(0, 8));
-  if (format === 'qcow2') return { format, qcow2: await parseQcow2(io, limits) };
+  // One read of the first 4 KiB serves detection and, for qcow2, usually the whole header.
+  const cached = new PrefetchIo(io);
+  await cached.prefetch(0, 4096);
+  const format = detectFormatFromBytes(await cached.read(0, 8));
+  if (format === 'qcow2') return { format, qcow2: await parseQcow2(cached, limits) };
   if (format === 'vhdx') return { format, vhdx: await parseVhdx(io, limits) };
   return { format };
 }

@@ -1,5 +1,4 @@
-import { ENVELOPE_HEADER_BYTES } from './envelope';
-import { ImageRejectedError, type ImageRejectReason, MetadataTooLargeError, quoteForMessage } from './errors';
+import { ImageRejectedError, type ImageRejectReason, MetadataTooLargeError } from './errors';
 import { type ImageIo, readExact } from './image-io';
 
 /**
@@ -197,27 +196,6 @@ export async function parseQcow2(io: ImageIo, limits: { maxVirtualSizeBytes?: nu
   }
   const extendedL2 = (incompatible & INCOMPAT_EXTENDED_L2) !== 0n;
 
-  // Table placement. Every table must be cluster-aligned, outside the header cluster and inside
-  // the file: a table "at offset 0" would make QEMU read the header as an L1 table.
-  const checkTable = (name: string, offset: number, bytes: number, entirelyInFile: boolean) => {
-    if (offset % clusterSize !== 0) reject('bad-header', `${name} offset ${offset} is not aligned to the cluster size ${clusterSize}`);
-    if (offset < clusterSize) reject('overlap', `${name} at offset ${offset} overlaps the header cluster`);
-    const end = entirelyInFile ? offset + bytes : offset + 1;
-    if (end > io.size) reject('out-of-bounds', `${name} at offset ${offset} (${bytes} bytes) runs past the end of the file (${io.size} bytes)`);
-  };
-  if (l1Size * 8 > MAX_L1_BYTES) reject('bad-header', `L1 table of ${l1Size} entries exceeds QEMU's 32 MiB limit`);
-  const l2Entries = BigInt(clusterSize / (extendedL2 ? 16 : 8));
-  const l1Needed = (rawSize + BigInt(clusterSize) * l2Entries - 1n) / (BigInt(clusterSize) * l2Entries);
-  if (BigInt(l1Size) < l1Needed) reject('bad-header', `L1 table has ${l1Size} entries, too few for a virtual size of ${rawSize} bytes`);
-  if (l1Size > 0) checkTable('L1 table', l1TableOffset, l1Size * 8, true);
-  if (refcountTableClusters === 0 || refcountTableOffset === 0) reject('bad-header', 'image has no refcount table');
-  if (refcountTableClusters * clusterSize > MAX_REFTABLE_BYTES) {
-    reject('bad-header', `refcount table of ${refcountTableClusters} clusters exceeds QEMU's 8 MiB limit`);
-  }
-  checkTable('refcount table', refcountTableOffset, refcountTableClusters * clusterSize, false);
-  if (snapshotCount > MAX_SNAPSHOTS) reject('bad-header', `${snapshotCount} snapshots exceed QEMU's limit of ${MAX_SNAPSHOTS}`);
-  if (snapshotCount > 0) checkTable('snapshot table', snapshotsOffset, 1, false);
-
   // Backing file name: stored after the extensions, inside the first cluster.
   let backingFile: string | undefined;
   if (backingFileOffset !== 0) {
@@ -292,6 +270,27 @@ export async function parseQcow2(io: ImageIo, limits: { maxVirtualSizeBytes?: nu
     off = ext.end;
   }
   if (cryptMethod === 2 && !cryptoOffset) reject('bad-header', 'LUKS encryption without an encryption header pointer');
+
+  // Table placement. Every table must be cluster-aligned, outside the header cluster and inside
+  // the file: a table "at offset 0" would make QEMU read the header as an L1 table.
+  const checkTable = (name: string, offset: number, bytes: number, entirelyInFile: boolean) => {
+    if (offset % clusterSize !== 0) reject('bad-header', `${name} offset ${offset} is not aligned to the cluster size ${clusterSize}`);
+    if (offset < clusterSize) reject('overlap', `${name} at offset ${offset} overlaps the header cluster`);
+    const end = entirelyInFile ? offset + bytes : offset + 1;
+    if (end > io.size) reject('out-of-bounds', `${name} at offset ${offset} (${bytes} bytes) runs past the end of the file (${io.size} bytes)`);
+  };
+  if (l1Size * 8 > MAX_L1_BYTES) reject('bad-header', `L1 table of ${l1Size} entries exceeds QEMU's 32 MiB limit`);
+  const l2Entries = BigInt(clusterSize / (extendedL2 ? 16 : 8));
+  const l1Needed = (rawSize + BigInt(clusterSize) * l2Entries - 1n) / (BigInt(clusterSize) * l2Entries);
+  if (BigInt(l1Size) < l1Needed) reject('bad-header', `L1 table has ${l1Size} entries, too few for a virtual size of ${rawSize} bytes`);
+  if (l1Size > 0) checkTable('L1 table', l1TableOffset, l1Size * 8, true);
+  if (refcountTableClusters === 0 || refcountTableOffset === 0) reject('bad-header', 'image has no refcount table');
+  if (refcountTableClusters * clusterSize > MAX_REFTABLE_BYTES) {
+    reject('bad-header', `refcount table of ${refcountTableClusters} clusters exceeds QEMU's 8 MiB limit`);
+  }
+  checkTable('refcount table', refcountTableOffset, refcountTableClusters * clusterSize, false);
+  if (snapshotCount > MAX_SNAPSHOTS) reject('bad-header', `${snapshotCount} snapshots exceed QEMU's limit of ${MAX_SNAPSHOTS}`);
+  if (snapshotCount > 0) checkTable('snapshot table', snapshotsOffset, 1, false);
 
   const tablesOffset = Math.min(
     clusterSize,
@@ -534,12 +533,4 @@ export async function writeQcow2Metadata(io: ImageIo, header: Qcow2Header, envel
   }
   await io.write(p.linkOffset, p.link);
   await io.flush();
-}
-
-/** Bytes of envelope overhead inside a qcow2 extension, for capacity arithmetic in callers. */
-export const QCOW2_EXTENSION_OVERHEAD = 8 + ENVELOPE_HEADER_BYTES;
-
-/** Human description of a backing file for error messages. */
-export function describeQcow2Backing(h: Qcow2Header): string {
-  return quoteForMessage(h.backingFile ?? '');
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { crc32cWithZeroedField } from './crc32c';
-import { ImageRejectedError, type ImageRejectReason, MetadataTooLargeError, MetadataUnsupportedError, quoteForMessage } from './errors';
-import { type ImageIo, readExact } from './image-io';
+import { ImageRejectedError, type ImageRejectReason, MetadataTooLargeError, MetadataUnsupportedError } from './errors';
+import { type ImageIo, PrefetchIo, readExact } from './image-io';
 import {
   type ActiveLogSequence,
   LOG_SECTOR,
@@ -185,10 +185,14 @@ export async function parseVhdx(io: ImageIo, limits: { maxVirtualSizeBytes?: num
   const ident = await readExact(io, 0, 8, 'vhdx file identifier');
   if (ident.toString('latin1') !== 'vhdxfile') reject('bad-header', 'file identifier: missing "vhdxfile" signature');
 
-  // Headers: the current one is the valid one with the higher sequence number.
-  const parsed = await Promise.all(
-    HEADER_OFFSETS.map(async (off, i) => parseHeader(await readExact(io, off, HEADER_SIZE, `vhdx header ${i + 1}`), i as 0 | 1)),
-  );
+  // Headers: the current one is the valid one with the higher sequence number. Region table 1
+  // is fetched in the same round trip (re-read below if a pending log changes it).
+  const [h1, h2, rtRaw] = await Promise.all([
+    readExact(io, HEADER_OFFSETS[0], HEADER_SIZE, 'vhdx header 1'),
+    readExact(io, HEADER_OFFSETS[1], HEADER_SIZE, 'vhdx header 2'),
+    readExact(io, REGION_TABLE_OFFSET, REGION_TABLE_SIZE, 'vhdx region table'),
+  ]);
+  const parsed = [parseHeader(h1, 0), parseHeader(h2, 1)];
   const valid = parsed.map((p) => p.header).filter((h): h is VhdxHeader => h !== null);
   if (valid.length === 0) {
     if (parsed.some((p) => p.badChecksum)) reject('bad-checksum', 'header: both headers fail their CRC-32C checksum');
@@ -222,7 +226,7 @@ export async function parseVhdx(io: ImageIo, limits: { maxVirtualSizeBytes?: num
   }
 
   // Region table 1.
-  const rt = await readExact(view, REGION_TABLE_OFFSET, REGION_TABLE_SIZE, 'vhdx region table');
+  const rt = pendingLog ? await readExact(view, REGION_TABLE_OFFSET, REGION_TABLE_SIZE, 'vhdx region table') : rtRaw;
   if (rt.toString('latin1', 0, 4) !== 'regi') reject('bad-header', 'region table: missing "regi" signature');
   if (crc32cWithZeroedField(rt, 4) !== rt.readUInt32LE(4)) reject('bad-checksum', 'region table: CRC-32C checksum mismatch');
   const regionCount = rt.readUInt32LE(8);
@@ -260,7 +264,11 @@ export async function parseVhdx(io: ImageIo, limits: { maxVirtualSizeBytes?: num
   const metadataRegion = regions.find((r) => r.guid === VHDX_GUIDS.metadataRegion);
   if (!bat || !metadataRegion) reject('bad-header', `region table: the ${bat ? 'metadata' : 'BAT'} region is missing`);
 
-  // Metadata table.
+  // Metadata table, fetched together with the first 4 KiB of items (where the system items and
+  // usually ours live) so that reading them costs no further round trips.
+  const md = new PrefetchIo(view);
+  await md.prefetch(metadataRegion.offset, Math.min(metadataRegion.length, METADATA_TABLE_SIZE + 4096));
+  view = md;
   const table = await readExact(view, metadataRegion.offset, METADATA_TABLE_SIZE, 'vhdx metadata table');
   if (table.toString('latin1', 0, 8) !== 'metadata') reject('bad-header', 'metadata table: missing "metadata" signature');
   const entryCount = table.readUInt16LE(10);
@@ -514,6 +522,9 @@ function planTableChange(img: VhdxImage, envelope: Buffer | null, inheritable: b
 export async function writeVhdxMetadata(io: ImageIo, image: VhdxImage, envelope: Buffer | null, inheritable: boolean): Promise<void> {
   const fileWriteGuid = randomBytes(16);
   let img = image;
+  // Each write bumps the header sequence number 4 times (2 header updates, twice each), maybe 8
+  // with a replay; a u64 that cannot take that is hostile or broken, not something to wrap.
+  if (img.current.sequence > 2n ** 64n - 16n) reject('bad-header', 'header: sequence number is exhausted; cannot update headers');
   const change0 = planTableChange(img, envelope, inheritable); // fail early, before any write
   if (change0.sectors.length === 0) return;
   const entrySize = (descriptorSectors(change0.sectors.length) + change0.sectors.length) * LOG_SECTOR;
@@ -538,9 +549,4 @@ export async function writeVhdxMetadata(io: ImageIo, image: VhdxImage, envelope:
   for (const s of change.sectors) await io.write(s.offset, s.data);
   await io.flush();
   await updateHeaders(io, cur, { fileWriteGuid, logGuid: ZERO_GUID });
-}
-
-/** Human description of a differencing disk's parent for error messages. */
-export function describeVhdxParent(img: VhdxImage): string {
-  return quoteForMessage(img.parentPath ?? '');
 }
