@@ -102,6 +102,7 @@ export class InitialSchema1732400000000 implements MigrationInterface {
         params jsonb NOT NULL DEFAULT '{}',
         error jsonb,
         cancel_requested boolean NOT NULL DEFAULT false,
+        request_id text NOT NULL DEFAULT '',
         attempts integer NOT NULL DEFAULT 0,
         version integer NOT NULL DEFAULT 1,
         created_at timestamptz NOT NULL DEFAULT now(),

@@ -10,7 +10,7 @@ import { MAX_BODY_BYTES } from '@hyperplane/domain';
 import { Logger } from 'pino';
 import { AppModule } from './app.module';
 import { Config } from './config';
-import { createLogger, requestContext } from './common/logger';
+import { createLogger } from './common/logger';
 import { fastifyErrorProblem } from './common/problem.filter';
 import { toProblem } from './common/problem';
 import { createDataSource, migrate } from './database/database';
@@ -67,7 +67,7 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
   fastify.addHook('onRequest', (req, reply, done) => {
     void reply.header('x-request-id', req.id);
     (req as unknown as { t0: bigint }).t0 = process.hrtime.bigint();
-    requestContext.run({ requestId: String(req.id) }, done);
+    done();
   });
   // Every single-resource answer carries its etag as the ETag header too (for If-Match).
   fastify.addHook('preSerialization', (req, reply, payload: unknown, done) => {

@@ -44,7 +44,7 @@ export class ProblemFilter implements ExceptionFilter {
     } else {
       problem = fastifyErrorProblem(exception as Error) ?? toProblem(exception, req.url);
     }
-    if (problem.status >= 500) this.log.error({ err: exception, url: req.url }, 'request failed');
+    if (problem.status >= 500) this.log.error({ err: exception, requestId: req.id, url: req.url }, 'request failed');
     void reply.status(problem.status).header('content-type', 'application/problem+json').send(problem);
   }
 }

@@ -10,6 +10,8 @@ export interface MutationOptions {
   idempotencyKey?: string;
   /** Parsed `If-Match` (REST) or `etag` (gRPC); -1 when it could not be parsed. */
   ifMatch?: number;
+  /** The request's id (`X-Request-Id`), recorded on the operations it creates. */
+  requestId?: string;
 }
 
 /**

@@ -1,8 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
-import { Injectable } from '@nestjs/common';
+import { Inject, Injectable } from '@nestjs/common';
+import { Logger } from 'pino';
+import { LOGGER } from '../common/tokens';
 import { Principal } from '@hyperplane/domain';
 import { v1 } from '@hyperplane/proto';
-import { requestContext } from '../common/logger';
 import { parseIfMatch } from '../common/etag';
 import { MutationOptions } from '../common/transactions';
 import { validateInput } from '../common/validation';
@@ -22,9 +23,9 @@ import { randomUUID } from 'node:crypto';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
-const opts = (requestId?: string, etag?: string): MutationOptions => {
+const opts = (idempotencyKey?: string, etag?: string): MutationOptions => {
   const ifMatch = parseIfMatch(etag);
-  return { idempotencyKey: requestId || undefined, ifMatch: ifMatch === -1 ? undefined : ifMatch };
+  return { idempotencyKey: idempotencyKey || undefined, ifMatch: ifMatch === -1 ? undefined : ifMatch };
 };
 const pick = <T extends object>(o: T): Partial<T> => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 
@@ -42,20 +43,23 @@ export class PublicGrpcApi {
     private readonly operations: OperationsService,
     private readonly events: EventsService,
     private readonly consoles: ConsoleService,
+    @Inject(LOGGER) private readonly log: Logger,
   ) {}
 
   /** Wraps a handler: request id, authentication, error mapping. */
-  private unary<Req, Res>(fn: (p: Principal, req: Req, md: grpc.Metadata) => Promise<Res>): Unary<Req, Res> {
+  private unary<Req, Res>(fn: (p: Principal, req: Req, md: grpc.Metadata, requestId: string) => Promise<Res>): Unary<Req, Res> {
     return (call, cb) => {
       const requestId = String(call.metadata.get('x-request-id')[0] ?? randomUUID());
-      void requestContext.run({ requestId }, async () => {
+      void (async () => {
         try {
           const principal = await this.auth.authenticate(String(call.metadata.get('authorization')[0] ?? '') || undefined);
-          cb(null, await fn(principal, call.request, call.metadata));
+          cb(null, await fn(principal, call.request, call.metadata, requestId));
         } catch (e) {
-          cb(toGrpcError(e));
+          const err = toGrpcError(e);
+          if (err.code === grpc.status.INTERNAL) this.log.error({ err: e, requestId, method: call.getPath() }, 'gRPC call failed');
+          cb(err);
         }
-      });
+      })();
     };
   }
 
@@ -93,7 +97,7 @@ export class PublicGrpcApi {
         UncordonNode: this.unary<v1.NodeActionRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.setCordoned(p, r.node ?? '', false))),
       },
       PartitionService: {
-        CreatePartition: this.unary<v1.CreatePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md) => {
+        CreatePartition: this.unary<v1.CreatePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) => {
           const input = validateInput(CreatePartitionInput, pick({
             name: r.name ?? '',
             vcpus: r.vcpus ?? 0,
@@ -104,7 +108,7 @@ export class PublicGrpcApi {
             diskGiB: r.diskGib,
             placement: r.placement ? pick({ node: r.placement.node }) : undefined,
           }));
-          const out = await this.partitions.create(p, await this.project(p, md), input, opts(r.requestId));
+          const out = await this.partitions.create(p, await this.project(p, md), input, { ...opts(r.requestId), requestId: rid });
           return { partition: partitionMsg(out.partition), operation: operationMsg(out.operation) };
         }),
         GetPartition: this.unary<v1.GetPartitionRequest__Output, v1.Partition>(async (p, r, md) => partitionMsg(await this.partitions.get(p, await this.project(p, md), r.id ?? ''))),
@@ -117,16 +121,16 @@ export class PublicGrpcApi {
           const input = validateInput(UpdatePartitionInput, pick({ labels: hasLabels || r.replaceLabels ? r.labels ?? {} : undefined, replaceLabels: r.replaceLabels || undefined, description: r.description }));
           return partitionMsg(await this.partitions.update(p, await this.project(p, md), r.id ?? '', input, opts(undefined, r.etag)));
         }),
-        StartPartition: this.unary<v1.PartitionActionRequest__Output, v1.PartitionOperation>(async (p, r, md) =>
-          this.pair(await this.partitions.start(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
-        StopPartition: this.unary<v1.StopPartitionRequest__Output, v1.PartitionOperation>(async (p, r, md) => {
+        StartPartition: this.unary<v1.PartitionActionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) =>
+          this.pair(await this.partitions.start(p, await this.project(p, md), r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
+        StopPartition: this.unary<v1.StopPartitionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) => {
           const input = validateInput(StopPartitionInput, pick({ force: r.force }));
-          return this.pair(await this.partitions.stop(p, await this.project(p, md), r.id ?? '', input, opts(r.requestId, r.etag)));
+          return this.pair(await this.partitions.stop(p, await this.project(p, md), r.id ?? '', input, { ...opts(r.requestId, r.etag), requestId: rid }));
         }),
-        RebootPartition: this.unary<v1.PartitionActionRequest__Output, v1.PartitionOperation>(async (p, r, md) =>
-          this.pair(await this.partitions.reboot(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
-        DeletePartition: this.unary<v1.DeletePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md) =>
-          this.pair(await this.partitions.delete(p, await this.project(p, md), r.id ?? '', opts(r.requestId, r.etag)))),
+        RebootPartition: this.unary<v1.PartitionActionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) =>
+          this.pair(await this.partitions.reboot(p, await this.project(p, md), r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
+        DeletePartition: this.unary<v1.DeletePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) =>
+          this.pair(await this.partitions.delete(p, await this.project(p, md), r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
         AttachConsole: (call: grpc.ServerDuplexStream<v1.ConsoleInput__Output, v1.ConsoleChunk>) => this.attachConsole(call),
         GetConsole: this.unary<v1.GetConsoleRequest__Output, v1.ConsoleOutput>(async (p, r, md) => this.partitions.console(p, await this.project(p, md), r.id ?? '', r.tailBytes)),
       },

@@ -116,15 +116,15 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     try {
       await handler(op, ctx);
       await this.finish(id, 'succeeded', null);
-      this.log.info({ operationId: id, kind: op.kind, ms: Date.now() - started }, 'operation succeeded');
+      this.log.info({ operationId: id, requestId: op.request_id, kind: op.kind, ms: Date.now() - started }, 'operation succeeded');
     } catch (e) {
       if (e instanceof CancelledError || (ac.signal.aborted && !(e instanceof DomainError))) {
         await this.finish(id, 'cancelled', { code: 'CANCELLED', message: e instanceof Error ? e.message : 'cancelled' });
       } else {
         const error = toOperationError(e);
-        if (error.code === 'INTERNAL') this.log.error({ err: e, operationId: id }, 'operation failed unexpectedly');
+        if (error.code === 'INTERNAL') this.log.error({ err: e, operationId: id, requestId: op.request_id }, 'operation failed unexpectedly');
         await this.finish(id, 'failed', error);
-        this.log.info({ operationId: id, kind: op.kind, error }, 'operation failed');
+        this.log.info({ operationId: id, requestId: op.request_id, kind: op.kind, error }, 'operation failed');
       }
     } finally {
       this.running.delete(id);

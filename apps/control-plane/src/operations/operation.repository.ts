@@ -26,6 +26,7 @@ export interface OperationRow {
   params: Record<string, unknown>;
   error: OperationError | null;
   cancel_requested: boolean;
+  request_id: string;
   attempts: number;
   version: number;
   created_at: Date;
@@ -42,6 +43,8 @@ export interface NewOperation {
   targetType: string;
   targetId: string;
   params?: Record<string, unknown>;
+  /** Id of the API request that asked for it (for logs). */
+  requestId?: string;
 }
 
 /** SQL for operations. Status changes are conditional on the current status, so a final operation never changes. */
@@ -52,9 +55,9 @@ export class OperationRepository {
   /** Records a new pending operation (in the transaction that creates its work). */
   async insert(tx: Db, op: NewOperation): Promise<OperationRow> {
     const found = await rows<OperationRow>(tx, 
-      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params)
-       VALUES ($1, $2, $3, $4, $5, 'pending', $6) RETURNING *`,
-      [op.id, op.projectId, op.kind, op.targetType, op.targetId, JSON.stringify(op.params ?? {})],
+      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id)
+       VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7) RETURNING *`,
+      [op.id, op.projectId, op.kind, op.targetType, op.targetId, JSON.stringify(op.params ?? {}), op.requestId ?? ''],
     );
     return found[0]!;
   }

@@ -1,9 +1,10 @@
-import { Body, Controller, Delete, Get, Headers, HttpCode, Param, Patch, Post, Query, Res } from '@nestjs/common';
+import { Body, Controller, Delete, Get, HttpCode, Param, Patch, Post, Query, Res } from '@nestjs/common';
 import { ApiBearerAuth, ApiQuery, ApiTags } from '@nestjs/swagger';
 import { Principal } from '@hyperplane/domain';
 import type { FastifyReply } from 'fastify';
 import { Caller } from '../common/auth';
-import { mutationOptions } from '../common/rest';
+import { Mutation } from '../common/rest';
+import { MutationOptions } from '../common/transactions';
 import { AuthService } from '../projects/auth.service';
 import { CreatePartitionInput, EmptyInput, StopPartitionInput, UpdatePartitionInput } from './partitions.dto';
 import { PartitionOperationView, PartitionsService } from './partitions.service';
@@ -25,10 +26,10 @@ export class PartitionsController {
     @Caller() p: Principal,
     @Body() body: CreatePartitionInput,
     @Res({ passthrough: true }) res: FastifyReply,
+    @Mutation() m: MutationOptions,
     @Query('project') project?: string,
-    @Headers('idempotency-key') key?: string,
   ): Promise<PartitionOperationView> {
-    return accepted(res, await this.partitions.create(p, await this.auth.projectScope(p, project), body, mutationOptions(key)));
+    return accepted(res, await this.partitions.create(p, await this.auth.projectScope(p, project), body, m));
   }
 
   @Get()
@@ -50,34 +51,34 @@ export class PartitionsController {
     @Caller() p: Principal,
     @Param('id') id: string,
     @Body() body: UpdatePartitionInput,
+    @Mutation() m: MutationOptions,
     @Query('project') project?: string,
-    @Headers('if-match') ifMatch?: string,
   ) {
-    return this.partitions.update(p, await this.auth.projectScope(p, project), id, body, mutationOptions(undefined, ifMatch));
+    return this.partitions.update(p, await this.auth.projectScope(p, project), id, body, m);
   }
 
   @Post(':id/start')
   @HttpCode(202)
-  async start(@Caller() p: Principal, @Param('id') id: string, @Body() _body: EmptyInput, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Headers('idempotency-key') key?: string, @Headers('if-match') ifMatch?: string) {
-    return accepted(res, await this.partitions.start(p, await this.auth.projectScope(p, project), id, mutationOptions(key, ifMatch)));
+  async start(@Caller() p: Principal, @Param('id') id: string, @Body() _body: EmptyInput, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Mutation() m?: MutationOptions) {
+    return accepted(res, await this.partitions.start(p, await this.auth.projectScope(p, project), id, m));
   }
 
   @Post(':id/stop')
   @HttpCode(202)
-  async stop(@Caller() p: Principal, @Param('id') id: string, @Body() body: StopPartitionInput, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Headers('idempotency-key') key?: string, @Headers('if-match') ifMatch?: string) {
-    return accepted(res, await this.partitions.stop(p, await this.auth.projectScope(p, project), id, body, mutationOptions(key, ifMatch)));
+  async stop(@Caller() p: Principal, @Param('id') id: string, @Body() body: StopPartitionInput, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Mutation() m?: MutationOptions) {
+    return accepted(res, await this.partitions.stop(p, await this.auth.projectScope(p, project), id, body, m));
   }
 
   @Post(':id/reboot')
   @HttpCode(202)
-  async reboot(@Caller() p: Principal, @Param('id') id: string, @Body() _body: EmptyInput, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Headers('idempotency-key') key?: string, @Headers('if-match') ifMatch?: string) {
-    return accepted(res, await this.partitions.reboot(p, await this.auth.projectScope(p, project), id, mutationOptions(key, ifMatch)));
+  async reboot(@Caller() p: Principal, @Param('id') id: string, @Body() _body: EmptyInput, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Mutation() m?: MutationOptions) {
+    return accepted(res, await this.partitions.reboot(p, await this.auth.projectScope(p, project), id, m));
   }
 
   @Delete(':id')
   @HttpCode(202)
-  async delete(@Caller() p: Principal, @Param('id') id: string, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Headers('idempotency-key') key?: string, @Headers('if-match') ifMatch?: string) {
-    return accepted(res, await this.partitions.delete(p, await this.auth.projectScope(p, project), id, mutationOptions(key, ifMatch)));
+  async delete(@Caller() p: Principal, @Param('id') id: string, @Res({ passthrough: true }) res: FastifyReply, @Query('project') project?: string, @Mutation() m?: MutationOptions) {
+    return accepted(res, await this.partitions.delete(p, await this.auth.projectScope(p, project), id, m));
   }
 
   @Get(':id/console')

@@ -80,7 +80,7 @@ export class PartitionsService {
           image: input.image,
           labels: input.labels ?? {},
         });
-        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind: 'partition.create', targetType: 'partition', targetId: row.id });
+        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind: 'partition.create', targetType: 'partition', targetId: row.id, requestId: opts.requestId });
         return { partition: partitionView(row), operation: operationView(op) };
       },
       (r) => this.launched(r, 'partition.created'),
@@ -231,7 +231,7 @@ export class PartitionsService {
           throw new FailedPreconditionError(`cannot ${action} partition ${row.name}: operation ${live.id} (${live.kind}) is in progress; wait for it or cancel it`);
         }
         if (prepare) row = (await prepare(db, row)) ?? row;
-        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind, targetType: 'partition', targetId: row.id, params });
+        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind, targetType: 'partition', targetId: row.id, params, requestId: opts.requestId });
         return { partition: partitionView(row), operation: operationView(op), superseded: live?.id };
       },
       async (r) => {

@@ -1,8 +1,9 @@
-import { Body, Controller, Delete, Get, Headers, HttpCode, Param, Post, Query } from '@nestjs/common';
+import { Body, Controller, Delete, Get, HttpCode, Param, Post, Query } from '@nestjs/common';
 import { ApiBearerAuth, ApiTags } from '@nestjs/swagger';
 import { Principal } from '@hyperplane/domain';
 import { Caller } from '../common/auth';
-import { mutationOptions } from '../common/rest';
+import { Mutation } from '../common/rest';
+import { MutationOptions } from '../common/transactions';
 import { CreateProjectInput, CreateTokenInput } from './projects.dto';
 import { ProjectsService } from './projects.service';
 
@@ -15,8 +16,8 @@ export class ProjectsController {
 
   @Post()
   @HttpCode(201)
-  create(@Caller() p: Principal, @Body() body: CreateProjectInput, @Headers('idempotency-key') key?: string) {
-    return this.projects.create(p, body, mutationOptions(key));
+  create(@Caller() p: Principal, @Body() body: CreateProjectInput, @Mutation() m: MutationOptions) {
+    return this.projects.create(p, body, m);
   }
 
   @Get()
@@ -31,8 +32,8 @@ export class ProjectsController {
 
   @Post(':project/tokens')
   @HttpCode(201)
-  createToken(@Caller() p: Principal, @Param('project') project: string, @Body() body: CreateTokenInput, @Headers('idempotency-key') key?: string) {
-    return this.projects.createToken(p, project, body, mutationOptions(key));
+  createToken(@Caller() p: Principal, @Param('project') project: string, @Body() body: CreateTokenInput, @Mutation() m: MutationOptions) {
+    return this.projects.createToken(p, project, body, m);
   }
 
   @Get(':project/tokens')
