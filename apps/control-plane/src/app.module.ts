@@ -24,6 +24,7 @@ import { HealthService } from './health/health.service';
 import { NodeRepository } from './nodes/node.repository';
 import { NodesController } from './nodes/nodes.controller';
 import { NodesService } from './nodes/nodes.service';
+import { NodeOperations } from './nodes/node-operations';
 import { OperationQueueRepository } from './operations/operation-queue.repository';
 import { OperationRepository } from './operations/operation.repository';
 import { OperationRunner } from './operations/operation-runner';
@@ -72,6 +73,7 @@ const PROVIDERS: Provider[] = [
   ConsoleService,
   ConsoleWebSocket,
   PartitionOperations,
+  NodeOperations,
   AgentSessions,
   ConsoleSessions,
   AgentsService,

@@ -68,6 +68,11 @@ export class PublicGrpcApi {
     return this.auth.projectScope(p, requested ? String(requested) : undefined);
   }
 
+  private projectOrAll(p: Principal, md: grpc.Metadata): Promise<string | null> {
+    const requested = md.get('project')[0];
+    return this.auth.projectOrAll(p, requested ? String(requested) : undefined);
+  }
+
   /** Implementations keyed by service name, for grpc.Server#addService. */
   services(): Record<string, grpc.UntypedServiceImplementation> {
     return {
@@ -95,6 +100,10 @@ export class PublicGrpcApi {
         GetNode: this.unary<v1.GetNodeRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.get(p, r.node ?? ''))),
         CordonNode: this.unary<v1.NodeActionRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.setCordoned(p, r.node ?? '', true))),
         UncordonNode: this.unary<v1.NodeActionRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.setCordoned(p, r.node ?? '', false))),
+        DrainNode: this.unary<v1.NodeActionRequest__Output, v1.NodeOperation>(async (p, r, _md, rid) => {
+          const out = await this.nodes.drain(p, r.node ?? '', { ...opts(r.requestId), requestId: rid });
+          return { node: nodeMsg(out.node), operation: operationMsg(out.operation) };
+        }),
       },
       PartitionService: {
         CreatePartition: this.unary<v1.CreatePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) => {
@@ -135,13 +144,13 @@ export class PublicGrpcApi {
         GetConsole: this.unary<v1.GetConsoleRequest__Output, v1.ConsoleOutput>(async (p, r, md) => this.partitions.console(p, await this.project(p, md), r.id ?? '', r.tailBytes)),
       },
       OperationService: {
-        GetOperation: this.unary<v1.GetOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.get(p, await this.project(p, md), r.id ?? ''))),
+        GetOperation: this.unary<v1.GetOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.get(p, await this.projectOrAll(p, md), r.id ?? ''))),
         ListOperations: this.unary<v1.ListOperationsRequest__Output, v1.ListOperationsResponse>(async (p, r, md) => {
-          const page = await this.operations.list(p, await this.project(p, md), { pageSize: r.pageSize, pageToken: r.pageToken, status: r.status, targetId: r.targetId });
+          const page = await this.operations.list(p, await this.projectOrAll(p, md), { pageSize: r.pageSize, pageToken: r.pageToken, status: r.status, targetId: r.targetId });
           return { items: page.items.map(operationMsg), nextPageToken: page.nextPageToken };
         }),
-        WaitOperation: this.unary<v1.WaitOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.wait(p, await this.project(p, md), r.id ?? '', r.timeoutSeconds))),
-        CancelOperation: this.unary<v1.CancelOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.cancel(p, await this.project(p, md), r.id ?? ''))),
+        WaitOperation: this.unary<v1.WaitOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.wait(p, await this.projectOrAll(p, md), r.id ?? '', r.timeoutSeconds))),
+        CancelOperation: this.unary<v1.CancelOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.cancel(p, await this.projectOrAll(p, md), r.id ?? ''))),
       },
       EventService: {
         Watch: (call: grpc.ServerWritableStream<v1.WatchRequest__Output, v1.Event>) => {

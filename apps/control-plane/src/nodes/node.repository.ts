@@ -138,11 +138,21 @@ export class NodeRepository {
     return found[0];
   }
 
-  /** Sets the cordon flag; returns the updated row. */
+  /** Sets the cordon flag (uncordon also ends a drain); returns the updated row. */
   async setCordoned(id: string, cordoned: boolean): Promise<NodeRow | undefined> {
     const found = await rows<NodeRow>(this.ds, 
-      `UPDATE nodes SET cordoned = $2, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`,
+      `UPDATE nodes SET cordoned = $2, draining = CASE WHEN $2 THEN draining ELSE false END, version = version + 1, updated_at = now()
+       WHERE id = $1 RETURNING *`,
       [id, cordoned],
+    );
+    return found[0];
+  }
+
+  /** Marks a node draining (and cordoned) in the caller's transaction. */
+  async setDraining(db: Db, id: string): Promise<NodeRow | undefined> {
+    const found = await rows<NodeRow>(db, 
+      `UPDATE nodes SET cordoned = true, draining = true, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`,
+      [id],
     );
     return found[0];
   }

@@ -1,4 +1,7 @@
-import { Controller, Get, HttpCode, Param, Post, Query } from '@nestjs/common';
+import { Controller, Get, HttpCode, Param, Post, Query, Res } from '@nestjs/common';
+import type { FastifyReply } from 'fastify';
+import { Mutation } from '../common/rest';
+import { MutationOptions } from '../common/transactions';
 import { ApiBearerAuth, ApiTags } from '@nestjs/swagger';
 import { Principal } from '@hyperplane/domain';
 import { Caller } from '../common/auth';
@@ -25,6 +28,14 @@ export class NodesController {
   @HttpCode(200)
   cordon(@Caller() p: Principal, @Param('id') id: string) {
     return this.nodes.setCordoned(p, id, true);
+  }
+
+  @Post(':id/drain')
+  @HttpCode(202)
+  async drain(@Caller() p: Principal, @Param('id') id: string, @Mutation() m: MutationOptions, @Res({ passthrough: true }) res: FastifyReply) {
+    const r = await this.nodes.drain(p, id, m);
+    void res.header('location', `/v1/operations/${r.operation.id}`);
+    return r;
   }
 
   @Post(':id/uncordon')

@@ -1,5 +1,9 @@
 import { Injectable } from '@nestjs/common';
-import { NotFoundError, Principal, ValidationError, requireRole } from '@hyperplane/domain';
+import { FailedPreconditionError, NotFoundError, Principal, ValidationError, requireRole, uuidv7 } from '@hyperplane/domain';
+import { MutationOptions, TransactionRunner } from '../common/transactions';
+import { OperationQueueRepository } from '../operations/operation-queue.repository';
+import { OperationRepository } from '../operations/operation.repository';
+import { OperationView, operationView } from '../operations/operations.service';
 import { etagOf } from '../common/etag';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { EventBus } from '../events/event-bus';
@@ -74,7 +78,10 @@ export function nodeView(r: NodeRow): NodeView {
 export class NodesService {
   constructor(
     private readonly nodes: NodeRepository,
+    private readonly ops: OperationRepository,
+    private readonly queue: OperationQueueRepository,
     private readonly events: EventBus,
+    private readonly tx: TransactionRunner,
   ) {}
 
   /** Lists nodes, optionally by state. */
@@ -93,6 +100,23 @@ export class NodesService {
     const r = await this.nodes.findByIdOrName(ref);
     if (!r) throw new NotFoundError('node', ref);
     return nodeView(r);
+  }
+
+  /** Drains a node: cordons it and stops every partition on it, as an operation (the migration issue turns this into live migration). */
+  async drain(principal: Principal, ref: string, opts: MutationOptions = {}): Promise<{ node: NodeView; operation: OperationView }> {
+    requireRole(principal, 'cluster-admin', 'drain nodes');
+    const found = await this.nodes.findByIdOrName(ref);
+    if (!found) throw new NotFoundError('node', ref);
+    const out = await this.tx.run({ scope: principal.tokenId, name: 'nodes.drain', input: found.id, key: opts.idempotencyKey }, async (db) => {
+      const live = await this.ops.liveForTarget(db, found.id);
+      if (live) throw new FailedPreconditionError(`cannot drain node ${found.name}: operation ${live.id} (${live.kind}) is in progress`);
+      const row = await this.nodes.setDraining(db, found.id);
+      const op = await this.ops.insert(db, { id: uuidv7(), projectId: null, kind: 'node.drain', targetType: 'node', targetId: found.id, requestId: opts.requestId });
+      return { node: nodeView(row!), operation: operationView(op) };
+    });
+    await this.queue.enqueue(out.operation.id, out.operation.kind).catch(() => undefined);
+    await this.events.publish({ type: 'node.updated', resourceType: 'node', resourceId: found.id, projectId: null, data: out.node });
+    return out;
   }
 
   /** Cordons (true) or uncordons (false) a node: a cordoned node takes no new partitions. */

@@ -21,12 +21,12 @@ export class OperationsController {
   @ApiQuery({ name: 'status', required: false })
   @ApiQuery({ name: 'targetId', required: false })
   async list(@Caller() p: Principal, @Query() q: Record<string, string | undefined>) {
-    return this.ops.list(p, await this.auth.projectScope(p, q.project), q);
+    return this.ops.list(p, await this.auth.projectOrAll(p, q.project), q);
   }
 
   @Get(':id')
   async get(@Caller() p: Principal, @Param('id') id: string, @Query('project') project?: string) {
-    return this.ops.get(p, await this.auth.projectScope(p, project), id);
+    return this.ops.get(p, await this.auth.projectOrAll(p, project), id);
   }
 
   @Get(':id/wait')
@@ -34,12 +34,12 @@ export class OperationsController {
   async wait(@Caller() p: Principal, @Param('id') id: string, @Req() req: FastifyRequest, @Query('timeoutSeconds') timeoutSeconds?: string, @Query('project') project?: string) {
     const ac = new AbortController();
     req.raw.once('close', () => ac.abort());
-    return this.ops.wait(p, await this.auth.projectScope(p, project), id, timeoutSeconds, ac.signal);
+    return this.ops.wait(p, await this.auth.projectOrAll(p, project), id, timeoutSeconds, ac.signal);
   }
 
   @Post(':id/cancel')
   @HttpCode(200)
   async cancel(@Caller() p: Principal, @Param('id') id: string, @Query('project') project?: string) {
-    return this.ops.cancel(p, await this.auth.projectScope(p, project), id);
+    return this.ops.cancel(p, await this.auth.projectOrAll(p, project), id);
   }
 }

@@ -60,12 +60,12 @@ export class OperationsService {
   }
 
   /** Gets an operation in the caller's project. */
-  async get(principal: Principal, projectId: string, id: string): Promise<OperationView> {
+  async get(principal: Principal, projectId: string | null, id: string): Promise<OperationView> {
     return operationView(await this.find(principal, projectId, id));
   }
 
   /** Lists operations in the caller's project. */
-  async list(principal: Principal, projectId: string, q: { pageSize?: unknown; pageToken?: unknown; status?: string; targetId?: string }): Promise<Page<OperationView>> {
+  async list(principal: Principal, projectId: string | null, q: { pageSize?: unknown; pageToken?: unknown; status?: string; targetId?: string }): Promise<Page<OperationView>> {
     requireRole(principal, 'viewer', 'list operations');
     const page = parsePage(q.pageSize, q.pageToken);
     if (q.status && !(OPERATION_STATUSES as readonly string[]).includes(q.status)) {
@@ -77,7 +77,7 @@ export class OperationsService {
   }
 
   /** Waits until the operation is final or `timeoutSeconds` pass; returns it either way. */
-  async wait(principal: Principal, projectId: string, id: string, timeoutSeconds: unknown, signal?: AbortSignal): Promise<OperationView> {
+  async wait(principal: Principal, projectId: string | null, id: string, timeoutSeconds: unknown, signal?: AbortSignal): Promise<OperationView> {
     let seconds = 30;
     if (timeoutSeconds !== undefined && timeoutSeconds !== '' && timeoutSeconds !== 0) {
       const n = Number(timeoutSeconds);
@@ -114,7 +114,7 @@ export class OperationsService {
   }
 
   /** Requests cancellation: a pending operation is cancelled at once, a running one at its next step. */
-  async cancel(principal: Principal, projectId: string, id: string): Promise<OperationView> {
+  async cancel(principal: Principal, projectId: string | null, id: string): Promise<OperationView> {
     requireRole(principal, 'operator', 'cancel operations');
     const row = await this.find(principal, projectId, id);
     if (isFinal(row.status)) throw new FailedPreconditionError(`cannot cancel operation ${id}: it is ${row.status}`);
@@ -129,7 +129,7 @@ export class OperationsService {
     return operationView(latest);
   }
 
-  private async find(principal: Principal, projectId: string, id: string): Promise<OperationRow> {
+  private async find(principal: Principal, projectId: string | null, id: string): Promise<OperationRow> {
     requireRole(principal, 'viewer', 'read operations');
     if (!UUID_RE.test(id)) throw new NotFoundError('operation', id);
     const row = await this.ops.get(id, projectId);

@@ -82,6 +82,12 @@ export class AuthService implements OnModuleInit, OnModuleDestroy {
     for (const [k, v] of this.cache) if (v.principal.tokenId === tokenId) this.cache.delete(k);
   }
 
+  /** Like {@link projectScope}, but a cluster admin naming no project acts across all of them (null). */
+  async projectOrAll(principal: Principal, requested?: string): Promise<string | null> {
+    if (!principal.projectId && !requested) return null;
+    return this.projectScope(principal, requested);
+  }
+
   /**
    * The project a request acts in. A project token acts in its own project (naming another one is
    * a 404); a cluster-admin token must name one (`?project=` or the path).
