@@ -178,15 +178,18 @@ export class PublicGrpcApi {
   private attachConsole(call: grpc.ServerDuplexStream<v1.ConsoleInput__Output, v1.ConsoleChunk>): void {
     let session: ConsoleSession | undefined;
     let opening = false;
+    const pending: Buffer[] = [];
     const fail = (e: unknown) => {
       const err = toGrpcError(e);
       call.destroy(Object.assign(new Error(String(err.details)), err));
     };
     call.on('data', (m: v1.ConsoleInput__Output) => {
+      const data = m.data?.length ? Buffer.from(m.data) : undefined;
       if (session) {
-        if (m.data?.length) session.write(Buffer.from(m.data));
+        if (data) session.write(data);
         return;
       }
+      if (data) pending.push(data); // typed while the session opens: delivered once it is open
       if (opening) return;
       opening = true;
       void (async () => {
@@ -196,7 +199,7 @@ export class PublicGrpcApi {
           session = s;
           s.on('data', (d) => call.write({ data: d }));
           s.on('close', () => call.end());
-          if (m.data?.length) s.write(Buffer.from(m.data));
+          for (const d of pending.splice(0)) s.write(d);
         } catch (e) {
           fail(e);
         }

@@ -1,0 +1,539 @@
+/**
+ * The QEMU driver: one `qemu-system-x86_64` process per partition, driven over QMP.
+ *
+ * Start sequence (after Incus' `driver_qemu.go`): validate everything first (image in the store,
+ * sizes, paths, no live QEMU for the partition); then every side effect registers its undo on a
+ * reverter — runtime dir, qcow2 overlay, QEMU process (started paused with `-S`), its sockets and
+ * pid file — and a failure anywhere takes them all back. QEMU is spawned detached with its output
+ * in `qemu.log` and unreferenced, so it outlives the agent (SIGKILL of the agent included); the
+ * agent re-attaches through `recover` when it starts again. Only after QMP answered and the pid
+ * file matches does `cont` let the guest run.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { chmod, mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { createConnection } from 'node:net';
+import { totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { FailedPreconditionError, InternalError, PARTITION_LIMITS, UUID_RE, ValidationError } from '@hyperplane/domain';
+import { QmpClient, QmpDisconnectedError } from '@hyperplane/qmp';
+import type { Logger } from 'pino';
+import { Reverter } from '../../reverter';
+import type {
+  ConsoleTail,
+  DriverListener,
+  GuestExit,
+  GuestSpec,
+  HostFacts,
+  ImageEntry,
+  PartitionDriver,
+  RecoveredGuest,
+  RunningGuest,
+  StopOptions,
+} from '../driver';
+import { readTail } from './console-log';
+import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, qemuMachineTypes, qemuVersion, type AccelChoice } from './host-tools';
+import { ImageStore } from './image-store';
+import { EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs } from './qemu-args';
+import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
+
+/** Settings of a QEMU driver; paths are made absolute. */
+export interface QemuDriverOptions {
+  /** The node's data dir: runtime dirs go to `partitions/<id>/`, images live in `images/`. */
+  dataDir: string;
+  /** Accelerator choice (`auto` follows PLATFORM-FACTS: KVM only when usable and vmx/svm present). */
+  accel: AccelChoice;
+  log: Logger;
+  /** Defaults to `qemu-system-x86_64` on PATH. */
+  qemuBinary?: string;
+  /** Defaults to `qemu-img` on PATH. */
+  qemuImgBinary?: string;
+  /** How long QEMU may take from spawn to a QMP answer. Default 20 s. */
+  startTimeoutMs?: number;
+  /** How long to wait after `quit` (or SIGTERM) before SIGKILL. Default 5 s. */
+  quitTimeoutMs?: number;
+  /** Extra QEMU arguments, inserted before `-S` (diagnostics and tests). */
+  extraArgs?: string[];
+}
+
+interface ExitStatus {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** True for adopted processes: not our child, so no exit status. */
+  unknown?: boolean;
+  spawnError?: Error;
+}
+
+interface StopRun {
+  promise: Promise<void>;
+  deadline: number;
+  force: boolean;
+  wake: () => void;
+}
+
+/** One QEMU process we manage, spawned by us or adopted. */
+interface Instance {
+  id: string;
+  dir: string;
+  pid: number;
+  qmp: QmpClient | undefined;
+  child: ChildProcess | undefined;
+  /** Resolves once the process is gone and its runtime files are cleaned up. */
+  gone: Promise<void>;
+  resolveGone: () => void;
+  /** Set when the end was seen (cleanup under way); `isGone` once it is done. */
+  ending: boolean;
+  isGone: boolean;
+  shutdown: { guest: boolean; reason: string } | undefined;
+  stopRequested: boolean;
+  stop: StopRun | undefined;
+  /** Stops the pid poller of an adopted process. */
+  stopPolling: (() => void) | undefined;
+}
+
+const DEFAULT_START_TIMEOUT_MS = 20_000;
+const DEFAULT_QUIT_TIMEOUT_MS = 5_000;
+const KILL_TIMEOUT_MS = 5_000;
+
+/** Runs partitions as QEMU processes. See the file comment for the start sequence. */
+export class QemuDriver implements PartitionDriver {
+  readonly kind = 'qemu' as const;
+  /** The node's image store. */
+  readonly images: ImageStore;
+  private readonly dataDir: string;
+  private readonly partitionsDir: string;
+  private readonly qemu: string;
+  private readonly qemuImg: string;
+  private readonly log: Logger;
+  private readonly instances = new Map<string, Instance>();
+  private readonly busy = new Set<string>();
+  private listener: DriverListener = { onExit: () => undefined, onEvent: () => undefined };
+  private facts: Promise<HostFacts> | undefined;
+  private closed = false;
+
+  constructor(private readonly options: QemuDriverOptions) {
+    this.dataDir = resolve(options.dataDir);
+    this.partitionsDir = join(this.dataDir, 'partitions');
+    this.log = options.log;
+    const qemu = findOnPath(options.qemuBinary ?? 'qemu-system-x86_64');
+    const qemuImg = findOnPath(options.qemuImgBinary ?? 'qemu-img');
+    if (!qemu) throw new FailedPreconditionError('qemu-system-x86_64 is not installed (Debian package qemu-system-x86)');
+    if (!qemuImg) throw new FailedPreconditionError('qemu-img is not installed (Debian package qemu-utils)');
+    this.qemu = qemu;
+    this.qemuImg = qemuImg;
+    this.images = new ImageStore(join(this.dataDir, 'images'), qemuImg);
+  }
+
+  setListener(listener: DriverListener): void {
+    this.listener = listener;
+  }
+
+  hostFacts(): Promise<HostFacts> {
+    this.facts ??= (async () => {
+      const flags = await cpuFlags();
+      const [version, machines, accel] = await Promise.all([
+        qemuVersion(this.qemu).catch(() => ''),
+        qemuMachineTypes(this.qemu).catch(() => []),
+        chooseAccelerator(this.options.accel, flags),
+      ]);
+      return { accelerator: accel, qemuVersion: version, cpuFlags: flags, machineTypes: machines };
+    })();
+    return this.facts;
+  }
+
+  listImages(): Promise<ImageEntry[]> {
+    return this.images.list();
+  }
+
+  isRunning(id: string): boolean {
+    return this.instances.has(id);
+  }
+
+  /** The runtime directory of a partition. Throws ValidationError unless `id` is a UUID. */
+  dirOf(id: string): string {
+    if (!UUID_RE.test(id)) throw ValidationError.field('id', `partition id ${JSON.stringify(id)} is not a UUID`);
+    return join(this.partitionsDir, id);
+  }
+
+  async recover(): Promise<RecoveredGuest[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.partitionsDir);
+    } catch {
+      return [];
+    }
+    const found: RecoveredGuest[] = [];
+    for (const id of names.filter((n) => UUID_RE.test(n)).sort()) {
+      const dir = join(this.partitionsDir, id);
+      const hasSocket = await exists(join(dir, RUNTIME_FILES.qmp));
+      const pid = await readPidFile(join(dir, RUNTIME_FILES.pid));
+      if (!hasSocket && pid === undefined) continue;
+      found.push(await this.recoverOne(id, dir, pid));
+    }
+    return found;
+  }
+
+  private async recoverOne(id: string, dir: string, pid: number | undefined): Promise<RecoveredGuest> {
+    const log = this.log.child({ partition: id });
+    let qmp: QmpClient | undefined;
+    try {
+      qmp = await QmpClient.connect(join(dir, RUNTIME_FILES.qmp), { connectTimeoutMs: 3_000, commandTimeoutMs: 10_000 });
+      const status = await qmp.queryStatus();
+      const realPid = pid !== undefined && pidAlive(pid) && cmdlineContains(pid, id) ? pid : 0;
+      if (realPid === 0) log.warn({ pidFile: pid }, 'adopted a QEMU whose pid file does not name it; exit detection relies on QMP alone');
+      const inst = this.newInstance(id, dir, realPid, undefined);
+      this.attachQmp(inst, qmp);
+      this.watchAdopted(inst);
+      this.instances.set(id, inst);
+      if (status.status === 'prelaunch') {
+        // The agent died between spawning QEMU and `cont`: finish that start.
+        await qmp.resume();
+        log.info({ qemuPid: realPid }, 'resumed a guest whose start was interrupted');
+      }
+      log.info({ qemuPid: realPid, status: status.status }, 're-attached to a running guest');
+      return { id, alive: true, pid: realPid, status: status.status };
+    } catch (error) {
+      if (this.instances.has(id)) {
+        // Adopted, then a QMP command failed: it is ours now; report it as it is.
+        return { id, alive: true, pid: this.instances.get(id)!.pid, status: 'unknown' };
+      }
+      await qmp?.close();
+      if (pid !== undefined && pidAlive(pid) && cmdlineContains(pid, id)) {
+        log.error({ qemuPid: pid, err: error }, 'QEMU runs but does not answer on QMP; left alone');
+        return { id, alive: false, reason: `qemu (pid ${pid}) runs but does not answer on QMP: ${(error as Error).message}` };
+      }
+      await removeEphemeral(dir);
+      log.info('guest is gone (it ended while the agent was not running); runtime files cleaned up');
+      return { id, alive: false, reason: 'qemu is gone: it ended while the agent was not running' };
+    }
+  }
+
+  async start(spec: GuestSpec): Promise<RunningGuest> {
+    if (this.closed) throw new FailedPreconditionError('the QEMU driver is closed');
+    const dir = this.dirOf(spec.id);
+    const log = this.log.child({ partition: spec.id });
+    if (this.instances.has(spec.id) || this.busy.has(spec.id)) {
+      throw new FailedPreconditionError(`partition ${spec.name || spec.id} is already running`);
+    }
+    this.busy.add(spec.id);
+    try {
+      const plan = await this.validate(spec, dir);
+      const started = Date.now();
+      const inst = await this.launch(spec, dir, plan, log);
+      log.info({ qemuPid: inst.pid, ms: Date.now() - started, accel: plan.accel }, 'guest started');
+      return { pid: inst.pid };
+    } finally {
+      this.busy.delete(spec.id);
+    }
+  }
+
+  /** Every check that needs no side effect; returns what the launch needs. */
+  private async validate(spec: GuestSpec, dir: string): Promise<{ imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' }> {
+    const errors: { field: string; message: string }[] = [];
+    if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 255) errors.push({ field: 'vcpus', message: `must be 1-255 (got ${spec.vcpus})` });
+    const hostMiB = Math.floor(totalmem() / 2 ** 20);
+    if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < PARTITION_LIMITS.minMemoryMiB || spec.memoryMiB > hostMiB) {
+      errors.push({ field: 'memoryMiB', message: `must be ${PARTITION_LIMITS.minMemoryMiB}-${hostMiB} on this node (got ${spec.memoryMiB})` });
+    }
+    if (!Number.isInteger(spec.diskGiB) || spec.diskGiB < 0 || spec.diskGiB > PARTITION_LIMITS.maxDiskGiB) {
+      errors.push({ field: 'diskGiB', message: `must be 0-${PARTITION_LIMITS.maxDiskGiB} (got ${spec.diskGiB})` });
+    }
+    for (const file of [RUNTIME_FILES.qmp, RUNTIME_FILES.console]) {
+      const path = join(dir, file);
+      if (Buffer.byteLength(path) > MAX_SOCKET_PATH) errors.push({ field: 'dataDir', message: `socket path ${path} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter data dir` });
+    }
+    if (errors.length) throw new ValidationError(errors);
+    const imagePath = this.images.pathOf(spec.image);
+    const imageStat = await stat(imagePath).catch(() => undefined);
+    if (!imageStat?.isFile()) throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not in this node's store (${this.images.dir})`);
+    let virtualSize: number;
+    try {
+      virtualSize = await this.images.virtualSize(imagePath);
+    } catch (error) {
+      throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not a readable qcow2 file: ${(error as Error).message}`);
+    }
+    const stalePid = await readPidFile(join(dir, RUNTIME_FILES.pid));
+    if (stalePid !== undefined && pidAlive(stalePid) && cmdlineContains(stalePid, spec.id)) {
+      throw new FailedPreconditionError(`a qemu process (pid ${stalePid}) already runs for partition ${spec.name || spec.id}`);
+    }
+    const accel = (await this.hostFacts()).accelerator as 'kvm' | 'tcg';
+    return { imagePath, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel };
+  }
+
+  private async launch(spec: GuestSpec, dir: string, plan: { imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' }, log: Logger): Promise<Instance> {
+    const reverter = new Reverter();
+    let child: ChildProcess | undefined;
+    try {
+      if (!(await exists(dir))) {
+        await mkdir(dir, { recursive: true, mode: 0o700 });
+        reverter.add(() => rm(dir, { recursive: true, force: true }));
+      }
+      await chmod(dir, 0o700);
+      await removeEphemeral(dir);
+
+      const disk = join(dir, RUNTIME_FILES.disk);
+      if (!(await exists(disk))) {
+        await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes);
+        reverter.add(() => unlink(disk));
+      }
+      for (const file of [RUNTIME_FILES.qemuLog, RUNTIME_FILES.consoleLog]) {
+        const path = join(dir, file);
+        if (!(await exists(path))) reverter.add(() => rm(path, { force: true }));
+      }
+      reverter.add(() => removeEphemeral(dir));
+
+      const args = buildQemuArgs({ id: spec.id, name: spec.name || spec.id, dir, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, accel: plan.accel });
+      if (this.options.extraArgs?.length) args.splice(args.length - 1, 0, ...this.options.extraArgs);
+      const logFd = openSync(join(dir, RUNTIME_FILES.qemuLog), 'a', 0o600);
+      try {
+        child = spawn(this.qemu, args, { detached: true, stdio: ['ignore', logFd, logFd], cwd: dir });
+      } finally {
+        closeSync(logFd);
+      }
+      const proc = child;
+      const exited = new Promise<ExitStatus>((resolveExit) => {
+        proc.once('exit', (code, signal) => resolveExit({ code, signal }));
+        proc.once('error', (error) => resolveExit({ code: null, signal: null, spawnError: error }));
+      });
+      proc.unref();
+      reverter.add(async () => {
+        if (proc.exitCode === null && proc.signalCode === null && proc.pid) proc.kill('SIGKILL');
+        await withTimeout(exited, KILL_TIMEOUT_MS);
+      });
+      log.debug({ qemuPid: proc.pid, args }, 'qemu spawned');
+
+      const qmp = await this.connectWhileStarting(join(dir, RUNTIME_FILES.qmp), exited, dir);
+      reverter.add(() => qmp.close());
+      await Promise.all([RUNTIME_FILES.qmp, RUNTIME_FILES.console].map((f) => chmod(join(dir, f), 0o600)));
+
+      const pid = await readPidFile(join(dir, RUNTIME_FILES.pid));
+      if (pid === undefined || pid !== proc.pid) throw new InternalError(`qemu pid file says ${pid ?? 'nothing'}, but the process is ${proc.pid}`);
+      const inst = this.newInstance(spec.id, dir, pid, proc);
+      this.attachQmp(inst, qmp);
+      const before = await qmp.queryStatus();
+      if (before.status !== 'prelaunch') throw new InternalError(`qemu is ${before.status} before cont; expected prelaunch`);
+      await qmp.resume();
+      const after = await qmp.queryStatus();
+      if (!after.running) throw new InternalError(`qemu is ${after.status} after cont`);
+
+      this.instances.set(spec.id, inst);
+      void exited.then((status) => this.finish(inst, status));
+      reverter.success();
+      return inst;
+    } catch (error) {
+      const undoErrors = await reverter.fail();
+      for (const e of undoErrors) log.warn({ err: e }, 'undo after a failed start failed');
+      const detail = child ? await this.logTail(dir) : '';
+      const message = (error as Error).message + (detail && !(error as Error).message.includes(detail) ? ` (qemu.log: ${detail})` : '');
+      log.warn({ err: error }, 'guest start failed; everything it created was removed');
+      if (error instanceof ValidationError || error instanceof FailedPreconditionError) throw error;
+      throw new InternalError(`cannot start partition ${spec.name || spec.id}: ${message}`);
+    }
+  }
+
+  /** Connects to QMP while QEMU starts: retries while the socket is missing, fails at once if QEMU exits. */
+  private async connectWhileStarting(path: string, exited: Promise<ExitStatus>, dir: string): Promise<QmpClient> {
+    const deadline = Date.now() + (this.options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
+    let exit: ExitStatus | undefined;
+    void exited.then((s) => (exit = s));
+    for (;;) {
+      if (exit) throw new InternalError(`qemu exited during start (${describeStatus(exit)}): ${await this.logTail(dir) || 'no output'}`);
+      try {
+        return await QmpClient.connect(path, { connectTimeoutMs: 5_000, commandTimeoutMs: 10_000 });
+      } catch (error) {
+        const code = error instanceof QmpDisconnectedError ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined;
+        if (exit) continue;
+        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) {
+          throw new InternalError(`qemu did not answer on QMP: ${(error as Error).message}`);
+        }
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    }
+  }
+
+  private newInstance(id: string, dir: string, pid: number, child: ChildProcess | undefined): Instance {
+    let resolveGone!: () => void;
+    const gone = new Promise<void>((r) => (resolveGone = r));
+    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined };
+  }
+
+  private attachQmp(inst: Instance, qmp: QmpClient): void {
+    inst.qmp = qmp;
+    qmp.on('event', (event) => {
+      if (event.event === 'SHUTDOWN') inst.shutdown = { guest: Boolean(event.data.guest), reason: String(event.data.reason ?? '') };
+      if (!this.closed) this.listener.onEvent(inst.id, event.event, event.data);
+    });
+  }
+
+  /** Exit detection for a process that is not our child: QMP disconnect, then the pid disappears. */
+  private watchAdopted(inst: Instance): void {
+    let timer: NodeJS.Timeout | undefined;
+    let stopped = false;
+    inst.stopPolling = () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+    const poll = (delay: number) => {
+      if (stopped) return;
+      if (inst.pid === 0 || !pidAlive(inst.pid)) {
+        void this.finish(inst, { code: null, signal: null, unknown: true });
+        return;
+      }
+      timer = setTimeout(() => poll(Math.min(delay * 2, 1_000)), delay);
+      timer.unref();
+    };
+    inst.qmp?.on('disconnect', () => poll(20));
+  }
+
+  /** The process is gone: clean its runtime files, settle waiters, tell the listener. Once per instance. */
+  private async finish(inst: Instance, status: ExitStatus): Promise<void> {
+    if (inst.ending || this.closed) return;
+    inst.ending = true;
+    inst.stopPolling?.();
+    if (this.instances.get(inst.id) === inst) this.instances.delete(inst.id);
+    await inst.qmp?.close();
+    await removeEphemeral(inst.dir).catch(() => undefined);
+    const exit = await this.describeExit(inst, status);
+    inst.isGone = true;
+    inst.resolveGone();
+    this.log.info({ partition: inst.id, qemuPid: inst.pid, state: exit.state, reason: exit.reason, requested: exit.requested }, 'guest process ended');
+    this.listener.onExit(inst.id, exit);
+  }
+
+  private async describeExit(inst: Instance, status: ExitStatus): Promise<GuestExit> {
+    const requested = inst.stopRequested;
+    const base = { pid: inst.pid, requested };
+    const sd = inst.shutdown;
+    if (requested) return { ...base, state: 'stopped', reason: 'stopped on request' };
+    if (sd?.guest && sd.reason === 'guest-shutdown') return { ...base, state: 'stopped', reason: 'guest powered off' };
+    if (sd?.guest) return { ...base, state: 'failed', reason: `guest shut down (${sd.reason})` };
+    if (status.signal) return { ...base, state: 'failed', reason: `qemu exited with signal ${status.signal}` };
+    if (status.code !== null && status.code !== 0) {
+      const tail = await this.logTail(inst.dir);
+      return { ...base, state: 'failed', reason: `qemu exited with code ${status.code}${tail ? `: ${tail}` : ''}` };
+    }
+    if (sd) return { ...base, state: 'failed', reason: `qemu shut down (${sd.reason})` };
+    if (status.unknown) return { ...base, state: 'failed', reason: `qemu (pid ${inst.pid}) exited; exit status unknown (adopted after an agent restart)` };
+    return { ...base, state: 'failed', reason: 'qemu exited with code 0' };
+  }
+
+  stop(id: string, options: StopOptions): Promise<void> {
+    const inst = this.instances.get(id);
+    if (!inst) return Promise.resolve();
+    inst.stopRequested = true;
+    const run = inst.stop;
+    if (run) {
+      const deadline = options.force ? Date.now() : Date.now() + Math.max(0, options.graceMs);
+      if (options.force) run.force = true;
+      if (deadline < run.deadline) run.deadline = deadline;
+      run.wake();
+      return run.promise;
+    }
+    const fresh: StopRun = { promise: Promise.resolve(), deadline: Date.now() + Math.max(0, options.graceMs), force: options.force, wake: () => undefined };
+    inst.stop = fresh;
+    fresh.promise = this.runStop(inst, fresh).finally(() => {
+      if (inst.stop === fresh) inst.stop = undefined;
+    });
+    return fresh.promise;
+  }
+
+  private async runStop(inst: Instance, run: StopRun): Promise<void> {
+    const log = this.log.child({ partition: inst.id, qemuPid: inst.pid });
+    if (!run.force) {
+      try {
+        await inst.qmp!.systemPowerdown();
+        log.info({ graceMs: run.deadline - Date.now() }, 'ACPI power button pressed');
+      } catch (error) {
+        log.warn({ err: error }, 'system_powerdown failed; quitting');
+        run.force = true;
+      }
+      while (!inst.isGone && !run.force && Date.now() < run.deadline) {
+        const woken = new Promise<void>((r) => (run.wake = r));
+        await withTimeout(Promise.race([inst.gone, woken]), run.deadline - Date.now());
+      }
+    }
+    if (inst.isGone) return;
+    if (inst.qmp && !inst.qmp.closed) {
+      log.info('quitting qemu');
+      await inst.qmp.quit().catch((error: unknown) => log.warn({ err: error }, 'quit failed'));
+    } else {
+      signalPid(inst.pid, 'SIGTERM');
+    }
+    if (await this.waitGone(inst, this.options.quitTimeoutMs ?? DEFAULT_QUIT_TIMEOUT_MS)) return;
+    log.warn('qemu did not exit after quit; SIGKILL');
+    if (inst.child) inst.child.kill('SIGKILL');
+    else signalPid(inst.pid, 'SIGKILL');
+    if (await this.waitGone(inst, KILL_TIMEOUT_MS)) return;
+    throw new InternalError(`qemu (pid ${inst.pid}) of partition ${inst.id} did not exit after SIGKILL`);
+  }
+
+  private async waitGone(inst: Instance, timeoutMs: number): Promise<boolean> {
+    await withTimeout(inst.gone, timeoutMs);
+    return inst.isGone;
+  }
+
+  async reboot(id: string): Promise<void> {
+    const inst = this.instances.get(id);
+    if (!inst?.qmp || inst.qmp.closed) throw new FailedPreconditionError(`partition ${id} is not running`);
+    await inst.qmp.systemReset();
+  }
+
+  async destroy(id: string): Promise<void> {
+    const dir = this.dirOf(id);
+    await this.stop(id, { force: true, graceMs: 0 });
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  consoleTail(id: string, bytes: number): Promise<ConsoleTail> {
+    return readTail(join(this.dirOf(id), RUNTIME_FILES.consoleLog), bytes);
+  }
+
+  openConsole(id: string): Duplex {
+    if (!this.instances.has(id)) throw new FailedPreconditionError(`partition ${id} is not running`);
+    return createConnection({ path: join(this.dirOf(id), RUNTIME_FILES.console) });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = [...this.instances.values()];
+    this.instances.clear();
+    for (const inst of all) {
+      inst.stopPolling?.();
+      await inst.qmp?.close();
+    }
+  }
+
+  /** The last non-empty lines of qemu.log, joined, for error messages. */
+  private async logTail(dir: string): Promise<string> {
+    const { data } = await readTail(join(dir, RUNTIME_FILES.qemuLog), 600).catch(() => ({ data: '' }));
+    return data.split('\n').map((l) => l.trim()).filter(Boolean).slice(-3).join(' | ');
+  }
+}
+
+function describeStatus(status: ExitStatus): string {
+  if (status.spawnError) return `spawn failed: ${status.spawnError.message}`;
+  if (status.signal) return `signal ${status.signal}`;
+  return `code ${status.code}`;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Removes the files that only mean something while QEMU runs (sockets, pid file). */
+async function removeEphemeral(dir: string): Promise<void> {
+  await Promise.all(EPHEMERAL_FILES.map((f) => rm(join(dir, f), { force: true })));
+}
+
+/** Waits for `promise` at most `ms`; never rejects (a rejection counts as settled). */
+async function withTimeout(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([promise.catch(() => undefined), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, ms))))]);
+  clearTimeout(timer);
+}

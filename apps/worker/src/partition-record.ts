@@ -1,0 +1,59 @@
+/** A partition as the agent keeps it: the spec it acted on and what it observed. */
+import type { agentV1 } from '@hyperplane/proto';
+
+/** States the agent reports (agent.proto `PartitionStatus.state`). */
+export type ReportedState = 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'absent';
+
+/** What the control plane wants of a partition (agent.proto `PartitionSpec.desired`). */
+export type DesiredState = 'running' | 'stopped' | 'absent';
+
+/** A normalised PartitionSpec: every field present, numbers as numbers. */
+export interface SpecRecord {
+  id: string;
+  name: string;
+  projectId: string;
+  vcpus: number;
+  memoryMiB: number;
+  diskGiB: number;
+  image: string;
+  desired: DesiredState;
+  generation: number;
+}
+
+/** What `state.json` holds for one partition. */
+export interface PartitionRecord {
+  id: string;
+  /** The last spec the agent acted on (absent for a guest found without a record). */
+  spec: SpecRecord | undefined;
+  /** The generation of that spec; 0 when none was acted on. */
+  appliedGeneration: number;
+  state: ReportedState;
+  reason: string;
+  updatedAt: string;
+}
+
+const DESIRED: readonly string[] = ['running', 'stopped', 'absent'];
+
+/**
+ * Normalises a spec from the wire (proto3 defaults may be missing). Returns undefined with no id;
+ * an unknown `desired` becomes undefined in the result's `desired` check by the caller.
+ */
+export function specFromWire(p: agentV1.PartitionSpec__Output | agentV1.PartitionSpec): SpecRecord | undefined {
+  if (!p.id) return undefined;
+  return {
+    id: p.id,
+    name: p.name ?? '',
+    projectId: p.projectId ?? '',
+    vcpus: Number(p.vcpus ?? 0),
+    memoryMiB: Number(p.memoryMib ?? 0),
+    diskGiB: Number(p.diskGib ?? 0),
+    image: p.image ?? '',
+    desired: (p.desired ?? '') as DesiredState,
+    generation: Number(p.generation ?? 0),
+  };
+}
+
+/** True when `desired` is one the agent knows how to act on. */
+export function isDesiredState(desired: string): desired is DesiredState {
+  return DESIRED.includes(desired);
+}

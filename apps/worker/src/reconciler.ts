@@ -1,0 +1,426 @@
+/**
+ * The reconciler: makes what runs on this node match what the control plane wants, by
+ * generation.
+ *
+ * - Every partition has a queue: start, stop, delete, reboot and exit handling of one partition
+ *   run one after the other, never interleaved. Different partitions proceed in parallel.
+ * - A spec acts only when its generation is newer than the newest one accepted; an older or equal
+ *   one causes a status report and nothing else. Specs that arrive while an action runs are
+ *   coalesced: the next action takes the newest.
+ * - `desired = running` starts a guest that does not run; `stopped` stops a running one
+ *   gracefully; `absent` stops it forcibly, removes all its files and forgets it. A DesiredState
+ *   is the full set: a partition missing from it is treated as desired absent.
+ * - A guest that ends without being asked is reported (`failed`, or `stopped` when the guest
+ *   powered itself off) and NOT restarted.
+ * - Every change is reported as a PartitionStatus carrying the generation acted on, and written
+ *   to `state.json`, so that after a restart the agent knows what it had and what it last did.
+ */
+import type { agentV1 } from '@hyperplane/proto';
+import type { Logger } from 'pino';
+import type { GuestExit, PartitionDriver, StopOptions } from './drivers/driver';
+import { isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
+import type { PartitionStore } from './partition-store';
+
+/** Grace of a stop the control plane asked for through `desired = stopped` alone. */
+export const DEFAULT_GRACE_MS = 30_000;
+
+/** Console tail sizes: default when the command says 0, and the most one answer carries. */
+export const CONSOLE_TAIL_DEFAULT_BYTES = 64 * 1024;
+export const CONSOLE_TAIL_MAX_BYTES = 1024 * 1024;
+
+/** The reconciler's collaborators. */
+export interface ReconcilerDeps {
+  driver: PartitionDriver;
+  store: Pick<PartitionStore, 'loadAll' | 'save' | 'forget'>;
+  /** Called on every status change (and for every spec, even one that causes no action). */
+  report: (status: agentV1.PartitionStatus) => void;
+  /** Called for every hypervisor event of a guest. */
+  event?: (event: agentV1.GuestEvent) => void;
+  log: Logger;
+  /** Grace of a stop asked through the desired state alone. Default {@link DEFAULT_GRACE_MS}. */
+  defaultGraceMs?: number;
+}
+
+/** One partition the agent knows about. */
+interface Entry {
+  id: string;
+  /** The last spec acted on (never an `absent` one: that entry is about to go). */
+  spec: SpecRecord | undefined;
+  /** Generation of the last spec acted on. */
+  applied: number;
+  /** Newest generation queued; -1 before any. */
+  accepted: number;
+  /** The newest spec not acted on yet. */
+  pending: SpecRecord | undefined;
+  state: ReportedState;
+  reason: string;
+  pid: number;
+  /** The end of this partition's queue. */
+  tail: Promise<void>;
+  /** Stop options from a stop command, for the next stop of this partition. */
+  stopRequest: StopOptions | undefined;
+  /** Set once the entry has been deleted; queued work for it then does nothing. */
+  gone: boolean;
+}
+
+/** Reconciles one node's partitions. Call `init` once, before anything else. */
+export class Reconciler {
+  private readonly entries = new Map<string, Entry>();
+  private readonly inflight = new Set<Promise<void>>();
+  private readonly driver: PartitionDriver;
+  private readonly log: Logger;
+  private readonly defaultGraceMs: number;
+
+  constructor(private readonly deps: ReconcilerDeps) {
+    this.driver = deps.driver;
+    this.log = deps.log;
+    this.defaultGraceMs = deps.defaultGraceMs ?? DEFAULT_GRACE_MS;
+    this.driver.setListener({
+      onExit: (id, exit) => this.onExit(id, exit),
+      onEvent: (id, event, data) => this.deps.event?.({ partitionId: id, event, dataJson: JSON.stringify(data), at: new Date().toISOString() }),
+    });
+  }
+
+  /**
+   * Loads the records on disk and re-attaches to guests that survived the previous agent process
+   * (adopted ones keep running). A guest that is gone is reported per its last desired state:
+   * `failed` if it should have been running, else `stopped`. An action the previous process had
+   * begun (a stop, a delete) is carried on. Does not report: the caller registers with
+   * `statuses()` afterwards.
+   */
+  async init(): Promise<void> {
+    const { records, orphans } = await this.deps.store.loadAll();
+    const recovered = new Map((await this.driver.recover()).map((r) => [r.id, r]));
+    for (const record of records) {
+      const e = this.newEntry(record.id);
+      e.spec = record.spec;
+      e.applied = record.appliedGeneration;
+      e.accepted = record.appliedGeneration;
+      const r = recovered.get(record.id);
+      if (r?.alive) {
+        e.state = 'running';
+        e.pid = r.pid;
+        e.reason = r.status === 'running' ? '' : r.status;
+      } else {
+        [e.state, e.reason] = goneState(record, r?.reason);
+      }
+      this.entries.set(e.id, e);
+      if (e.state !== record.state || e.reason !== record.reason) await this.persist(e);
+    }
+    for (const id of orphans) {
+      const e = this.newEntry(id);
+      const r = recovered.get(id);
+      e.state = r?.alive ? 'running' : 'stopped';
+      e.pid = r?.alive ? r.pid : 0;
+      e.reason = r?.alive ? 'found running without a record' : 'found without a record';
+      e.accepted = 0;
+      this.entries.set(id, e);
+      this.log.warn({ partition: id, state: e.state }, 'partition directory without a record');
+    }
+    for (const e of this.entries.values()) {
+      if (e.spec?.desired === 'stopped' && this.driver.isRunning(e.id)) {
+        this.log.info({ partition: e.id }, 'carrying on a stop begun before the restart');
+        void this.enqueue(e, () => this.stopGuest(e, { force: false, graceMs: this.defaultGraceMs }));
+      }
+    }
+    this.log.info({ partitions: this.entries.size, running: this.runningCount() }, 'reconciler ready');
+  }
+
+  /** Status of every partition the agent has acted on or found (for Register.partitions). */
+  statuses(): agentV1.PartitionStatus[] {
+    return [...this.entries.values()].filter((e) => e.applied > 0 || e.state !== 'absent').map((e) => this.statusOf(e));
+  }
+
+  /** Number of partitions whose guest runs. */
+  runningCount(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.state === 'running') n++;
+    return n;
+  }
+
+  /** Applies one partition's spec (ControlMessage.upsert). */
+  upsert(wire: agentV1.PartitionSpec__Output): void {
+    const spec = specFromWire(wire);
+    if (!spec) {
+      this.log.warn('spec without a partition id ignored');
+      return;
+    }
+    if (!isDesiredState(spec.desired)) {
+      this.log.warn({ partition: spec.id, desired: spec.desired }, 'spec with an unknown desired state ignored');
+      const e = this.entries.get(spec.id);
+      if (e) this.report(e);
+      return;
+    }
+    let e = this.entries.get(spec.id);
+    if (!e) {
+      if (spec.desired === 'absent') {
+        this.deps.report({ id: spec.id, state: 'absent', reason: '', generation: spec.generation, pid: 0 });
+        return;
+      }
+      e = this.newEntry(spec.id);
+      this.entries.set(spec.id, e);
+    }
+    if (spec.generation <= e.accepted) {
+      const retryDelete = spec.desired === 'absent' && e.pending === undefined && e.state === 'failed' && e.spec !== undefined && e.applied === spec.generation;
+      if (!retryDelete) {
+        this.report(e);
+        return;
+      }
+    }
+    e.accepted = Math.max(e.accepted, spec.generation);
+    e.pending = spec;
+    void this.enqueue(e, () => this.applyPending(e));
+  }
+
+  /** Applies the full desired set (ControlMessage.desired): listed specs as upserts, the rest as absent. */
+  desired(specs: agentV1.PartitionSpec__Output[]): void {
+    const listed = new Set<string>();
+    for (const spec of specs) {
+      if (spec.id) listed.add(spec.id);
+      this.upsert(spec);
+    }
+    for (const e of [...this.entries.values()]) {
+      if (listed.has(e.id) || e.pending?.desired === 'absent') continue;
+      this.log.info({ partition: e.id }, 'not in the desired state: removing it');
+      const generation = Math.max(e.applied, e.accepted, 0);
+      e.pending = { ...(e.spec ?? blankSpec(e.id)), desired: 'absent', generation };
+      void this.enqueue(e, () => this.applyPending(e));
+    }
+  }
+
+  /** Runs one command and resolves with its result (never rejects). */
+  async command(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
+    const commandId = cmd.id ?? '';
+    const fail = (errorCode: string, errorMessage: string): agentV1.CommandResult => ({ commandId, ok: false, errorCode, errorMessage, payload: '' });
+    try {
+      switch (cmd.body) {
+        case 'stop': {
+          const id = cmd.stop?.partitionId ?? '';
+          const e = this.entries.get(id);
+          if (!e) return fail('NOT_FOUND', `partition ${id} is not on this node`);
+          const graceMs = Number(cmd.stop?.graceMs ?? 0);
+          const options: StopOptions = { force: Boolean(cmd.stop?.force), graceMs: graceMs > 0 ? graceMs : this.defaultGraceMs };
+          e.stopRequest = tighten(e.stopRequest, options);
+          if (e.state === 'stopping' && this.driver.isRunning(id)) {
+            // A stop runs already (from desired = stopped): make it as forceful as asked.
+            this.driver.stop(id, options).catch(() => undefined);
+          }
+          await this.enqueue(e, async () => {
+            if (this.driver.isRunning(id)) await this.stopGuest(e, options);
+            e.stopRequest = undefined;
+          });
+          if (this.driver.isRunning(id)) return fail('INTERNAL', `partition ${id} still runs: ${e.reason}`);
+          return { commandId, ok: true, errorCode: '', errorMessage: '', payload: '' };
+        }
+        case 'reboot': {
+          const id = cmd.reboot?.partitionId ?? '';
+          const e = this.entries.get(id);
+          if (!e) return fail('NOT_FOUND', `partition ${id} is not on this node`);
+          let result: agentV1.CommandResult = { commandId, ok: true, errorCode: '', errorMessage: '', payload: '' };
+          await this.enqueue(e, async () => {
+            if (!this.driver.isRunning(id)) {
+              result = fail('FAILED_PRECONDITION', `cannot reboot partition ${e.spec?.name || id}: it is ${e.state}`);
+              return;
+            }
+            try {
+              await this.driver.reboot(id);
+              this.log.info({ partition: id }, 'guest reset');
+            } catch (error) {
+              result = fail(errorCode(error), (error as Error).message);
+            }
+          });
+          return result;
+        }
+        case 'consoleTail': {
+          const id = cmd.consoleTail?.partitionId ?? '';
+          if (!this.entries.has(id)) return fail('NOT_FOUND', `partition ${id} is not on this node`);
+          const asked = Number(cmd.consoleTail?.bytes ?? 0);
+          const bytes = Math.min(asked > 0 ? asked : CONSOLE_TAIL_DEFAULT_BYTES, CONSOLE_TAIL_MAX_BYTES);
+          const tail = await this.driver.consoleTail(id, bytes);
+          return { commandId, ok: true, errorCode: '', errorMessage: '', payload: JSON.stringify({ data: tail.data, truncated: tail.truncated }) };
+        }
+        default:
+          return fail('INVALID_ARGUMENT', `unknown command ${JSON.stringify(cmd.body ?? '')}`);
+      }
+    } catch (error) {
+      return fail(errorCode(error), (error as Error).message);
+    }
+  }
+
+  /** The state of one partition, or undefined when the agent does not know it. */
+  stateOf(id: string): ReportedState | undefined {
+    return this.entries.get(id)?.state;
+  }
+
+  /** Resolves once no partition has queued work (tests, shutdown). */
+  async idle(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.all([...this.inflight]);
+  }
+
+  private newEntry(id: string): Entry {
+    return { id, spec: undefined, applied: 0, accepted: -1, pending: undefined, state: 'absent', reason: '', pid: 0, tail: Promise.resolve(), stopRequest: undefined, gone: false };
+  }
+
+  /** Appends work to a partition's queue; the promise settles when it ran (never rejects). */
+  private enqueue(e: Entry, task: () => Promise<void>): Promise<void> {
+    const run = e.tail.then(async () => {
+      if (!e.gone) await task();
+    }).catch((error: unknown) => this.log.error({ partition: e.id, err: error }, 'partition action failed'));
+    e.tail = run;
+    this.inflight.add(run);
+    void run.finally(() => this.inflight.delete(run));
+    return run;
+  }
+
+  /** Acts on the newest pending spec (queued). */
+  private async applyPending(e: Entry): Promise<void> {
+    const spec = e.pending;
+    if (!spec) return;
+    e.pending = undefined;
+    e.applied = spec.generation;
+    if (spec.desired !== 'absent') e.spec = spec;
+    switch (spec.desired) {
+      case 'running':
+        if (this.driver.isRunning(e.id)) {
+          if (e.state !== 'running') this.setState(e, 'running', '');
+          await this.settle(e);
+          return;
+        }
+        await this.startGuest(e, spec);
+        return;
+      case 'stopped':
+        if (this.driver.isRunning(e.id)) {
+          await this.stopGuest(e, { force: false, graceMs: this.defaultGraceMs });
+          return;
+        }
+        if (e.state !== 'failed' && e.state !== 'stopped') this.setState(e, 'stopped', '');
+        await this.settle(e);
+        return;
+      case 'absent':
+        await this.deleteGuest(e, spec.generation);
+        return;
+    }
+  }
+
+  private async startGuest(e: Entry, spec: SpecRecord): Promise<void> {
+    this.setState(e, 'starting', '');
+    await this.settle(e);
+    try {
+      const guest = await this.driver.start({ id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image });
+      e.pid = guest.pid;
+      this.setState(e, 'running', '');
+    } catch (error) {
+      e.pid = 0;
+      this.setState(e, 'failed', (error as Error).message);
+    }
+    await this.settle(e);
+  }
+
+  private async stopGuest(e: Entry, defaults: StopOptions): Promise<void> {
+    const options = tighten(e.stopRequest, defaults);
+    e.stopRequest = undefined;
+    this.setState(e, 'stopping', options.force ? 'forced stop' : 'stop requested');
+    // Begin the stop before persisting, so that a stop command arriving from now on tightens it.
+    const outcome = this.driver.stop(e.id, options).then(
+      () => undefined,
+      (error: unknown) => error as Error,
+    );
+    await this.settle(e);
+    const error = await outcome;
+    if (error) {
+      this.setState(e, 'failed', `stop failed: ${error.message}`);
+    } else {
+      e.pid = 0;
+      this.setState(e, 'stopped', options.force ? 'forced stop' : 'stopped on request');
+    }
+    await this.settle(e);
+  }
+
+  private async deleteGuest(e: Entry, generation: number): Promise<void> {
+    if (this.driver.isRunning(e.id)) {
+      this.setState(e, 'stopping', 'deleting');
+      await this.settle(e);
+    }
+    try {
+      await this.driver.destroy(e.id);
+      await this.deps.store.forget(e.id);
+    } catch (error) {
+      this.setState(e, 'failed', `delete failed: ${(error as Error).message}`);
+      await this.settle(e);
+      return;
+    }
+    e.gone = true;
+    if (this.entries.get(e.id) === e) this.entries.delete(e.id);
+    this.log.info({ partition: e.id, generation }, 'partition removed');
+    this.deps.report({ id: e.id, state: 'absent', reason: '', generation, pid: 0 });
+  }
+
+  /** A guest ended (driver callback). Unrequested ends are recorded through the queue. */
+  private onExit(id: string, exit: GuestExit): void {
+    const e = this.entries.get(id);
+    if (!e || exit.requested) return;
+    void this.enqueue(e, async () => {
+      if (e.pid !== exit.pid || (e.state !== 'running' && e.state !== 'starting') || this.driver.isRunning(id)) return;
+      e.pid = 0;
+      this.setState(e, exit.state, exit.reason);
+      await this.settle(e);
+    });
+  }
+
+  private setState(e: Entry, state: ReportedState, reason: string): void {
+    if (e.state !== state || e.reason !== reason) {
+      this.log.info({ partition: e.id, from: e.state, state, reason: reason || undefined, generation: e.applied, guestPid: e.pid || undefined }, 'partition state');
+    }
+    e.state = state;
+    e.reason = reason;
+  }
+
+  /** Persists the entry and reports it. */
+  private async settle(e: Entry): Promise<void> {
+    await this.persist(e);
+    this.report(e);
+  }
+
+  private async persist(e: Entry): Promise<void> {
+    const record: PartitionRecord = { id: e.id, spec: e.spec, appliedGeneration: e.applied, state: e.state, reason: e.reason, updatedAt: new Date().toISOString() };
+    try {
+      await this.deps.store.save(record);
+    } catch (error) {
+      this.log.error({ partition: e.id, err: error }, 'cannot write the partition record');
+    }
+  }
+
+  private report(e: Entry): void {
+    this.deps.report(this.statusOf(e));
+  }
+
+  private statusOf(e: Entry): agentV1.PartitionStatus {
+    return { id: e.id, state: e.state, reason: e.reason, generation: e.applied, pid: e.pid };
+  }
+}
+
+/** The state of a partition whose guest is gone after a restart, from its last record. */
+function goneState(record: PartitionRecord, driverReason: string | undefined): [ReportedState, string] {
+  if (record.state === 'failed') return ['failed', record.reason];
+  if (record.state === 'stopped') return ['stopped', record.reason];
+  if (record.spec?.desired === 'running') {
+    return ['failed', driverReason ?? 'the guest is gone: it ended while the agent was not running'];
+  }
+  return ['stopped', record.state === 'stopping' ? 'stopped on request' : record.reason];
+}
+
+/** The more forceful of two stop requests. */
+function tighten(a: StopOptions | undefined, b: StopOptions): StopOptions {
+  if (!a) return b;
+  return { force: a.force || b.force, graceMs: Math.min(a.graceMs, b.graceMs) };
+}
+
+function blankSpec(id: string): SpecRecord {
+  return { id, name: '', projectId: '', vcpus: 0, memoryMiB: 0, diskGiB: 0, image: '', desired: 'absent', generation: 0 };
+}
+
+/** The protocol error code of an error (domain errors carry one). */
+function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code : 'INTERNAL';
+}
