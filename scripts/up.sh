@@ -21,8 +21,10 @@ hp_log "building"
 npm run --silent build
 
 pids=()
+stopping=
 cleanup() {
   trap - INT TERM EXIT
+  stopping=1
   hp_log "stopping"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -60,4 +62,4 @@ cat <<MSG
 
 MSG
 wait -n "${pids[@]}" || true
-echo "a component exited; see $LOGS" >&2
+[ -n "$stopping" ] || echo "a component exited; see $LOGS" >&2
