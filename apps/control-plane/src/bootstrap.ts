@@ -62,8 +62,17 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
   });
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.with({ config, dataSource, redis, redisSub, logger }), adapter, {
     logger: new PinoNestLogger(logger),
+    bodyParser: false, // Fastify's own JSON parser, configured below
   });
   const fastify = app.getHttpAdapter().getInstance();
+  // JSON bodies as Fastify parses them (prototype-poisoning safe), except that an empty body with a
+  // JSON content type means "no body" (curl -X DELETE -H 'content-type: application/json').
+  const jsonParser = fastify.getDefaultJsonParser('error', 'error');
+  fastify.removeContentTypeParser('application/json');
+  fastify.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: MAX_BODY_BYTES }, (req, body, done) => {
+    if (typeof body === 'string' && body.trim() === '') return done(null, undefined);
+    jsonParser(req, String(body), done);
+  });
   fastify.addHook('onRequest', (req, reply, done) => {
     void reply.header('x-request-id', req.id);
     (req as unknown as { t0: bigint }).t0 = process.hrtime.bigint();
