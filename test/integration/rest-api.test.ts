@@ -186,6 +186,7 @@ describe('idempotency and etags', () => {
   it('honours If-Match and answers 412 for a stale etag, changing nothing', async () => {
     const c = await create(a.api, 'etag-1');
     const id = c.body.partition.id;
+    await a.api.waitOperation(c.body.operation.id); // its state changes would move the etag under us
     const got = await a.api.get(`/v1/partitions/${id}`);
     expect(got.headers.get('etag')).toBe(got.body.etag);
     const ok = await a.api.patch(`/v1/partitions/${id}`, { labels: { tier: 'web' } }, { 'if-match': got.body.etag });

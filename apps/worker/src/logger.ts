@@ -2,11 +2,12 @@
 import pino, { type Logger } from 'pino';
 
 /**
- * The process's root logger: buffered asynchronous writes to stdout, flushed on exit. Bind the
- * node name with `child({ node })` (done by the worker for every node it runs).
+ * The process's root logger: asynchronous writes to stdout, each line handed to the kernel as
+ * soon as possible (no batching: an agent killed with SIGKILL loses at most the line in flight),
+ * flushed on exit. Bind the node name with `child({ node })` (the worker does, for every node).
  */
 export function createLogger(level: string): Logger {
-  const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  const destination = pino.destination({ dest: 1, sync: false });
   process.once('exit', () => {
     try {
       destination.flushSync();

@@ -24,8 +24,10 @@ import type { PartitionStore } from './partition-store';
 /** Grace of a stop the control plane asked for through `desired = stopped` alone. */
 export const DEFAULT_GRACE_MS = 30_000;
 
-/** Console tail sizes: default when the command says 0, and the most one answer carries. */
+/** Console tail size when the command asks for 0 bytes. */
 export const CONSOLE_TAIL_DEFAULT_BYTES = 64 * 1024;
+
+/** The most console text one command result carries. */
 export const CONSOLE_TAIL_MAX_BYTES = 1024 * 1024;
 
 /** The reconciler's collaborators. */

@@ -322,9 +322,11 @@ export class QemuDriver implements PartitionDriver {
       reverter.success();
       return inst;
     } catch (error) {
+      // Kill QEMU first (so its log is complete), read the log, then undo the rest (the log too).
+      if (child && child.exitCode === null && child.signalCode === null && child.pid) child.kill('SIGKILL');
+      const detail = child ? await this.logTail(dir) : '';
       const undoErrors = await reverter.fail();
       for (const e of undoErrors) log.warn({ err: e }, 'undo after a failed start failed');
-      const detail = child ? await this.logTail(dir) : '';
       const message = (error as Error).message + (detail && !(error as Error).message.includes(detail) ? ` (qemu.log: ${detail})` : '');
       log.warn({ err: error }, 'guest start failed; everything it created was removed');
       if (error instanceof ValidationError || error instanceof FailedPreconditionError) throw error;

@@ -1,0 +1,50 @@
+import type { NodeCandidate } from './types';
+
+/** 32-bit FNV-1a hash of a string's UTF-16 code units: the seed a request id gives its placement. */
+export function seedFrom(requestId: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < requestId.length; i++) {
+    h ^= requestId.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/** mulberry32: a small, fast PRNG; returns a generator of floats in [0, 1) fully determined by `seed`. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A copy of `nodes` ordered by id, so the order the caller loaded them in never matters. */
+export function sortById(nodes: readonly NodeCandidate[]): NodeCandidate[] {
+  return nodes.slice().sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+/**
+ * The candidate order for one placement: a Fisher–Yates shuffle of `sorted` seeded by `seed`.
+ * Precondition: `sorted` is ordered by id ({@link sortById}); then the same seed and the same
+ * nodes always give the same order, which is what lets a placement be replayed.
+ */
+export function shuffle<T>(sorted: readonly T[], seed: number): T[] {
+  const out = sorted.slice();
+  const rand = mulberry32(seed);
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    const t = out[i];
+    out[i] = out[j];
+    out[j] = t;
+  }
+  return out;
+}
+
+/** The node a pin names: id first, then name; undefined when none matches. */
+export function findPinned(nodes: readonly NodeCandidate[], ref: string): NodeCandidate | undefined {
+  return nodes.find((n) => n.id === ref) ?? nodes.find((n) => n.name === ref);
+}
