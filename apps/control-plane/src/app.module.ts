@@ -34,6 +34,8 @@ import { PartitionOperations } from './partitions/partition-operations';
 import { PartitionRepository } from './partitions/partition.repository';
 import { PartitionsController } from './partitions/partitions.controller';
 import { PartitionsService } from './partitions/partitions.service';
+import { PlacementService } from './partitions/placement.service';
+import { NodeCache } from './nodes/node-cache';
 import { ConsoleService } from './partitions/console.service';
 import { ConsoleWebSocket } from './partitions/console.websocket';
 import { AuthService } from './projects/auth.service';
@@ -70,6 +72,8 @@ const PROVIDERS: Provider[] = [
   OperationsService,
   OperationRunner,
   PartitionsService,
+  PlacementService,
+  NodeCache,
   ConsoleService,
   ConsoleWebSocket,
   PartitionOperations,

@@ -22,6 +22,8 @@ export interface Config {
   joinToken: string;
   /** How long an operation waits for a node to act before failing it. */
   operationTimeoutMs: number;
+  /** Cluster default placement strategy; a request may choose the other. */
+  placementStrategy: 'binpack' | 'spread';
 }
 
 /** A configuration value that does not parse; the message names the variable. */
@@ -58,6 +60,12 @@ function url(env: NodeJS.ProcessEnv, name: string, def: string, protocols: strin
   return raw;
 }
 
+function strategy(env: NodeJS.ProcessEnv): 'binpack' | 'spread' {
+  const raw = env.HYPERPLANE_PLACEMENT_STRATEGY || 'spread';
+  if (raw !== 'binpack' && raw !== 'spread') throw new ConfigError(`HYPERPLANE_PLACEMENT_STRATEGY=${JSON.stringify(raw)} must be binpack or spread`);
+  return raw;
+}
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Reads and validates the configuration; throws {@link ConfigError} naming the first bad variable. */
@@ -81,6 +89,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     nodeHeartbeatTimeoutMs: positiveInt(env, 'HYPERPLANE_NODE_TIMEOUT_MS', 15000),
     joinToken: env.HYPERPLANE_JOIN_TOKEN ?? '',
     operationTimeoutMs: positiveInt(env, 'HYPERPLANE_OPERATION_TIMEOUT_MS', 300000),
+    placementStrategy: strategy(env),
   };
 }
 

@@ -365,6 +365,46 @@ describe('Reconciler', () => {
   });
 
   describe('after an agent restart (init)', () => {
+    it('carries on a stop that the previous agent process had begun', async () => {
+      await store.save({
+        id: A,
+        spec: { id: A, name: 'a', projectId: 'p', vcpus: 1, memoryMiB: 128, diskGiB: 1, image: 'sample', desired: 'stopped', generation: 7 },
+        appliedGeneration: 7,
+        state: 'stopping',
+        reason: 'stop requested',
+        updatedAt: new Date().toISOString(),
+      });
+      driver.running.set(A, 55);
+      driver.when('stop', async (id) => void driver.running.delete(id));
+      reconciler = await make([{ id: A, alive: true, pid: 55, status: 'running' }]);
+      await reconciler.idle();
+
+      expect(driver.callsOf('stop')).toEqual([[A, { force: false, graceMs: 30_000 }]]);
+      expect(reconciler.statuses()).toEqual([{ id: A, state: 'stopped', reason: 'stopped on request', generation: 7, pid: 0 }]);
+    });
+
+    it('a delete that failed is retried when the same absent spec comes again', async () => {
+      reconciler = await make();
+      happy(driver);
+      reconciler.upsert(spec(A, 'running', 1));
+      await reconciler.idle();
+      let attempts = 0;
+      driver.when('destroy', async (id) => {
+        if (++attempts === 1) throw new Error('EBUSY: resource busy');
+        driver.running.delete(id);
+      });
+
+      reconciler.upsert(spec(A, 'absent', 2));
+      await reconciler.idle();
+      expect(reports.at(-1)).toMatchObject({ state: 'failed', reason: 'delete failed: EBUSY: resource busy', generation: 2 });
+      reconciler.desired([spec(A, 'absent', 2)]);
+      await reconciler.idle();
+
+      expect(reports.at(-1)).toEqual({ id: A, state: 'absent', reason: '', generation: 2, pid: 0 });
+      expect(attempts).toBe(2);
+    });
+
+
     it('adopts surviving guests, reports gone ones per their last desired state, and acts on nothing it already did', async () => {
       const C = '01900000-0000-7000-8000-00000000000c';
       const now = new Date().toISOString();

@@ -202,9 +202,9 @@ export class Reconciler {
           if (!e) return fail('NOT_FOUND', `partition ${id} is not on this node`);
           const graceMs = Number(cmd.stop?.graceMs ?? 0);
           const options: StopOptions = { force: Boolean(cmd.stop?.force), graceMs: graceMs > 0 ? graceMs : this.defaultGraceMs };
-          e.stopRequest = tighten(e.stopRequest, options);
+          e.stopRequest = mergeStop(e.stopRequest, options);
           if (e.state === 'stopping' && this.driver.isRunning(id)) {
-            // A stop runs already (from desired = stopped): make it as forceful as asked.
+            // A stop runs already (from desired = stopped): it takes this command's grace, and force.
             this.driver.stop(id, options).catch(() => undefined);
           }
           await this.enqueue(e, async () => {
@@ -319,10 +319,10 @@ export class Reconciler {
   }
 
   private async stopGuest(e: Entry, defaults: StopOptions): Promise<void> {
-    const options = tighten(e.stopRequest, defaults);
+    const options = e.stopRequest ?? defaults;
     e.stopRequest = undefined;
     this.setState(e, 'stopping', options.force ? 'forced stop' : 'stop requested');
-    // Begin the stop before persisting, so that a stop command arriving from now on tightens it.
+    // Begin the stop before persisting, so that a stop command arriving from now on adjusts it.
     const outcome = this.driver.stop(e.id, options).then(
       () => undefined,
       (error: unknown) => error as Error,
@@ -411,10 +411,9 @@ function goneState(record: PartitionRecord, driverReason: string | undefined): [
   return ['stopped', record.state === 'stopping' ? 'stopped on request' : record.reason];
 }
 
-/** The more forceful of two stop requests. */
-function tighten(a: StopOptions | undefined, b: StopOptions): StopOptions {
-  if (!a) return b;
-  return { force: a.force || b.force, graceMs: Math.min(a.graceMs, b.graceMs) };
+/** A later stop request over an earlier one: its grace wins, a force stays. */
+function mergeStop(earlier: StopOptions | undefined, later: StopOptions): StopOptions {
+  return { force: Boolean(earlier?.force) || later.force, graceMs: later.graceMs };
 }
 
 function blankSpec(id: string): SpecRecord {

@@ -4,6 +4,7 @@
  *   npx tsc -b libs/scheduler && node libs/scheduler/dist/bench.js
  */
 import { performance } from 'node:perf_hooks';
+import { cpuBaselineKey } from './cpu-baselines';
 import { place, placeMany } from './stack';
 import { nodes, request } from './testing/fixtures';
 import type { NodeCandidate } from './types';
@@ -33,8 +34,10 @@ function measure(label: string, count: number, runs: number, fn: (i: number) => 
 
 for (const count of [1_000, 10_000]) {
   const all = cluster(count);
+  const keyed = all.map((n) => ({ ...n, cpuFlags: [...n.cpuFlags], cpuBaseline: cpuBaselineKey(n.cpuFlags) }));
   const runs = count >= 10_000 ? 100 : 1_000;
   measure('place (plain request)', count, runs, (i) => place(all, request({ requestId: `bench-${i}` })));
+  measure('place (plain, nodes carry cpuBaseline)', count, runs, (i) => place(keyed, request({ requestId: `bench-${i}` })));
   measure('place (selector, cpu features, soft group)', count, runs, (i) =>
     place(all, request({
       requestId: `bench-${i}`,

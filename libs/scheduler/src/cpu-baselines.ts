@@ -3,37 +3,43 @@ import type { NodeCandidate } from './types';
 /**
  * How many ready nodes could take a guest started on each node, by CPU flags: a guest that sees
  * host A's flags can later move to any host whose flags include all of A's. Built once per
- * cluster snapshot (O(nodes + baselines²); nodes of one CPU model share a baseline), then
- * answered in O(1) per node, so scoring 1,000 nodes never compares node pairs.
+ * cluster snapshot (O(nodes × flags + baselines²); nodes of one CPU model share a baseline),
+ * then answered per node without looking at other nodes, so no node pair is ever compared.
  */
 export class CpuBaselines {
-  /** Flag list (by identity) → its group, for the nodes this was built from. */
-  private readonly byArray = new Map<readonly string[], FlagGroup>();
+  /** Groups by the caller's {@link NodeCandidate.cpuBaseline}, trusted without comparing flags. */
+  private readonly byBaseline = new Map<string, FlagGroup>();
   /** Groups by a cheap signature (length, first and last flag); exact equality decides within one. */
   private readonly buckets = new Map<string, FlagGroup[]>();
   private readonly readyTotal: number;
+  /** One-entry memo: a placement asks about the same node from a filter and then from scorers. */
+  private lastFlags: readonly string[] | undefined;
+  private lastGroup: FlagGroup | undefined;
   /** Number of distinct baselines; with one, migratability cannot tell nodes apart. */
   readonly distinct: number;
 
   /** Precondition: `nodes` is the whole cluster (every state), not only the feasible nodes. */
   constructor(nodes: readonly NodeCandidate[]) {
-    // Joining or sorting every node's ~100 flags costs milliseconds per 1,000 nodes; nodes of
-    // one CPU model report the same list, so compare lists against one representative instead.
+    // Joining or sorting every node's ~100 flags costs milliseconds per 1,000 nodes, and so does
+    // a per-node map at 10,000. Nodes of one CPU model report the same list, so each node's list
+    // is compared with one representative (or, cheaper, grouped by the key the caller stored).
     const groups: FlagGroup[] = [];
     let readyTotal = 0;
     for (const n of nodes) {
-      let g = this.byArray.get(n.cpuFlags);
+      let g = this.group(n);
       if (!g) {
-        const sig = signature(n.cpuFlags);
-        let bucket = this.buckets.get(sig);
-        if (!bucket) this.buckets.set(sig, (bucket = []));
-        g = findGroup(bucket, n.cpuFlags);
-        if (!g) {
-          bucket.push((g = { flags: n.cpuFlags, ready: 0, supersetsReady: 0 }));
-          groups.push(g);
+        g = { flags: n.cpuFlags, ready: 0, supersetsReady: 0 };
+        if (n.cpuBaseline !== undefined) this.byBaseline.set(n.cpuBaseline, g);
+        else {
+          const sig = signature(n.cpuFlags);
+          const bucket = this.buckets.get(sig);
+          if (bucket) bucket.push(g);
+          else this.buckets.set(sig, [g]);
         }
+        groups.push(g);
+        this.lastFlags = n.cpuFlags;
+        this.lastGroup = g;
       }
-      this.byArray.set(n.cpuFlags, g);
       if (n.state === 'ready') {
         g.ready++;
         readyTotal++;
@@ -66,21 +72,27 @@ export class CpuBaselines {
    * there is no other ready node. Precondition: `node`'s flags were in the snapshot this was built from.
    */
   migratability(node: NodeCandidate): number {
-    const supersets = this.group(node.cpuFlags)?.supersetsReady ?? 0;
+    const supersets = this.group(node)?.supersetsReady ?? 0;
     const self = node.state === 'ready' ? 1 : 0;
     const others = this.readyTotal - self;
     return others > 0 ? Math.max(0, supersets - self) / others : 0;
   }
 
-  /** True when the node reports the host CPU flag; O(1) for nodes of the snapshot (one set per baseline). */
+  /** True when the node reports the host CPU flag; one set per baseline, so O(1) after the lookup. */
   hasFlag(node: NodeCandidate, flag: string): boolean {
-    const g = this.byArray.get(node.cpuFlags);
+    const g = this.group(node);
     if (!g) return node.cpuFlags.includes(flag);
     return (g.set ??= new Set(g.flags)).has(flag);
   }
 
-  private group(flags: readonly string[]): FlagGroup | undefined {
-    return this.byArray.get(flags) ?? findGroup(this.buckets.get(signature(flags)) ?? [], flags);
+  private group(node: NodeCandidate): FlagGroup | undefined {
+    const flags = node.cpuFlags;
+    if (flags === this.lastFlags) return this.lastGroup;
+    const g =
+      node.cpuBaseline !== undefined ? this.byBaseline.get(node.cpuBaseline) : findGroup(this.buckets.get(signature(flags)), flags);
+    this.lastFlags = flags;
+    this.lastGroup = g;
+    return g;
   }
 }
 
@@ -98,8 +110,8 @@ function signature(flags: readonly string[]): string {
   return flags.length === 0 ? '' : `${flags.length}\0${flags[0]}\0${flags[flags.length - 1]}`;
 }
 
-function findGroup(bucket: readonly FlagGroup[], flags: readonly string[]): FlagGroup | undefined {
-  for (const g of bucket) if (sameList(g.flags, flags)) return g;
+function findGroup(bucket: readonly FlagGroup[] | undefined, flags: readonly string[]): FlagGroup | undefined {
+  if (bucket) for (const g of bucket) if (sameList(g.flags, flags)) return g;
   return undefined;
 }
 
@@ -113,4 +125,21 @@ function sameList(a: readonly string[], b: readonly string[]): boolean {
 function isSubset(a: Uint32Array, b: Uint32Array): boolean {
   for (let i = 0; i < a.length; i++) if ((a[i] & ~b[i]) !== 0) return false;
   return true;
+}
+
+/**
+ * A short key for a set of CPU flags (order and repeats ignored): two 32-bit FNV-1a hashes of the
+ * sorted flags, as 16 hex digits. Compute it when a node reports its inventory and pass it as
+ * {@link NodeCandidate.cpuBaseline}, so placements need not compare flag lists.
+ */
+export function cpuBaselineKey(flags: readonly string[]): string {
+  const text = [...new Set(flags)].sort().join(' ');
+  let a = 0x811c9dc5;
+  let b = 0x050c5d1f;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x01000193) ^ (b >>> 15);
+  }
+  return (a >>> 0).toString(16).padStart(8, '0') + (b >>> 0).toString(16).padStart(8, '0');
 }

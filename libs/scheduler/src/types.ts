@@ -32,6 +32,11 @@ export interface NodeCandidate {
   accelerator: string;
   /** Host CPU flags in `/proc/cpuinfo` spelling (`avx2`, `sse4_2`). */
   cpuFlags: string[];
+  /**
+   * Optional key of the flag set (`cpuBaselineKey(cpuFlags)`), stored when the node registers;
+   * nodes with equal keys must have equal flag sets. Saves comparing flag lists per placement.
+   */
+  cpuBaseline?: string;
   /** QEMU machine types the node's emulator offers (`q35`, `pc-q35-8.2`, `virt`). */
   machineTypes: string[];
   /** QEMU target name (`x86_64`, `aarch64`); absent when the agent does not report it. */

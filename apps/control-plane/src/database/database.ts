@@ -75,6 +75,11 @@ export async function affected(db: Db, text: string, params: unknown[] = []): Pr
   return Array.isArray(res) ? res.length : 0;
 }
 
+/** Takes a transaction-scoped advisory lock on `key` (released at commit or rollback). */
+export async function lockForTransaction(db: Db, key: string): Promise<void> {
+  await db.query(`SELECT pg_advisory_xact_lock(hashtext($1))`, [key]);
+}
+
 /** True when `e` is PostgreSQL's unique-violation error (optionally on a given constraint). */
 export function isUniqueViolation(e: unknown, constraint?: string): boolean {
   const err = e as { code?: string; constraint?: string; driverError?: { code?: string; constraint?: string } };

@@ -115,9 +115,23 @@ export class PublicGrpcApi {
             labels: r.labels,
             description: r.description,
             diskGiB: r.diskGib,
-            placement: r.placement ? pick({ node: r.placement.node }) : undefined,
+            count: r.count,
+            placement: r.placement
+              ? pick({
+                  node: r.placement.node,
+                  group: r.placement.group,
+                  policy: r.placement.policy,
+                  hard: r.placement.hard,
+                  strategy: r.placement.strategy,
+                  nodeSelector: r.placement.nodeSelector && Object.keys(r.placement.nodeSelector).length ? r.placement.nodeSelector : undefined,
+                  accelerator: r.placement.accelerator,
+                  cpuFeatures: r.placement.cpuFeatures?.length ? r.placement.cpuFeatures : undefined,
+                  machineType: r.placement.machineType,
+                })
+              : undefined,
           }));
           const out = await this.partitions.create(p, await this.project(p, md), input, { ...opts(r.requestId), requestId: rid });
+          if ('partitions' in out) return { partitions: out.partitions.map(partitionMsg), operations: out.operations.map(operationMsg) };
           return { partition: partitionMsg(out.partition), operation: operationMsg(out.operation) };
         }),
         GetPartition: this.unary<v1.GetPartitionRequest__Output, v1.Partition>(async (p, r, md) => partitionMsg(await this.partitions.get(p, await this.project(p, md), r.id ?? ''))),

@@ -174,6 +174,49 @@ export class NodeRepository {
     return rows(tx, `SELECT * FROM nodes WHERE ($1::uuid IS NULL OR id = $1) ORDER BY name FOR UPDATE`, [onlyId ?? null]);
   }
 
+  /**
+   * Reserves capacity on a node only if it is still schedulable and still has room: the
+   * compare-and-swap that makes concurrent placements (on any replica) safe. Returns the updated
+   * row, or undefined when the node no longer qualifies.
+   */
+  async tryReserve(db: Db, nodeId: string, d: { vcpus: number; memoryMiB: number; diskBytes: number }): Promise<NodeRow | undefined> {
+    const found = await rows<NodeRow>(db,
+      `UPDATE nodes SET allocated_vcpus = allocated_vcpus + $2, allocated_memory_mib = allocated_memory_mib + $3,
+         allocated_disk_bytes = allocated_disk_bytes + $4, version = version + 1, updated_at = now()
+       WHERE id = $1 AND status = 'ready' AND NOT cordoned AND NOT draining
+         AND allocated_vcpus + $2 <= floor(vcpus * cpu_allocation_ratio)
+         AND allocated_memory_mib + $3 <= floor(memory_mib * memory_allocation_ratio)
+         AND allocated_disk_bytes + $4 <= disk_bytes
+       RETURNING *`,
+      [nodeId, d.vcpus, d.memoryMiB, d.diskBytes],
+    );
+    return found[0];
+  }
+
+  /** Savepoints around a batch of reservations, so a lost compare-and-swap undoes the ones before it. */
+  async savepoint(db: Db, name: string): Promise<void> {
+    await db.query(`SAVEPOINT ${name}`);
+  }
+
+  /** Keeps the reservations made since the savepoint. */
+  async releaseSavepoint(db: Db, name: string): Promise<void> {
+    await db.query(`RELEASE SAVEPOINT ${name}`);
+  }
+
+  /** Undoes the reservations made since the savepoint. */
+  async rollbackToSavepoint(db: Db, name: string): Promise<void> {
+    await db.query(`ROLLBACK TO SAVEPOINT ${name}`);
+  }
+
+  /** Partitions of a placement group per node (read under the group's lock). */
+  async groupCounts(db: Db, projectId: string, group: string): Promise<Map<string, number>> {
+    const found = await rows<{ node_id: string; n: string }>(db,
+      `SELECT node_id, count(*) AS n FROM partitions WHERE project_id = $1 AND placement_group = $2 AND node_id IS NOT NULL GROUP BY node_id`,
+      [projectId, group],
+    );
+    return new Map(found.map((r) => [r.node_id, Number(r.n)]));
+  }
+
   /** Adds (or with a negative demand, releases) a reservation on a node. */
   async reserve(tx: Db, nodeId: string, d: { vcpus: number; memoryMiB: number; diskBytes: number }): Promise<void> {
     await tx.query(

@@ -36,6 +36,11 @@ export class OperationQueueRepository implements OnModuleDestroy {
     await this.queue.add(kind, { operationId }, { jobId: operationId, removeOnComplete: { count: 1000 }, removeOnFail: { count: 1000 }, attempts: 1 });
   }
 
+  /** Enqueues many operations' jobs in one round trip (creates with `count`). */
+  async enqueueMany(ops: Array<{ id: string; kind: string }>): Promise<void> {
+    await this.queue.addBulk(ops.map((o) => ({ name: o.kind, data: { operationId: o.id }, opts: { jobId: o.id, removeOnComplete: { count: 1000 }, removeOnFail: { count: 1000 }, attempts: 1 } })));
+  }
+
   /**
    * Makes sure a live operation has a job that will run: adds one if none exists, replaces one that
    * BullMQ considers finished. Used on start-up and by the periodic sweep.

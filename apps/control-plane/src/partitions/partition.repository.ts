@@ -27,10 +27,15 @@ export interface PartitionRow {
   disk_gib: number;
   image: string;
   labels: Record<string, string>;
+  placement: PlacementSpecRow;
+  placement_group: string | null;
   version: number;
   created_at: Date;
   updated_at: Date;
 }
+
+/** The placement request stored with a partition (see PlacementSpec). */
+export type PlacementSpecRow = { group?: string; [key: string]: unknown };
 
 /** A new partition. */
 export interface NewPartition {
@@ -45,6 +50,7 @@ export interface NewPartition {
   diskGiB: number;
   image: string;
   labels: Record<string, string>;
+  placement?: PlacementSpecRow;
 }
 
 /** List filters. */
@@ -63,15 +69,21 @@ export class PartitionRepository {
   async insert(tx: Db, p: NewPartition): Promise<PartitionRow> {
     try {
       const found = await rows<PartitionRow>(tx, 
-        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *`,
-        [p.id, p.projectId, p.name, p.description, p.state, p.nodeId, p.vcpus, p.memoryMiB, p.diskGiB, p.image, JSON.stringify(p.labels)],
+        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
+        [p.id, p.projectId, p.name, p.description, p.state, p.nodeId, p.vcpus, p.memoryMiB, p.diskGiB, p.image, JSON.stringify(p.labels), JSON.stringify(p.placement ?? {}), p.placement?.group ?? null],
       );
       return found[0]!;
     } catch (e) {
       if (isUniqueViolation(e)) throw new AlreadyExistsError('partition', p.name);
       throw e;
     }
+  }
+
+  /** Which of `names` the project already uses. */
+  async namesTaken(db: Db, projectId: string, names: string[]): Promise<string[]> {
+    const found = await rows<{ name: string }>(db, `SELECT name FROM partitions WHERE project_id = $1 AND name = ANY($2::text[])`, [projectId, names]);
+    return found.map((r) => r.name);
   }
 
   /** True when the project already has a partition with this name. */
@@ -155,6 +167,14 @@ export class PartitionRepository {
       [id, observed, generation, state, reason],
     );
     return found[0];
+  }
+
+  /** What a project holds, for its quota. */
+  async usage(db: Db, projectId: string): Promise<{ partitions: number; vcpus: number; memoryMiB: number }> {
+    const found = await rows<{ n: string; v: string | null; m: string | null }>(db,
+      `SELECT count(*) AS n, sum(vcpus) AS v, sum(memory_mib) AS m FROM partitions WHERE project_id = $1`, [projectId]);
+    const r = found[0]!;
+    return { partitions: Number(r.n), vcpus: Number(r.v ?? 0), memoryMiB: Number(r.m ?? 0) };
   }
 
   /** Deletes the record. */

@@ -7,7 +7,7 @@ import { Mutation } from '../common/rest';
 import { MutationOptions } from '../common/transactions';
 import { AuthService } from '../projects/auth.service';
 import { CreatePartitionInput, EmptyInput, StopPartitionInput, UpdatePartitionInput } from './partitions.dto';
-import { PartitionOperationView, PartitionsService } from './partitions.service';
+import { PartitionBatchView, PartitionOperationView, PartitionsService } from './partitions.service';
 
 /** REST door for partitions. Actions answer 202 with the operation and a Location header. */
 @ApiTags('partitions')
@@ -28,7 +28,7 @@ export class PartitionsController {
     @Res({ passthrough: true }) res: FastifyReply,
     @Mutation() m: MutationOptions,
     @Query('project') project?: string,
-  ): Promise<PartitionOperationView> {
+  ): Promise<PartitionOperationView | PartitionBatchView> {
     return accepted(res, await this.partitions.create(p, await this.auth.projectScope(p, project), body, m));
   }
 
@@ -89,7 +89,7 @@ export class PartitionsController {
 }
 
 /** Sets the Location of the operation on a 202. */
-function accepted(res: FastifyReply, r: PartitionOperationView): PartitionOperationView {
-  void res.header('location', `/v1/operations/${r.operation.id}`);
+function accepted<T extends PartitionOperationView | PartitionBatchView>(res: FastifyReply, r: T): T {
+  if ('operation' in r) void res.header('location', `/v1/operations/${r.operation.id}`);
   return r;
 }

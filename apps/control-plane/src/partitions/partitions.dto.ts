@@ -1,10 +1,13 @@
 import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
 import { Type } from 'class-transformer';
-import { IsBoolean, IsInt, IsObject, IsOptional, IsString, Max, MaxLength, Min, MinLength, ValidateNested } from 'class-validator';
+import { ArrayMaxSize, IsArray, IsBoolean, IsIn, IsInt, IsObject, IsOptional, IsString, Max, MaxLength, Min, MinLength, ValidateNested } from 'class-validator';
+
+/** Most partitions one create may ask for. */
+export const MAX_COUNT = 1000;
 import { PARTITION_LIMITS as L } from '@hyperplane/domain';
 import { IsDnsLabel, IsLabels } from '../common/validation';
 
-/** Where a partition may go. */
+/** Where a partition may go, and with whom. */
 export class PlacementInput {
   @ApiPropertyOptional({ description: 'Node id or name to pin the partition to' })
   @IsOptional()
@@ -12,6 +15,50 @@ export class PlacementInput {
   @MinLength(1)
   @MaxLength(63)
   node?: string;
+
+  @ApiPropertyOptional({ description: 'Placement group (DNS label) this partition belongs to' })
+  @IsOptional()
+  @IsDnsLabel()
+  group?: string;
+
+  @ApiPropertyOptional({ enum: ['anti-affinity', 'affinity'], description: 'Group policy (default anti-affinity: never two on one node)' })
+  @IsOptional()
+  @IsIn(['anti-affinity', 'affinity'])
+  policy?: 'anti-affinity' | 'affinity';
+
+  @ApiPropertyOptional({ description: 'Hard (a rule, default) or soft (a preference) group policy' })
+  @IsOptional()
+  @IsBoolean()
+  hard?: boolean;
+
+  @ApiPropertyOptional({ enum: ['binpack', 'spread'], description: 'Default: the cluster setting (HYPERPLANE_PLACEMENT_STRATEGY)' })
+  @IsOptional()
+  @IsIn(['binpack', 'spread'])
+  strategy?: 'binpack' | 'spread';
+
+  @ApiPropertyOptional({ type: 'object', additionalProperties: { type: 'string' }, description: 'Node labels that must match' })
+  @IsOptional()
+  @IsLabels()
+  nodeSelector?: Record<string, string>;
+
+  @ApiPropertyOptional({ enum: ['kvm', 'tcg'] })
+  @IsOptional()
+  @IsIn(['kvm', 'tcg'])
+  accelerator?: 'kvm' | 'tcg';
+
+  @ApiPropertyOptional({ type: [String], description: 'Host CPU features the guest needs (e.g. avx2)' })
+  @IsOptional()
+  @IsArray()
+  @ArrayMaxSize(64)
+  @IsString({ each: true })
+  @MaxLength(64, { each: true })
+  cpuFeatures?: string[];
+
+  @ApiPropertyOptional({ example: 'pc' })
+  @IsOptional()
+  @IsString()
+  @MaxLength(64)
+  machineType?: string;
 }
 
 /** POST /v1/partitions */
@@ -55,6 +102,13 @@ export class CreatePartitionInput {
   @IsString()
   @MaxLength(L.maxDescriptionLength)
   description?: string;
+
+  @ApiPropertyOptional({ example: 3, minimum: 1, maximum: MAX_COUNT, description: 'Create this many at once, named NAME-1..NAME-N (all or nothing)' })
+  @IsOptional()
+  @IsInt()
+  @Min(1)
+  @Max(MAX_COUNT)
+  count?: number;
 
   @ApiPropertyOptional({ type: PlacementInput })
   @IsOptional()

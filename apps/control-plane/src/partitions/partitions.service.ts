@@ -18,13 +18,12 @@ import { MutationOptions, TransactionRunner } from '../common/transactions';
 import { Db } from '../database/database';
 import { labelsProblem, parseLabelSelectors } from '../common/validation';
 import { EventBus } from '../events/event-bus';
-import { NodeRepository } from '../nodes/node.repository';
-import { placeFirstFit } from '../nodes/placement';
+import { PlacementService, PlacementSpec } from './placement.service';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
 import { OperationRepository } from '../operations/operation.repository';
 import { OperationView, OperationsService, operationView } from '../operations/operations.service';
 import { AgentSessions } from '../agents/agent-sessions';
-import { PartitionRepository, PartitionRow } from './partition.repository';
+import { PartitionRepository, PartitionRow, PlacementSpecRow } from './partition.repository';
 import { PartitionView, partitionView } from './partition-view';
 import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from './partitions.dto';
 
@@ -32,6 +31,12 @@ import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from '
 export interface PartitionOperationView {
   partition: PartitionView;
   operation: OperationView;
+}
+
+/** The answer to a create with `count`: every partition and its operation, in order. */
+export interface PartitionBatchView {
+  partitions: PartitionView[];
+  operations: OperationView[];
 }
 
 /** Default disk when the request names none. */
@@ -47,7 +52,7 @@ const MAX_CONSOLE_BYTES = 1024 * 1024;
 export class PartitionsService {
   constructor(
     private readonly partitions: PartitionRepository,
-    private readonly nodes: NodeRepository,
+    private readonly placement: PlacementService,
     private readonly ops: OperationRepository,
     private readonly queue: OperationQueueRepository,
     private readonly operations: OperationsService,
@@ -56,34 +61,62 @@ export class PartitionsService {
     private readonly tx: TransactionRunner,
   ) {}
 
-  /** Creates a partition, places it, and starts an operation that boots it. */
-  async create(principal: Principal, projectId: string, input: CreatePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView> {
+  /**
+   * Creates a partition (or `count` of them, named NAME-1..NAME-N, all or nothing), places it, and
+   * starts an operation per partition that boots it. Placement happens here, so "no node fits" is
+   * a 422 that creates nothing.
+   */
+  async create(principal: Principal, projectId: string, input: CreatePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView | PartitionBatchView> {
     requireRole(principal, 'operator', 'create partitions');
     const diskGiB = input.diskGiB ?? DEFAULT_DISK_GIB;
+    const count = input.count;
+    const names = count === undefined ? [input.name] : Array.from({ length: count }, (_, i) => `${input.name}-${i + 1}`);
+    const longest = names[names.length - 1]!;
+    if (longest.length > 63) throw ValidationError.field('name', `with count ${count} the names run up to ${longest}, longer than 63 characters`);
+    const spec: PlacementSpec = { ...(input.placement ?? {}) };
+    const seed = opts.idempotencyKey ?? opts.requestId ?? uuidv7();
     return this.tx.run(
       { scope: `project:${projectId}`, name: 'partitions.create', input, key: opts.idempotencyKey },
       async (db) => {
-        if (await this.partitions.nameTaken(db, projectId, input.name)) {
-          throw new AlreadyExistsError('partition', input.name);
-        }
-        const nodeId = await this.place(db, { vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image }, input.placement?.node);
-        const row = await this.partitions.insert(db, {
-          id: uuidv7(),
+        const taken = await this.partitions.namesTaken(db, projectId, names);
+        if (taken.length) throw new AlreadyExistsError('partition', taken[0]!);
+        const nodeIds = await this.placement.place(
+          db,
           projectId,
-          name: input.name,
-          description: input.description ?? '',
-          state: 'scheduled',
-          nodeId,
-          vcpus: input.vcpus,
-          memoryMiB: input.memoryMiB,
-          diskGiB,
-          image: input.image,
-          labels: input.labels ?? {},
-        });
-        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind: 'partition.create', targetType: 'partition', targetId: row.id, requestId: opts.requestId });
-        return { partition: partitionView(row), operation: operationView(op) };
+          names.map((n, i) => ({ requestId: `${seed}/${i}`, vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, spec })),
+        );
+        const partitions: PartitionView[] = [];
+        const operations: OperationView[] = [];
+        for (let i = 0; i < names.length; i++) {
+          const row = await this.partitions.insert(db, {
+            id: uuidv7(),
+            projectId,
+            name: names[i]!,
+            description: input.description ?? '',
+            state: 'scheduled',
+            nodeId: nodeIds[i]!,
+            vcpus: input.vcpus,
+            memoryMiB: input.memoryMiB,
+            diskGiB,
+            image: input.image,
+            labels: input.labels ?? {},
+            placement: spec as PlacementSpecRow,
+          });
+          const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind: 'partition.create', targetType: 'partition', targetId: row.id, requestId: opts.requestId });
+          partitions.push(partitionView(row));
+          operations.push(operationView(op));
+        }
+        const out: PartitionOperationView | PartitionBatchView = count === undefined ? { partition: partitions[0]!, operation: operations[0]! } : { partitions, operations };
+        return out;
       },
-      (r) => this.launched(r, 'partition.created'),
+      async (r) => {
+        if ('partition' in r) return this.launched(r, 'partition.created');
+        await this.queue.enqueueMany(r.operations.map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined);
+        for (let i = 0; i < r.partitions.length; i++) {
+          await this.events.publish({ type: 'partition.created', resourceType: 'partition', resourceId: r.partitions[i]!.id, projectId, data: r.partitions[i] });
+          await this.operations.publishView(r.operations[i]!);
+        }
+      },
     );
   }
 
@@ -133,7 +166,7 @@ export class PartitionsService {
   start(principal: Principal, projectId: string, id: string, opts: MutationOptions = {}): Promise<PartitionOperationView> {
     return this.action(principal, projectId, id, 'start', 'partition.start', {}, opts, async (db, row) => {
       if (!row.node_id) {
-        const nodeId = await this.place(db, { vcpus: row.vcpus, memoryMiB: Number(row.memory_mib), diskGiB: row.disk_gib, image: row.image });
+        const [nodeId] = await this.placement.place(db, projectId, [{ requestId: opts.requestId ?? uuidv7(), vcpus: row.vcpus, memoryMiB: Number(row.memory_mib), diskGiB: row.disk_gib, image: row.image, spec: row.placement as PlacementSpec }]);
         return this.partitions.setDesired(db, row.id, 'running', 'scheduled', '', nodeId);
       }
       return row;
@@ -188,24 +221,6 @@ export class PartitionsService {
     const row = await this.partitions.lock(db, projectId, id);
     if (!row) throw new NotFoundError('partition', id);
     return row;
-  }
-
-  /** Reserves capacity on a node (first fit) in the caller's transaction; returns its id. */
-  private async place(db: Db, d: { vcpus: number; memoryMiB: number; diskGiB: number; image: string }, pinned?: string): Promise<string> {
-    let pinnedId: string | undefined;
-    if (pinned) {
-      const n = await this.nodes.findByIdOrName(pinned, db);
-      if (!n) throw ValidationError.field('placement.node', `node '${pinned}' does not exist`);
-      pinnedId = n.id;
-    }
-    const demand = { vcpus: d.vcpus, memoryMiB: d.memoryMiB, diskBytes: d.diskGiB * 1024 ** 3, image: d.image };
-    const candidates = await this.nodes.lockAll(db, pinnedId);
-    if (!candidates.some((n) => n.images.some((i) => i.name === d.image)) && !(await this.nodes.imageKnown(db, d.image))) {
-      throw ValidationError.field('image', `image '${d.image}' does not exist`);
-    }
-    const node = placeFirstFit(candidates, demand, pinned);
-    await this.nodes.reserve(db, node.id, demand);
-    return node.id;
   }
 
   /** Common shape of start/stop/reboot/delete: lock, check state, If-Match and in-flight work, record the operation. */

@@ -41,6 +41,12 @@ export class ProjectRepository {
     return found[0];
   }
 
+  /** A project's quota (empty when unlimited). */
+  async quota(db: Db, id: string): Promise<Record<string, number>> {
+    const found = await rows<{ quota: Record<string, number> }>(db, `SELECT quota FROM projects WHERE id = $1`, [id]);
+    return found[0]?.quota ?? {};
+  }
+
   /** A keyset page of projects, optionally only one (for project-scoped callers). */
   async list(page: PageRequest, onlyId?: string): Promise<ProjectRow[]> {
     const w = new Where().add('id > ?', page.afterId).add('id = ?', onlyId);

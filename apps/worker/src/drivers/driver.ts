@@ -3,7 +3,7 @@
  * start, stop and inspect one guest per partition id; it knows nothing of generations, desired
  * state or the control plane. The reconciler serialises calls per partition id, so a driver never
  * sees two of start/stop/reboot/destroy for the same id at once, with one exception: `stop` may be
- * called again while a stop runs, to make it more forceful.
+ * called again while a stop runs, to adjust it (force, grace).
  */
 import type { Duplex } from 'node:stream';
 
@@ -106,7 +106,8 @@ export interface PartitionDriver {
   start(spec: GuestSpec): Promise<RunningGuest>;
   /**
    * Stops a guest; resolves once its process is gone (at once when it does not run). Calling it
-   * again during a stop tightens the running stop (`force`, or a shorter grace) and waits for it.
+   * again during a stop adjusts the running stop (`force` is sticky; the new grace counts from
+   * when the stop began) and waits for it.
    */
   stop(id: string, options: StopOptions): Promise<void>;
   /** Hard-resets a running guest (the process stays). Rejects when it does not run. */

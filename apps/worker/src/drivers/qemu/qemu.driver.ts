@@ -67,6 +67,7 @@ interface ExitStatus {
 
 interface StopRun {
   promise: Promise<void>;
+  startedAt: number;
   deadline: number;
   force: boolean;
   wake: () => void;
@@ -426,13 +427,14 @@ export class QemuDriver implements PartitionDriver {
     inst.stopRequested = true;
     const run = inst.stop;
     if (run) {
-      const deadline = options.force ? Date.now() : Date.now() + Math.max(0, options.graceMs);
+      // A later call wins: force is sticky, the grace counts from when the stop began.
       if (options.force) run.force = true;
-      if (deadline < run.deadline) run.deadline = deadline;
+      run.deadline = run.startedAt + Math.max(0, options.graceMs);
       run.wake();
       return run.promise;
     }
-    const fresh: StopRun = { promise: Promise.resolve(), deadline: Date.now() + Math.max(0, options.graceMs), force: options.force, wake: () => undefined };
+    const now = Date.now();
+    const fresh: StopRun = { promise: Promise.resolve(), startedAt: now, deadline: now + Math.max(0, options.graceMs), force: options.force, wake: () => undefined };
     inst.stop = fresh;
     fresh.promise = this.runStop(inst, fresh).finally(() => {
       if (inst.stop === fresh) inst.stop = undefined;
