@@ -1,7 +1,6 @@
-import { Inject, Injectable } from '@nestjs/common';
-import { DataSource } from 'typeorm';
-import { rows } from '../database/database';
-import { DATA_SOURCE } from '../common/tokens';
+import { Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
+import { EventBus } from '../events/event-bus';
+import { Db, rows } from '../database/database';
 import { NodeRow } from './node.repository';
 
 /** How old a snapshot may be before a placement reloads it. */
@@ -14,17 +13,38 @@ const MAX_AGE_MS = 1000;
  * retry but never an overcommit.
  */
 @Injectable()
-export class NodeCache {
+export class NodeCache implements OnModuleInit, OnModuleDestroy {
   private nodes: NodeRow[] = [];
   private loadedAt = 0;
   private loading: Promise<NodeRow[]> | undefined;
+  private unsubscribe: (() => void) | undefined;
 
-  constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
+  constructor(private readonly events: EventBus) {}
 
-  /** The snapshot, reloaded when older than a second or when `fresh` is asked. */
-  async all(fresh = false): Promise<NodeRow[]> {
+  onModuleInit(): void {
+    // A node registering, going away or being cordoned anywhere makes the snapshot stale at once.
+    this.unsubscribe = this.events.subscribe((e) => {
+      if (e.resourceType === 'node') this.loadedAt = 0;
+    });
+  }
+
+  onModuleDestroy(): void {
+    this.unsubscribe?.();
+  }
+
+  /** How old the snapshot is, in ms. */
+  age(): number {
+    return Date.now() - this.loadedAt;
+  }
+
+  /**
+   * The snapshot, reloaded when older than a second or when `fresh` is asked. A reload runs on
+   * `db`, the caller's transaction connection: taking a second pool connection from inside a
+   * transaction would deadlock the pool under load.
+   */
+  async all(db: Db, fresh = false): Promise<NodeRow[]> {
     if (!fresh && Date.now() - this.loadedAt < MAX_AGE_MS) return this.nodes;
-    this.loading ??= rows<NodeRow>(this.ds, `SELECT * FROM nodes ORDER BY id`).then(
+    this.loading ??= rows<NodeRow>(db, `SELECT * FROM nodes ORDER BY id`).then(
       (r) => {
         this.nodes = r;
         this.loadedAt = Date.now();

@@ -32,6 +32,9 @@ export interface PlacementDemand {
   spec: PlacementSpec;
 }
 
+/** A snapshot younger than this is current enough to refuse a placement on. */
+const FRESH_MS = 100;
+
 /** Attempts before giving up when concurrent placements keep taking the chosen capacity. */
 const MAX_ATTEMPTS = 5;
 
@@ -108,7 +111,7 @@ export class PlacementService {
     }));
 
     for (let attempt = 1; ; attempt++) {
-      const rowsNow = await this.cache.all(attempt > 1);
+      const rowsNow = await this.cache.all(db, attempt > 1);
       if (!rowsNow.some((n) => n.images.some((i) => i.name === image))) {
         throw ValidationError.field('image', `image '${image}' does not exist`);
       }
@@ -116,7 +119,11 @@ export class PlacementService {
       const candidates = rowsNow.map((n) => candidateOf(n, key && groupCounts.get(n.id) ? { [key]: groupCounts.get(n.id)! } : {}));
       const results = placeMany(candidates, reqs, { config: { defaultStrategy: this.config.placementStrategy }, quota, usage });
       const refused = results.find((r) => !r.ok);
-      if (refused && !refused.ok) throw rejectionError(refused);
+      if (refused && !refused.ok) {
+        // "No node fits" is a final answer only if the nodes it was judged on are current.
+        if (refused.kind === 'no-fit' && attempt === 1 && this.cache.age() > FRESH_MS) continue;
+        throw rejectionError(refused);
+      }
       // Reserve per node, summed, in id order (a fixed order keeps concurrent batches from deadlocking).
       const perNode = new Map<string, { vcpus: number; memoryMiB: number; diskBytes: number }>();
       const chosen = results.map((r, i) => {
