@@ -11,6 +11,8 @@ export class CpuBaselines {
   private readonly byBaseline = new Map<string, FlagGroup>();
   /** Groups by a cheap signature (length, first and last flag); exact equality decides within one. */
   private readonly buckets = new Map<string, FlagGroup[]>();
+  /** Each snapshot node's flag list (by identity) → its group, when grouping took a comparison. */
+  private readonly byArray = new Map<readonly string[], FlagGroup>();
   private readonly readyTotal: number;
   /** One-entry memo: a placement asks about the same node from a filter and then from scorers. */
   private lastFlags: readonly string[] | undefined;
@@ -20,9 +22,9 @@ export class CpuBaselines {
 
   /** Precondition: `nodes` is the whole cluster (every state), not only the feasible nodes. */
   constructor(nodes: readonly NodeCandidate[]) {
-    // Joining or sorting every node's ~100 flags costs milliseconds per 1,000 nodes, and so does
-    // a per-node map at 10,000. Nodes of one CPU model report the same list, so each node's list
-    // is compared with one representative (or, cheaper, grouped by the key the caller stored).
+    // Joining or sorting every node's ~100 flags would cost milliseconds per 1,000 nodes. Nodes
+    // of one CPU model report the same list, so each list is compared with one representative;
+    // cheaper still, nodes that carry the key stored at registration are grouped by it.
     const groups: FlagGroup[] = [];
     let readyTotal = 0;
     for (const n of nodes) {
@@ -40,6 +42,7 @@ export class CpuBaselines {
         this.lastFlags = n.cpuFlags;
         this.lastGroup = g;
       }
+      if (n.cpuBaseline === undefined) this.byArray.set(n.cpuFlags, g);
       if (n.state === 'ready') {
         g.ready++;
         readyTotal++;
@@ -89,7 +92,9 @@ export class CpuBaselines {
     const flags = node.cpuFlags;
     if (flags === this.lastFlags) return this.lastGroup;
     const g =
-      node.cpuBaseline !== undefined ? this.byBaseline.get(node.cpuBaseline) : findGroup(this.buckets.get(signature(flags)), flags);
+      node.cpuBaseline !== undefined
+        ? this.byBaseline.get(node.cpuBaseline)
+        : (this.byArray.get(flags) ?? findGroup(this.buckets.get(signature(flags)), flags));
     this.lastFlags = flags;
     this.lastGroup = g;
     return g;

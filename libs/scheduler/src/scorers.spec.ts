@@ -1,4 +1,4 @@
-import { CpuBaselines } from './cpu-baselines';
+import { CpuBaselines, cpuBaselineKey } from './cpu-baselines';
 import { placementContext } from './placement-context';
 import * as s from './scorers';
 import type { Scorer } from './scorers';
@@ -90,6 +90,30 @@ describe('when scorers apply', () => {
 });
 
 describe('CPU baselines', () => {
+  it('keys a flag set regardless of order and repeats', () => {
+    expect(cpuBaselineKey(['b', 'a', 'a'])).toBe(cpuBaselineKey(['a', 'b']));
+    expect(cpuBaselineKey(['a', 'b'])).toMatch(/^[0-9a-f]{16}$/);
+    expect(cpuBaselineKey(['a', 'b'])).not.toBe(cpuBaselineKey(['a', 'b', 'c']));
+    expect(cpuBaselineKey(['ab'])).not.toBe(cpuBaselineKey(['a', 'b']));
+  });
+
+  it('gives the same answers when nodes carry their baseline key', () => {
+    const flags = [['a', 'b'], ['b', 'a'], ['a', 'b', 'c'], ['a']];
+    const plain = flags.map((f, i) => node({ id: `n${i}`, cpuFlags: [...f] }));
+    const keyed = flags.map((f, i) => node({ id: `n${i}`, cpuFlags: [...f], cpuBaseline: cpuBaselineKey(f) }));
+    const a = new CpuBaselines(plain);
+    const b = new CpuBaselines(keyed);
+    expect(b.distinct).toBe(a.distinct);
+    expect(keyed.map((n) => b.migratability(n))).toEqual(plain.map((n) => a.migratability(n)));
+    expect(keyed.map((n) => b.hasFlag(n, 'c'))).toEqual([false, false, true, false]);
+  });
+
+  it('looks up flags of nodes it was not built from', () => {
+    const b = new CpuBaselines([node({ cpuFlags: ['a'] })]);
+    expect(b.hasFlag(node({ id: 'other', cpuFlags: ['z'] }), 'z')).toBe(true);
+    expect(b.migratability(node({ id: 'other', cpuFlags: ['z'] }))).toBe(0);
+  });
+
   it('groups 1,000 nodes of 4 CPU models into 4 baselines', () => {
     const models = [['a'], ['a', 'b'], ['a', 'b', 'c'], ['x']];
     const cluster = Array.from({ length: 1000 }, (_, i) => node({ id: `n${i}`, cpuFlags: [...models[i % 4]] }));

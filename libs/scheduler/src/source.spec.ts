@@ -54,5 +54,6 @@ describe('candidate source', () => {
     expect(findPinned(all, 'web')?.id).toBe('a');
     expect(findPinned(all, 'a')?.id).toBe('a');
     expect(findPinned(all, 'nope')).toBeUndefined();
+    expect(findPinned([node({ id: 'z', name: 'dup' }), node({ id: 'y', name: 'dup' })], 'dup')?.id).toBe('y');
   });
 });

@@ -44,7 +44,12 @@ export function shuffle<T>(sorted: readonly T[], seed: number): T[] {
   return out;
 }
 
-/** The node a pin names: id first, then name; undefined when none matches. */
+/** The node a pin names: by id, else by name (the lowest id if names repeat); undefined when none matches. */
 export function findPinned(nodes: readonly NodeCandidate[], ref: string): NodeCandidate | undefined {
-  return nodes.find((n) => n.id === ref) ?? nodes.find((n) => n.name === ref);
+  let byName: NodeCandidate | undefined;
+  for (const n of nodes) {
+    if (n.id === ref) return n;
+    if (n.name === ref && (!byName || n.id < byName.id)) byName = n;
+  }
+  return byName;
 }

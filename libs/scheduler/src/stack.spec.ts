@@ -124,6 +124,13 @@ describe('place: deterministic source', () => {
     expect(first.explain.seed).toBe(seedFrom(req.requestId));
   });
 
+  it('answers a refusal the same way whatever order the nodes come in', () => {
+    const mixed = nodes(12, (i) => ({ state: (['ready', 'cordoned', 'draining'] as const)[i % 3], allocated: { memoryMiB: 32768 } }));
+    const a = rejected(place(mixed, request()));
+    expect(rejected(place(mixed.slice().reverse(), request()))).toEqual(a);
+    expect(a.message).toBe('no node fits: 4 nodes: cordoned; 4 nodes: draining; 4 nodes: not enough memory');
+  });
+
   it('breaks ties by the shuffled order: the first equal node of the shuffle wins', () => {
     for (let i = 0; i < 20; i++) {
       const req = request({ requestId: `tie-${i}` });
