@@ -104,18 +104,19 @@ export class NodeRepository {
     return found[0]!;
   }
 
-  /** Records a heartbeat; a node that was unreachable becomes ready again. Returns the row and its previous status. */
-  async heartbeat(id: string, replica: string): Promise<{ row: NodeRow; previous: string } | undefined> {
-    const found = await rows<NodeRow & { previous: string }>(this.ds, 
+  /**
+   * Records heartbeats of many nodes in one statement; nodes that were unreachable become ready
+   * again. Returns the rows whose status changed.
+   */
+  async heartbeats(ids: string[], replica: string): Promise<NodeRow[]> {
+    return rows<NodeRow>(this.ds,
       `UPDATE nodes n SET last_heartbeat_at = now(), status = 'ready', connected_to = $2,
          version = CASE WHEN o.status = 'ready' THEN n.version ELSE n.version + 1 END,
          updated_at = CASE WHEN o.status = 'ready' THEN n.updated_at ELSE now() END
-       FROM (SELECT id, status FROM nodes WHERE id = $1 FOR UPDATE) o
-       WHERE n.id = o.id RETURNING n.*, o.status AS previous`,
-      [id, replica],
-    );
-    const r = found[0];
-    return r ? { row: r, previous: r.previous } : undefined;
+       FROM (SELECT id, status FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) o
+       WHERE n.id = o.id RETURNING n.*, (o.status <> 'ready') AS changed`,
+      [ids, replica],
+    ).then((r) => r.filter((x) => (x as NodeRow & { changed: boolean }).changed));
   }
 
   /** Marks nodes whose last heartbeat is older than `timeoutMs` unreachable; returns them. */

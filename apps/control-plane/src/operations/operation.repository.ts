@@ -62,6 +62,16 @@ export class OperationRepository {
     return found[0]!;
   }
 
+  /** Records many pending operations of one kind, one per target, in one statement. */
+  async insertMany(tx: Db, base: Omit<NewOperation, 'id' | 'targetId'>, each: Array<{ id: string; targetId: string }>): Promise<OperationRow[]> {
+    return rows<OperationRow>(tx,
+      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id)
+       SELECT u.id, $3, $4, $5, u.target_id, 'pending', $6, $7
+       FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS u(id, target_id, ord) ORDER BY u.ord RETURNING *`,
+      [each.map((e) => e.id), each.map((e) => e.targetId), base.projectId, base.kind, base.targetType, JSON.stringify(base.params ?? {}), base.requestId ?? ''],
+    );
+  }
+
   /** An operation by id, optionally only within a project. */
   async get(id: string, projectId?: string | null): Promise<OperationRow | undefined> {
     const found = await rows<OperationRow>(this.ds, 

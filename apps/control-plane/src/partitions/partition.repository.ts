@@ -80,6 +80,26 @@ export class PartitionRepository {
     }
   }
 
+  /**
+   * Inserts partitions that differ only in id, name and node (a create with `count`) in one
+   * statement; a taken name is {@link AlreadyExistsError}.
+   */
+  async insertMany(tx: Db, base: Omit<NewPartition, 'id' | 'name' | 'nodeId'>, each: Array<{ id: string; name: string; nodeId: string }>): Promise<PartitionRow[]> {
+    try {
+      return await rows<PartitionRow>(tx,
+        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group)
+         SELECT u.id, $4, u.name, $5, $6, u.node_id, $7, $8, $9, $10, $11, $12, $13
+         FROM unnest($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS u(id, name, node_id, ord)
+         ORDER BY u.ord RETURNING *`,
+        [each.map((e) => e.id), each.map((e) => e.name), each.map((e) => e.nodeId), base.projectId, base.description, base.state, base.vcpus, base.memoryMiB, base.diskGiB, base.image,
+          JSON.stringify(base.labels), JSON.stringify(base.placement ?? {}), base.placement?.group ?? null],
+      );
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExistsError('partition', each[0]?.name ?? '');
+      throw e;
+    }
+  }
+
   /** Which of `names` the project already uses. */
   async namesTaken(db: Db, projectId: string, names: string[]): Promise<string[]> {
     const found = await rows<{ name: string }>(db, `SELECT name FROM partitions WHERE project_id = $1 AND name = ANY($2::text[])`, [projectId, names]);

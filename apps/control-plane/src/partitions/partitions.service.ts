@@ -85,37 +85,32 @@ export class PartitionsService {
           projectId,
           names.map((n, i) => ({ requestId: `${seed}/${i}`, vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, spec })),
         );
-        const partitions: PartitionView[] = [];
-        const operations: OperationView[] = [];
-        for (let i = 0; i < names.length; i++) {
-          const row = await this.partitions.insert(db, {
-            id: uuidv7(),
-            projectId,
-            name: names[i]!,
-            description: input.description ?? '',
-            state: 'scheduled',
-            nodeId: nodeIds[i]!,
-            vcpus: input.vcpus,
-            memoryMiB: input.memoryMiB,
-            diskGiB,
-            image: input.image,
-            labels: input.labels ?? {},
-            placement: spec as PlacementSpecRow,
-          });
-          const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind: 'partition.create', targetType: 'partition', targetId: row.id, requestId: opts.requestId });
-          partitions.push(partitionView(row));
-          operations.push(operationView(op));
-        }
+        const rowsIn = await this.partitions.insertMany(
+          db,
+          { projectId, description: input.description ?? '', state: 'scheduled', vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, labels: input.labels ?? {}, placement: spec as PlacementSpecRow },
+          names.map((name, i) => ({ id: uuidv7(), name, nodeId: nodeIds[i]! })),
+        );
+        const ops = await this.ops.insertMany(
+          db,
+          { projectId, kind: 'partition.create', targetType: 'partition', requestId: opts.requestId },
+          rowsIn.map((r) => ({ id: uuidv7(), targetId: r.id })),
+        );
+        const partitions = rowsIn.map(partitionView);
+        const operations = ops.map(operationView);
         const out: PartitionOperationView | PartitionBatchView = count === undefined ? { partition: partitions[0]!, operation: operations[0]! } : { partitions, operations };
         return out;
       },
       async (r) => {
         if ('partition' in r) return this.launched(r, 'partition.created');
         await this.queue.enqueueMany(r.operations.map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined);
-        for (let i = 0; i < r.partitions.length; i++) {
-          await this.events.publish({ type: 'partition.created', resourceType: 'partition', resourceId: r.partitions[i]!.id, projectId, data: r.partitions[i] });
-          await this.operations.publishView(r.operations[i]!);
-        }
+        await Promise.all(
+          r.partitions.map((p, i) =>
+            Promise.all([
+              this.events.publish({ type: 'partition.created', resourceType: 'partition', resourceId: p.id, projectId, data: p }),
+              this.operations.publishView(r.operations[i]!),
+            ]),
+          ),
+        );
       },
     );
   }
