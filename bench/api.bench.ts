@@ -5,43 +5,17 @@
  * Prints both req/s, their ratio and the control plane's RSS; the last line is JSON.
  */
 import { ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { Client } from 'pg';
+import { freePort, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
-const ROOT = join(__dirname, '..', '..');
 const PARTITIONS = Number(process.env.BENCH_PARTITIONS ?? 100_000);
 const DURATION = Number(process.env.BENCH_SECONDS ?? 8);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
-
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => res(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
-
-async function waitFor(fn: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await fn().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Math.round(Number(m[1]) / 1024) : NaN;
-}
 
 async function load(url: string, token?: string): Promise<number> {
   const r = await autocannon({ url, connections: CONNECTIONS, duration: DURATION, headers: token ? { authorization: `Bearer ${token}` } : {} });
@@ -49,31 +23,33 @@ async function load(url: string, token?: string): Promise<number> {
   return r.requests.average;
 }
 
+async function waitOk(url: string, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await fetch(url).then((r) => r.ok, () => false)) return;
+    await sleep(200);
+  }
+  throw new Error(`timed out waiting for ${url}`);
+}
+
 async function main(): Promise<void> {
-  const adminUrl = process.env.BENCH_DATABASE_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const dbName = `hp_bench_${Date.now().toString(36)}`;
-  const admin = new Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  const dbUrl = new URL(adminUrl);
-  dbUrl.pathname = `/${dbName}`;
+  await withBenchDatabase('hp_bench_api', run);
+}
+
+async function run(database: { url: string; name: string }): Promise<void> {
+  const dbUrl = database.url;
   const dataDir = mkdtempSync(join(tmpdir(), 'hp-bench-'));
   const children: ChildProcess[] = [];
   try {
-    const [httpPort, grpcPort, barePort] = [await freePort(), await freePort(), await freePort()];
-    const cp = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/control-plane/dist/main.js')], {
-      env: { ...process.env, DATABASE_URL: dbUrl.toString(), HYPERPLANE_HTTP_PORT: String(httpPort), HYPERPLANE_GRPC_PORT: String(grpcPort), HYPERPLANE_DATA_DIR: dataDir, HYPERPLANE_REDIS_PREFIX: dbName, HYPERPLANE_BIND_ADDRESS: '127.0.0.1' },
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
-    children.push(cp);
-    const base = `http://127.0.0.1:${httpPort}`;
-    await waitFor(async () => (await fetch(`${base}/readyz`)).ok, 30_000, 'control plane');
-    const adminToken = readFileSync(join(dataDir, 'admin-token'), 'utf8').trim();
-    const h = { authorization: `Bearer ${adminToken}`, 'content-type': 'application/json' };
-    const project = await (await fetch(`${base}/v1/projects`, { method: 'POST', headers: h, body: JSON.stringify({ name: 'bench' }) })).json() as { id: string };
-    const token = (await (await fetch(`${base}/v1/projects/${project.id}/tokens`, { method: 'POST', headers: h, body: JSON.stringify({ role: 'viewer' }) })).json() as { token: string }).token;
+    const barePort = await freePort();
+    const cp = await startControlPlane(database, dataDir);
+    children.push(cp.proc);
+    const base = cp.base;
+    const { projectId, headers } = await projectHeaders(cp, 'viewer');
+    const project = { id: projectId };
+    const token = headers.authorization.slice('Bearer '.length);
 
-    const db = new Client({ connectionString: dbUrl.toString() });
+    const db = new Client({ connectionString: dbUrl });
     await db.connect();
     const t0 = Date.now();
     await db.query(`INSERT INTO nodes (id, name, address, vcpus, memory_mib, disk_bytes, last_heartbeat_at) VALUES ('00000000-0000-7000-8000-000000000001', 'bench-node', '127.0.0.9', 1000000, 100000000, 1e15, now() + interval '1 day')`);
@@ -90,9 +66,9 @@ async function main(): Promise<void> {
     const id = rows[0].id as string;
     console.log(`seeded ${PARTITIONS} partitions in ${Date.now() - t0} ms; target ${id}`);
 
-    const bare = spawn(process.execPath, [join(__dirname, 'bare-server.js'), String(barePort), dbUrl.toString(), project.id], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const bare = spawn(process.execPath, [join(__dirname, 'bare-server.js'), String(barePort), dbUrl, project.id], { stdio: ['ignore', 'pipe', 'inherit'] });
     children.push(bare);
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${barePort}/v1/partitions/${id}`)).ok, 15_000, 'bare server');
+    await waitOk(`http://127.0.0.1:${barePort}/v1/partitions/${id}`, 15_000);
     const stackUrl = `${base}/v1/partitions/${id}`;
     const check = await fetch(stackUrl, { headers: { authorization: `Bearer ${token}` } });
     if (!check.ok) throw new Error(`stack answered ${check.status}`);
@@ -109,7 +85,7 @@ async function main(): Promise<void> {
     }
     const stackRps = Math.max(...stack);
     const bareBest = Math.max(...bareRps);
-    const rss = rssMiB(cp.pid!);
+    const rss = rssMiB(cp.proc.pid!);
     const ratio = stackRps / bareBest;
     console.log(`GET /v1/partitions/{id}, ${CONNECTIONS} connections, ${DURATION} s x ${ROUNDS} rounds, ${PARTITIONS} partitions stored`);
     console.log(`full stack: ${stackRps.toFixed(0)} req/s`);
@@ -118,11 +94,7 @@ async function main(): Promise<void> {
     console.log(`control-plane RSS with ${PARTITIONS} partitions stored: ${rss} MiB (goal <= 250)`);
     console.log(JSON.stringify({ stackRps: Math.round(stackRps), bareRps: Math.round(bareBest), ratio: Number(ratio.toFixed(3)), rssMiB100k: rss }));
   } finally {
-    for (const c of children) c.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 1500));
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
-    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
-    await admin.end();
+    await stopAll(children);
     rmSync(dataDir, { recursive: true, force: true });
   }
 }

@@ -7,31 +7,18 @@
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Client } from 'pg';
+import { ROOT, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
-const ROOT = join(__dirname, '..', '..');
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 10);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
 const MARKER = 'HYPERPLANE-GUEST-READY';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
-
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => res(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
 
 /** Polls a file every 10 ms until it contains the marker; returns the time it was seen. */
 async function waitMarker(file: string, timeoutMs = 120_000): Promise<number> {
@@ -43,43 +30,30 @@ async function waitMarker(file: string, timeoutMs = 120_000): Promise<number> {
   throw new Error(`no ready marker in ${file}`);
 }
 
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Math.round((Number(m[1]) / 1024) * 10) / 10 : NaN;
-}
-
 async function main(): Promise<void> {
   if (!existsSync(join(GUEST, 'sample.qcow2'))) throw new Error(`no sample guest in ${GUEST}: run npm run guest:build`);
-  const adminUrl = process.env.BENCH_DATABASE_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const dbName = `hp_bench_boot_${Date.now().toString(36)}`;
-  const admin = new Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  const dbUrl = new URL(adminUrl);
-  dbUrl.pathname = `/${dbName}`;
+  await withBenchDatabase('hp_bench_boot', run);
+}
+
+async function run(database: { url: string; name: string }): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'hp-bench-boot-'));
   const children: ChildProcess[] = [];
   let bare: ChildProcess | undefined;
   try {
-    const [httpPort, grpcPort] = [await freePort(), await freePort()];
-    const env = { ...process.env, DATABASE_URL: dbUrl.toString(), HYPERPLANE_HTTP_PORT: String(httpPort), HYPERPLANE_GRPC_PORT: String(grpcPort), HYPERPLANE_DATA_DIR: join(dir, 'cp'), HYPERPLANE_REDIS_PREFIX: dbName, HYPERPLANE_BIND_ADDRESS: '127.0.0.1', HYPERPLANE_GUEST_DIR: GUEST };
-    const cp = spawn(process.execPath, [join(ROOT, 'apps/control-plane/dist/main.js')], { env, stdio: ['ignore', 'ignore', 'inherit'] });
-    children.push(cp);
-    const base = `http://127.0.0.1:${httpPort}`;
-    for (let i = 0; i < 150 && !(await fetch(`${base}/readyz`).then((r) => r.ok, () => false)); i++) await sleep(200);
+    const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
+    children.push(cp.proc);
+    const base = cp.base;
+    const env = cp.env;
     const workerDir = join(dir, 'worker');
-    const worker = spawn(process.execPath, [join(ROOT, 'apps/worker/dist/main.js'), '--node', 'bench-boot', '--address', '127.0.0.1', '--control-plane', `127.0.0.1:${grpcPort}`, '--data-dir', workerDir, '--driver', 'qemu'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    const worker = spawn(process.execPath, [join(ROOT, 'apps/worker/dist/main.js'), '--node', 'bench-boot', '--address', '127.0.0.1', '--control-plane', cp.grpcAddress, '--data-dir', workerDir, '--driver', 'qemu'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
     children.push(worker);
-    const adminToken = readFileSync(join(dir, 'cp', 'admin-token'), 'utf8').trim();
-    const h = { authorization: `Bearer ${adminToken}`, 'content-type': 'application/json' };
+    const h = cp.adminHeaders();
     for (let i = 0; i < 150; i++) {
       const nodes = (await (await fetch(`${base}/v1/nodes?state=ready`, { headers: h })).json()) as { items: unknown[] };
       if (nodes.items.length) break;
       await sleep(200);
     }
-    const project = (await (await fetch(`${base}/v1/projects`, { method: 'POST', headers: h, body: JSON.stringify({ name: 'bench' }) })).json()) as { id: string };
-    const token = ((await (await fetch(`${base}/v1/projects/${project.id}/tokens`, { method: 'POST', headers: h, body: JSON.stringify({ role: 'operator' }) })).json()) as { token: string }).token;
-    const th = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+    const th = (await projectHeaders(cp, 'operator')).headers;
     const wait = async (op: string) => (await (await fetch(`${base}/v1/operations/${op}/wait?timeoutSeconds=120`, { headers: th })).json()) as { status: string };
 
     const api: number[] = [];
@@ -140,17 +114,13 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ apiMedianMs: Math.round(apiMedian), bareMedianMs: Math.round(bareMedian), ratio: Number(ratio.toFixed(3)), workerRssMiB: workerRss }));
   } finally {
     bare?.kill('SIGKILL');
-    for (const c of children.reverse()) c.kill('SIGTERM');
-    await sleep(1500);
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    await stopAll(children);
     // Guests outlive their worker by design: stop any this run left.
     try {
       execFileSync('bash', ['-c', `for f in ${dir}/worker/partitions/*/qemu.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null; done; true`]);
     } catch {
       /* none */
     }
-    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
-    await admin.end();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -1,0 +1,91 @@
+/** What the benchmarks share: a database of their own, a control plane process, ports, RSS. */
+import { ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { Client } from 'pg';
+
+/** The repository root (benchmarks run from bench/dist). */
+export const ROOT = join(__dirname, '..', '..');
+
+/** Resolves after `ms`. */
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => res(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+/** Resident memory of a process, in MiB with one decimal. */
+export function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Math.round((Number(m[1]) / 1024) * 10) / 10 : NaN;
+}
+
+/** Runs `fn` with a fresh PostgreSQL database (named `<prefix>_<time>`), dropped afterwards. */
+export async function withBenchDatabase<T>(prefix: string, fn: (db: { url: string; name: string }) => Promise<T>): Promise<T> {
+  const adminUrl = process.env.BENCH_DATABASE_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+  const name = `${prefix}_${Date.now().toString(36)}`;
+  const admin = new Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  try {
+    return await fn({ url: url.toString(), name });
+  } finally {
+    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => undefined);
+    await admin.end();
+  }
+}
+
+/** A control-plane process started by a benchmark. */
+export interface BenchControlPlane {
+  proc: ChildProcess;
+  base: string;
+  grpcAddress: string;
+  env: NodeJS.ProcessEnv;
+  /** Headers with the first cluster-admin token. */
+  adminHeaders(): Record<string, string>;
+}
+
+/**
+ * Starts `apps/control-plane/dist/main.js` on free ports against the database and waits for
+ * /readyz. `BENCH_NODE_ARGS` adds node flags (e.g. `--cpu-prof`).
+ */
+export async function startControlPlane(db: { url: string; name: string }, dataDir: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<BenchControlPlane> {
+  const [httpPort, grpcPort] = [await freePort(), await freePort()];
+  const env = { ...process.env, DATABASE_URL: db.url, HYPERPLANE_HTTP_PORT: String(httpPort), HYPERPLANE_GRPC_PORT: String(grpcPort), HYPERPLANE_DATA_DIR: dataDir, HYPERPLANE_REDIS_PREFIX: db.name, HYPERPLANE_BIND_ADDRESS: '127.0.0.1', ...extraEnv };
+  const args = [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/control-plane/dist/main.js')];
+  const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  const base = `http://127.0.0.1:${httpPort}`;
+  for (let i = 0; i < 150 && !(await fetch(`${base}/readyz`).then((r) => r.ok, () => false)); i++) await sleep(200);
+  return {
+    proc,
+    base,
+    grpcAddress: `127.0.0.1:${grpcPort}`,
+    env,
+    adminHeaders: () => ({ authorization: `Bearer ${readFileSync(join(dataDir, 'admin-token'), 'utf8').trim()}`, 'content-type': 'application/json' }),
+  };
+}
+
+/** Creates a project and a token with `role` in it; returns request headers for that token. */
+export async function projectHeaders(cp: BenchControlPlane, role: string): Promise<{ projectId: string; headers: Record<string, string> }> {
+  const h = cp.adminHeaders();
+  const project = (await (await fetch(`${cp.base}/v1/projects`, { method: 'POST', headers: h, body: JSON.stringify({ name: 'bench' }) })).json()) as { id: string };
+  const token = ((await (await fetch(`${cp.base}/v1/projects/${project.id}/tokens`, { method: 'POST', headers: h, body: JSON.stringify({ role }) })).json()) as { token: string }).token;
+  return { projectId: project.id, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } };
+}
+
+/** SIGTERM, then SIGKILL for what is still running two seconds later. */
+export async function stopAll(children: ChildProcess[]): Promise<void> {
+  for (const c of [...children].reverse()) c.kill('SIGTERM');
+  await sleep(2000);
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}
