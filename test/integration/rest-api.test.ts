@@ -105,6 +105,28 @@ describe('projects', () => {
   });
 });
 
+describe('quotas', () => {
+  it('refuses a create over the project quota with 422 naming the limit, creating nothing', async () => {
+    const q = await admin.newProject('quota-proj');
+    const got = await admin.get('/v1/projects/quota-proj');
+    const stale = await admin.patch('/v1/projects/quota-proj', { quota: { maxPartitions: 2 } }, { 'if-match': '"999"' });
+    expect(stale.status).toBe(412);
+    const set = await admin.patch('/v1/projects/quota-proj', { quota: { maxPartitions: 2 } }, { 'if-match': got.body.etag });
+    expect(set.status).toBe(200);
+    expect(set.body.quota).toEqual({ maxPartitions: 2 });
+    expect((await q.api.patch('/v1/projects/quota-proj', { quota: { maxPartitions: 100 } })).status).toBe(403);
+    expect((await admin.patch('/v1/projects/quota-proj', { quota: { maxPartitions: -1 } })).body.detail).toContain('quota.maxPartitions: must not be less than 0');
+    expect((await create(q.api, 'q-1')).status).toBe(202);
+    expect((await create(q.api, 'q-2')).status).toBe(202);
+    const before = await counts();
+    const over = await create(q.api, 'q-3');
+    expect(over.status).toBe(422);
+    expect(over.body.detail).toContain('project quota: 2 of 2 partitions used');
+    expect(over.body.reasons[0].reason).toBe('quota');
+    expect(await counts()).toEqual(before);
+  });
+});
+
 describe('bad input gets a clear error and changes nothing', () => {
   const cases: Array<[string, unknown, number, string | RegExp]> = [
     ['unknown field', { name: 'ok-1', vcpus: 1, memoryMiB: 128, image: 'sample', colour: 'red' }, 400, 'colour: is not a known field'],

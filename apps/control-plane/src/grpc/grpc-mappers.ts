@@ -3,7 +3,7 @@ import { v1 } from '@hyperplane/proto';
 import { NodeView } from '../nodes/nodes.service';
 import { OperationView } from '../operations/operations.service';
 import { PartitionView } from '../partitions/partition-view';
-import { TokenView } from '../projects/projects.service';
+import { ProjectView, TokenView } from '../projects/projects.service';
 import { HpEvent } from '../events/event-bus';
 
 const res = (r: { vcpus: number; memoryMiB: number; diskBytes: number }): v1.NodeResources => ({ vcpus: r.vcpus, memoryMib: r.memoryMiB, diskBytes: r.diskBytes });
@@ -34,6 +34,12 @@ export function nodeMsg(n: NodeView): v1.Node {
     images: n.images.map((i) => i.name),
     lastHeartbeatAt: n.lastHeartbeatAt ?? '',
   };
+}
+
+/** Project view → proto. */
+export function projectMsg(p: ProjectView): v1.Project {
+  const q = p.quota ?? {};
+  return { ...p, quota: { maxPartitions: q.maxPartitions, maxVcpus: q.maxVcpus, maxMemoryMib: q.maxMemoryMiB } };
 }
 
 /** Token view → proto. */

@@ -15,10 +15,10 @@ import { PartitionsService } from '../partitions/partitions.service';
 import { ConsoleService } from '../partitions/console.service';
 import { ConsoleSession } from '../agents/console-sessions';
 import { AuthService } from '../projects/auth.service';
-import { CreateProjectInput, CreateTokenInput } from '../projects/projects.dto';
+import { CreateProjectInput, CreateTokenInput, UpdateProjectInput } from '../projects/projects.dto';
 import { ProjectsService } from '../projects/projects.service';
 import { toGrpcError } from './grpc-errors';
-import { eventMsg, nodeMsg, operationMsg, partitionMsg, tokenMsg } from './grpc-mappers';
+import { eventMsg, nodeMsg, operationMsg, partitionMsg, projectMsg, tokenMsg } from './grpc-mappers';
 import { randomUUID } from 'node:crypto';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
@@ -77,10 +77,18 @@ export class PublicGrpcApi {
   services(): Record<string, grpc.UntypedServiceImplementation> {
     return {
       ProjectService: {
-        CreateProject: this.unary<v1.CreateProjectRequest__Output, v1.Project>((p, r) =>
-          this.projects.create(p, validateInput(CreateProjectInput, pick({ name: r.name ?? '', description: r.description })), opts(r.requestId))),
-        ListProjects: this.unary<v1.ListProjectsRequest__Output, v1.ListProjectsResponse>((p, r) => this.projects.list(p, r.pageSize, r.pageToken)),
-        GetProject: this.unary<v1.GetProjectRequest__Output, v1.Project>((p, r) => this.projects.get(p, r.project ?? '')),
+        CreateProject: this.unary<v1.CreateProjectRequest__Output, v1.Project>(async (p, r) =>
+          projectMsg(await this.projects.create(p, validateInput(CreateProjectInput, pick({ name: r.name ?? '', description: r.description })), opts(r.requestId)))),
+        ListProjects: this.unary<v1.ListProjectsRequest__Output, v1.ListProjectsResponse>(async (p, r) => {
+          const page = await this.projects.list(p, r.pageSize, r.pageToken);
+          return { items: page.items.map(projectMsg), nextPageToken: page.nextPageToken };
+        }),
+        GetProject: this.unary<v1.GetProjectRequest__Output, v1.Project>(async (p, r) => projectMsg(await this.projects.get(p, r.project ?? ''))),
+        UpdateProject: this.unary<v1.UpdateProjectRequest__Output, v1.Project>(async (p, r) => {
+          const quota = r.quota ? pick({ maxPartitions: r.quota.maxPartitions, maxVcpus: r.quota.maxVcpus, maxMemoryMiB: r.quota.maxMemoryMib }) : undefined;
+          const input = validateInput(UpdateProjectInput, pick({ description: r.description, quota }));
+          return projectMsg(await this.projects.update(p, r.project ?? '', input, opts(undefined, r.etag)));
+        }),
         CreateToken: this.unary<v1.CreateTokenRequest__Output, v1.Token>(async (p, r) =>
           tokenMsg(await this.projects.createToken(p, r.project ?? '', validateInput(CreateTokenInput, pick({ role: r.role ?? '', description: r.description })), opts(r.requestId)))),
         ListTokens: this.unary<v1.ListTokensRequest__Output, v1.ListTokensResponse>(async (p, r) => {

@@ -11,6 +11,7 @@ export interface ProjectRow {
   id: string;
   name: string;
   description: string;
+  quota: Record<string, number>;
   version: number;
   created_at: Date;
   updated_at: Date;
@@ -38,6 +39,22 @@ export class ProjectRepository {
   /** Finds a project by id or name. */
   async findByIdOrName(ref: string, db: Db = this.ds): Promise<ProjectRow | undefined> {
     const found = await rows<ProjectRow>(db, `SELECT * FROM projects WHERE ${UUID_RE.test(ref) ? 'id' : 'name'} = $1`, [ref]);
+    return found[0];
+  }
+
+  /** Updates description and/or quota, bumping the version. */
+  async update(tx: Db, id: string, patch: { description?: string; quota?: Record<string, number> }): Promise<ProjectRow> {
+    const found = await rows<ProjectRow>(tx,
+      `UPDATE projects SET description = COALESCE($2, description), quota = COALESCE($3::jsonb, quota), version = version + 1, updated_at = now()
+       WHERE id = $1 RETURNING *`,
+      [id, patch.description ?? null, patch.quota ? JSON.stringify(patch.quota) : null],
+    );
+    return found[0]!;
+  }
+
+  /** A locked project row. */
+  async lock(tx: Db, id: string): Promise<ProjectRow | undefined> {
+    const found = await rows<ProjectRow>(tx, `SELECT * FROM projects WHERE id = $1 FOR UPDATE`, [id]);
     return found[0];
   }
 

@@ -1,10 +1,10 @@
-import { Body, Controller, Delete, Get, HttpCode, Param, Post, Query } from '@nestjs/common';
+import { Body, Controller, Delete, Get, HttpCode, Param, Patch, Post, Query } from '@nestjs/common';
 import { ApiBearerAuth, ApiTags } from '@nestjs/swagger';
 import { Principal } from '@hyperplane/domain';
 import { Caller } from '../common/auth';
 import { Mutation } from '../common/rest';
 import { MutationOptions } from '../common/transactions';
-import { CreateProjectInput, CreateTokenInput } from './projects.dto';
+import { CreateProjectInput, CreateTokenInput, UpdateProjectInput } from './projects.dto';
 import { ProjectsService } from './projects.service';
 
 /** REST door for projects and tokens. */
@@ -28,6 +28,11 @@ export class ProjectsController {
   @Get(':project')
   get(@Caller() p: Principal, @Param('project') project: string) {
     return this.projects.get(p, project);
+  }
+
+  @Patch(':project')
+  update(@Caller() p: Principal, @Param('project') project: string, @Body() body: UpdateProjectInput, @Mutation() m: MutationOptions) {
+    return this.projects.update(p, project, body, m);
   }
 
   @Post(':project/tokens')

@@ -1,5 +1,6 @@
 import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
-import { IsIn, IsOptional, IsString, MaxLength } from 'class-validator';
+import { Type } from 'class-transformer';
+import { IsIn, IsInt, IsObject, IsOptional, IsString, Max, MaxLength, Min, ValidateNested } from 'class-validator';
 import { PARTITION_LIMITS, PROJECT_ROLES } from '@hyperplane/domain';
 import { IsDnsLabel } from '../common/validation';
 
@@ -14,6 +15,46 @@ export class CreateProjectInput {
   @IsString()
   @MaxLength(PARTITION_LIMITS.maxDescriptionLength)
   description?: string;
+}
+
+/** A project's limits; an absent field is unlimited. */
+export class QuotaInput {
+  @ApiPropertyOptional({ minimum: 0 })
+  @IsOptional()
+  @IsInt()
+  @Min(0)
+  @Max(10_000_000)
+  maxPartitions?: number;
+
+  @ApiPropertyOptional({ minimum: 0 })
+  @IsOptional()
+  @IsInt()
+  @Min(0)
+  @Max(100_000_000)
+  maxVcpus?: number;
+
+  @ApiPropertyOptional({ minimum: 0 })
+  @IsOptional()
+  @IsInt()
+  @Min(0)
+  @Max(Number.MAX_SAFE_INTEGER)
+  maxMemoryMiB?: number;
+}
+
+/** PATCH /v1/projects/{project} (cluster admins): description and quota (replaced whole). */
+export class UpdateProjectInput {
+  @ApiPropertyOptional()
+  @IsOptional()
+  @IsString()
+  @MaxLength(PARTITION_LIMITS.maxDescriptionLength)
+  description?: string;
+
+  @ApiPropertyOptional({ type: QuotaInput })
+  @IsOptional()
+  @IsObject()
+  @ValidateNested()
+  @Type(() => QuotaInput)
+  quota?: QuotaInput;
 }
 
 /** POST /v1/projects/{project}/tokens */

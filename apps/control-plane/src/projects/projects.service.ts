@@ -1,18 +1,19 @@
 import { Injectable } from '@nestjs/common';
 import { NotFoundError, PROJECT_ROLES, Principal, Role, requireRole, uuidv7 } from '@hyperplane/domain';
-import { etagOf } from '../common/etag';
+import { checkIfMatch, etagOf } from '../common/etag';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { MutationOptions, TransactionRunner } from '../common/transactions';
 import { AuthService } from './auth.service';
 import { ProjectRepository, ProjectRow } from './project.repository';
 import { TokenRepository, TokenRow } from './token.repository';
-import { CreateProjectInput, CreateTokenInput } from './projects.dto';
+import { CreateProjectInput, CreateTokenInput, UpdateProjectInput } from './projects.dto';
 
 /** A project as both APIs show it. */
 export interface ProjectView {
   id: string;
   name: string;
   description: string;
+  quota: Record<string, number>;
   etag: string;
   createdAt: string;
   updatedAt: string;
@@ -32,7 +33,7 @@ export interface TokenView {
 
 /** Maps a project row to its view. */
 export function projectView(r: ProjectRow): ProjectView {
-  return { id: r.id, name: r.name, description: r.description, etag: etagOf(r.version), createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString() };
+  return { id: r.id, name: r.name, description: r.description, quota: r.quota ?? {}, etag: etagOf(r.version), createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString() };
 }
 
 function tokenView(r: TokenRow, secret?: string): TokenView {
@@ -77,6 +78,19 @@ export class ProjectsService {
   /** Gets a project the caller can see. */
   async get(principal: Principal, ref: string): Promise<ProjectView> {
     return projectView(await this.visibleProject(principal, ref));
+  }
+
+  /** Changes a project's description or quota (cluster admins); honours If-Match. */
+  async update(principal: Principal, ref: string, input: UpdateProjectInput, opts: MutationOptions = {}): Promise<ProjectView> {
+    requireRole(principal, 'cluster-admin', 'update projects');
+    const p = await this.visibleProject(principal, ref);
+    return this.tx.run({ scope: principal.tokenId, name: 'projects.update', input: { ref: p.id, input } }, async (db) => {
+      const row = await this.projects.lock(db, p.id);
+      if (!row) throw new NotFoundError('project', ref);
+      checkIfMatch('project', p.id, opts.ifMatch, row.version);
+      const quota = input.quota ? Object.fromEntries(Object.entries(input.quota).filter(([, v]) => v !== undefined)) as Record<string, number> : undefined;
+      return projectView(await this.projects.update(db, p.id, { description: input.description, quota }));
+    });
   }
 
   /** Creates a token in a project (its admins or a cluster admin); the secret is returned once. */
