@@ -47,6 +47,11 @@ for _ in $(seq 1 60); do
   kill -0 "${pids[0]}" 2>/dev/null || { tail -20 "$LOGS/control-plane.log"; echo "the control plane did not start" >&2; exit 1; }
   sleep 0.5
 done
+# Tokens are stored hashed: if the token file is missing or stale (a reset database), mint a new one.
+if ! curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$DATA_DIR/admin-token" 2>/dev/null)" "http://127.0.0.1:$HTTP_PORT/v1/projects"; then
+  hp_log "the admin token in $DATA_DIR/admin-token does not work here; creating a new one"
+  node apps/control-plane/dist/admin-token.js >/dev/null
+fi
 hp_log "starting a local worker (logs: $LOGS/worker-local.log)"
 node apps/worker/dist/main.js --node local --address 127.0.0.1 >>"$LOGS/worker-local.log" 2>&1 &
 pids+=($!)
