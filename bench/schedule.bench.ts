@@ -8,7 +8,7 @@
  * The last line is JSON.
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -64,6 +64,8 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const latencies: number[] = [];
     let failures = 0;
     let next = 0;
+    const cpuTicks = () => readFileSync(`/proc/${cp.proc.pid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(11, 13).reduce((a, b) => a + Number(b), 0);
+    const cpu0 = cpuTicks();
     const t0 = performance.now();
     await Promise.all(
       Array.from({ length: CONCURRENCY }, async () => {
@@ -83,6 +85,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
       }),
     );
     const seconds = (performance.now() - t0) / 1000;
+    const cpuMsPerPlacement = ((cpuTicks() - cpu0) * 10) / Math.max(1, latencies.length);
     const placed = latencies.length;
     const placementsPerSecond = placed / seconds;
     const rss = rssMiB(cp.proc.pid!);
@@ -107,7 +110,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`placements/s: ${placementsPerSecond.toFixed(0)} (goal >= 0.5 x pgbench = ${(pgbenchTps / 2).toFixed(0)})`);
     console.log(`placement latency: p50 ${pct(latencies, 50).toFixed(1)} ms, p99 ${pct(latencies, 99).toFixed(1)} ms (goal p99 <= 250)`);
     console.log(`pgbench single-row insert, 8 clients: ${pgbenchTps.toFixed(0)} tps`);
-    console.log(`control-plane RSS: ${rss} MiB (goal <= 400)`);
+    console.log(`control-plane RSS: ${rss} MiB (goal <= 400); control-plane CPU per placement: ${cpuMsPerPlacement.toFixed(2)} ms`);
     console.log(`overcommitted nodes: ${overcommitted}`);
     console.log(JSON.stringify({ placementsPerSecond: Math.round(placementsPerSecond), pgbenchTps: Math.round(pgbenchTps), p50Ms: Number(pct(latencies, 50).toFixed(1)), p99Ms: Number(pct(latencies, 99).toFixed(1)), overcommittedNodes: overcommitted, rssMiB: rss }));
   } finally {
