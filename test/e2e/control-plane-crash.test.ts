@@ -59,4 +59,13 @@ it('takes up every in-flight operation after a SIGKILL and carries it to a final
   const states = Object.fromEntries(list.body.items.map((p: any) => [p.name, p.state]));
   for (let i = 0; i < 8; i++) expect(states[`inflight-${i}`]).toBe('running');
   expect(states['to-stop']).toBe('stopped');
+
+  // Cancel works on a running operation too: a slow start is cancelled and the partition ends stopped.
+  const slow = await api2.post('/v1/partitions', { name: 'to-cancel', vcpus: 1, memoryMiB: 64, image: 'sample' });
+  await waitUntil(async () => (await api2.get(`/v1/operations/${slow.body.operation.id}`)).body.status === 'running', 10_000, 'create running');
+  const cancel = await api2.post(`/v1/operations/${slow.body.operation.id}/cancel`);
+  expect(cancel.status).toBe(200);
+  const cancelled = await api2.waitOperation(slow.body.operation.id, 60);
+  expect(cancelled.status).toBe('cancelled');
+  await waitUntil(async () => (await api2.get(`/v1/partitions/${slow.body.partition.id}`)).body.state === 'stopped', 30_000, 'cancelled partition stopped');
 });
