@@ -1,7 +1,6 @@
 import { Injectable, OnModuleInit } from '@nestjs/common';
 import { CancelledError, uuidv7 } from '@hyperplane/domain';
 import { TransactionRunner } from '../common/transactions';
-import { EventBus } from '../events/event-bus';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
 import { OperationContext, OperationRunner } from '../operations/operation-runner';
 import { OperationRepository, OperationRow } from '../operations/operation.repository';
@@ -23,7 +22,6 @@ export class NodeOperations implements OnModuleInit {
     private readonly ops: OperationRepository,
     private readonly queue: OperationQueueRepository,
     private readonly operations: OperationsService,
-    private readonly events: EventBus,
     private readonly tx: TransactionRunner,
   ) {}
 

@@ -62,14 +62,6 @@ export interface NodeRegistration {
   connectedTo: string;
 }
 
-/** What a partition asks of a node. */
-export interface Demand {
-  vcpus: number;
-  memoryMiB: number;
-  diskBytes: number;
-  image: string;
-}
-
 /** SQL for nodes, including capacity reservations. */
 @Injectable()
 export class NodeRepository {
@@ -167,15 +159,6 @@ export class NodeRepository {
   }
 
   /**
-   * Candidate nodes for a demand, locked for this transaction (FOR UPDATE) so concurrent placements
-   * cannot both take the last of a node's capacity. Returns every node with its row, so a filter
-   * can explain why each was rejected.
-   */
-  lockAll(tx: Db, onlyId?: string): Promise<NodeRow[]> {
-    return rows(tx, `SELECT * FROM nodes WHERE ($1::uuid IS NULL OR id = $1) ORDER BY name FOR UPDATE`, [onlyId ?? null]);
-  }
-
-  /**
    * Reserves capacity on a node only if it is still schedulable and still has room: the
    * compare-and-swap that makes concurrent placements (on any replica) safe. Returns the updated
    * row, or undefined when the node no longer qualifies.
@@ -225,17 +208,5 @@ export class NodeRepository {
          allocated_disk_bytes = GREATEST(0, allocated_disk_bytes + $4), version = version + 1, updated_at = now() WHERE id = $1`,
       [nodeId, d.vcpus, d.memoryMiB, d.diskBytes],
     );
-  }
-
-  /** True when any node reports the image in its store. */
-  async imageKnown(db: Db, image: string): Promise<boolean> {
-    const found = await rows(db, `SELECT 1 FROM nodes WHERE images @> $1::jsonb LIMIT 1`, [JSON.stringify([{ name: image }])]);
-    return found.length > 0;
-  }
-
-  /** Partition counts per node. */
-  async partitionCount(nodeId: string): Promise<number> {
-    const found = await rows<{ n: string }>(this.ds, `SELECT count(*) AS n FROM partitions WHERE node_id = $1`, [nodeId]);
-    return Number(found[0]?.n ?? 0);
   }
 }

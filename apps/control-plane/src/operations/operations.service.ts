@@ -1,5 +1,5 @@
 import { Injectable } from '@nestjs/common';
-import { FailedPreconditionError, NotFoundError, Principal, UUID_RE, ValidationError, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
+import { FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { EventBus } from '../events/event-bus';
 import { OperationQueueRepository } from './operation-queue.repository';
@@ -84,33 +84,27 @@ export class OperationsService {
       if (!Number.isFinite(n) || n < 0 || n > MAX_WAIT_SECONDS) throw ValidationError.field('timeoutSeconds', `must be a number between 0 and ${MAX_WAIT_SECONDS}`);
       seconds = n;
     }
-    let row = await this.find(principal, projectId, id);
+    const row = await this.find(principal, projectId, id);
     if (isFinal(row.status) || seconds === 0) return operationView(row);
-    return new Promise<OperationView>((resolve, reject) => {
-      let done = false;
-      const finish = (r: OperationRow | OperationView) => {
-        if (done) return;
-        done = true;
+    await new Promise<void>((resolve) => {
+      const done = () => {
         clearTimeout(timer);
         clearInterval(poll);
         unsubscribe();
-        signal?.removeEventListener('abort', onAbort);
-        resolve('kind' in r && 'target_id' in r ? operationView(r as OperationRow) : (r as OperationView));
+        signal?.removeEventListener('abort', done);
+        resolve();
       };
-      const check = () => {
-        this.ops.get(id).then((r) => { if (r && isFinal(r.status)) finish(r); else if (r) row = r; }, (e) => { if (!done) { done = true; cleanup(); reject(e); } });
-      };
+      const check = () => void this.ops.get(id).then((r) => (!r || isFinal(r.status) ? done() : undefined), () => undefined);
       const unsubscribe = this.events.subscribe((e) => {
-        if (e.resourceType === 'operation' && e.resourceId === id && isFinal((e.data as OperationView).status as never)) check();
+        if (e.resourceType === 'operation' && e.resourceId === id && isFinal((e.data as OperationView).status as OperationStatus)) done();
       });
-      const cleanup = () => { clearTimeout(timer); clearInterval(poll); unsubscribe(); };
-      const timer = setTimeout(() => { if (!done) this.ops.get(id).then((r) => finish(r ?? row), () => finish(row)); }, seconds * 1000);
-      // Events are notifications only: poll now and then in case one was missed.
+      // Events are notifications only: look now (it may have finished before we subscribed) and now and then.
       const poll = setInterval(check, 2000);
-      const onAbort = () => finish(row);
-      signal?.addEventListener('abort', onAbort);
+      const timer = setTimeout(done, seconds * 1000);
+      signal?.addEventListener('abort', done);
       check();
     });
+    return operationView((await this.ops.get(id)) ?? row);
   }
 
   /** Requests cancellation: a pending operation is cancelled at once, a running one at its next step. */

@@ -1,5 +1,5 @@
 import { Inject, Injectable, OnModuleInit } from '@nestjs/common';
-import { CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError, PartitionState, UnavailableError } from '@hyperplane/domain';
+import { CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError, UnavailableError } from '@hyperplane/domain';
 import { Config, CONFIG } from '../config';
 import { inTransaction } from '../database/database';
 import { DATA_SOURCE } from '../common/tokens';
@@ -194,6 +194,3 @@ export class PartitionOperations implements OnModuleInit {
     await this.events.publish({ type: 'partition.updated', resourceType: 'partition', resourceId: r.id, projectId: r.project_id, data: partitionView(r) });
   }
 }
-
-/** States in which a partition holds capacity on its node. */
-export const HOLDS_CAPACITY: PartitionState[] = ['scheduled', 'starting', 'running', 'stopping', 'stopped', 'failed', 'deleting'];
