@@ -1,5 +1,6 @@
 /** Every schema migration, oldest first. The schema exists only through these (never `synchronize`). */
 import { InitialSchema1732400000000 } from './1732400000000-initial-schema';
 import { Placement1732500000000 } from './1732500000000-placement';
+import { Images1732600000000 } from './1732600000000-images';
 
-export const MIGRATIONS = [InitialSchema1732400000000, Placement1732500000000];
+export const MIGRATIONS = [InitialSchema1732400000000, Placement1732500000000, Images1732600000000];

@@ -13,7 +13,7 @@ export class GrpcApi {
     readonly token?: string,
   ) {
     const { tree } = loadGrpcObject<{ hyperplane: { v1: Record<string, Ctor> } }>(PUBLIC_PROTO_FILES);
-    for (const name of ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService']) {
+    for (const name of ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService']) {
       this.clients[name] = new tree.hyperplane.v1[name]!(address, grpc.credentials.createInsecure());
     }
   }

@@ -21,6 +21,11 @@ import { GrpcServer } from './grpc/grpc-server';
 import { PublicGrpcApi } from './grpc/public-api.grpc';
 import { HealthController } from './health/health.controller';
 import { HealthService } from './health/health.service';
+import { ImagePolicy } from './images/image-policy';
+import { ImageRepository } from './images/image.repository';
+import { ImageStore } from './images/image-store';
+import { ImagesController } from './images/images.controller';
+import { ImagesService } from './images/images.service';
 import { NodeRepository } from './nodes/node.repository';
 import { NodesController } from './nodes/nodes.controller';
 import { NodesService } from './nodes/nodes.service';
@@ -61,6 +66,8 @@ const PROVIDERS: Provider[] = [
   TokenRepository,
   NodeRepository,
   PartitionRepository,
+  ImageRepository,
+  ImageStore,
   OperationRepository,
   OperationQueueRepository,
   // services
@@ -72,6 +79,8 @@ const PROVIDERS: Provider[] = [
   OperationsService,
   OperationRunner,
   PartitionsService,
+  ImagesService,
+  ImagePolicy,
   PlacementService,
   NodeCache,
   ConsoleService,
@@ -98,7 +107,7 @@ export class AppModule {
   static with(infra: Infrastructure): DynamicModule {
     return {
       module: AppModule,
-      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, OperationsController, EventsController],
+      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController],
       providers: [
         { provide: CONFIG, useValue: infra.config },
         { provide: DATA_SOURCE, useValue: infra.dataSource },

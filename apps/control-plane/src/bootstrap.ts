@@ -73,6 +73,9 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
     if (typeof body === 'string' && body.trim() === '') return done(null, undefined);
     jsonParser(req, String(body), done);
   });
+  // Image uploads: the raw stream goes through to the image store, which writes it to a file and
+  // enforces HYPERPLANE_MAX_IMAGE_BYTES itself (never buffered whole).
+  fastify.addContentTypeParser('application/octet-stream', { bodyLimit: config.maxImageBytes }, (_req, payload, done) => done(null, payload));
   fastify.addHook('onRequest', (req, reply, done) => {
     void reply.header('x-request-id', req.id);
     (req as unknown as { t0: bigint }).t0 = process.hrtime.bigint();

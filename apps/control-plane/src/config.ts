@@ -24,6 +24,10 @@ export interface Config {
   operationTimeoutMs: number;
   /** Cluster default placement strategy; a request may choose the other. */
   placementStrategy: 'binpack' | 'spread';
+  /** Largest image file an upload may send (bytes). */
+  maxImageBytes: number;
+  /** Largest virtual disk size an image may declare (bytes). */
+  maxImageVirtualBytes: number;
 }
 
 /** A configuration value that does not parse; the message names the variable. */
@@ -90,6 +94,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     joinToken: env.HYPERPLANE_JOIN_TOKEN ?? '',
     operationTimeoutMs: positiveInt(env, 'HYPERPLANE_OPERATION_TIMEOUT_MS', 300000),
     placementStrategy: strategy(env),
+    maxImageBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_BYTES', 16 * 1024 ** 3),
+    maxImageVirtualBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_VIRTUAL_BYTES', 4 * 1024 ** 4),
   };
 }
 

@@ -37,6 +37,7 @@ export const PUBLIC_PROTO_FILES = [
   'hyperplane/v1/operations.proto',
   'hyperplane/v1/partitions.proto',
   'hyperplane/v1/events.proto',
+  'hyperplane/v1/images.proto',
 ];
 
 /** The agent protocol's proto file, relative to {@link protoRoot}. */

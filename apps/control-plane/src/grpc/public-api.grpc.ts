@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Inject, Injectable } from '@nestjs/common';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { Principal } from '@hyperplane/domain';
+import { Principal, ValidationError } from '@hyperplane/domain';
 import { v1 } from '@hyperplane/proto';
 import { parseIfMatch } from '../common/etag';
 import { MutationOptions } from '../common/transactions';
@@ -20,6 +20,9 @@ import { ProjectsService } from '../projects/projects.service';
 import { toGrpcError } from './grpc-errors';
 import { eventMsg, nodeMsg, operationMsg, partitionMsg, projectMsg, tokenMsg } from './grpc-mappers';
 import { randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { ImagesService } from '../images/images.service';
+import { ImageView } from '../images/image-view';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
@@ -43,6 +46,7 @@ export class PublicGrpcApi {
     private readonly operations: OperationsService,
     private readonly events: EventsService,
     private readonly consoles: ConsoleService,
+    private readonly images: ImagesService,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
 
@@ -165,6 +169,7 @@ export class PublicGrpcApi {
         AttachConsole: (call: grpc.ServerDuplexStream<v1.ConsoleInput__Output, v1.ConsoleChunk>) => this.attachConsole(call),
         GetConsole: this.unary<v1.GetConsoleRequest__Output, v1.ConsoleOutput>(async (p, r, md) => this.partitions.console(p, await this.project(p, md), r.id ?? '', r.tailBytes)),
       },
+      ImageService: this.imageService(),
       OperationService: {
         GetOperation: this.unary<v1.GetOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.get(p, await this.projectOrAll(p, md), r.id ?? ''))),
         ListOperations: this.unary<v1.ListOperationsRequest__Output, v1.ListOperationsResponse>(async (p, r, md) => {
@@ -194,6 +199,77 @@ export class PublicGrpcApi {
         },
       },
     };
+  }
+
+  /** ImageService: the same service calls as /v1/images; metadata travels as its JSON text. */
+  private imageService(): grpc.UntypedServiceImplementation {
+    return {
+      UploadImage: (call: grpc.ServerReadableStream<v1.UploadImageChunk__Output, v1.Image>, cb: grpc.sendUnaryData<v1.Image>) => this.uploadImage(call, cb),
+      GetImage: this.unary<v1.GetImageRequest__Output, v1.Image>(async (p, r, md) => imageMsg(await this.images.get(p, await this.project(p, md), r.id ?? ''))),
+      SearchImages: this.unary<v1.SearchImagesRequest__Output, v1.SearchImagesResponse>(async (p, r, md) => {
+        const q = pick({
+          tag: r.tag?.length ? r.tag : undefined, label: r.label?.length ? r.label : undefined, text: r.text || undefined, filter: r.filter?.length ? r.filter : undefined,
+          compatibleWith: r.compatibleWith || undefined, includeExpired: r.includeExpired || undefined, pageSize: r.pageSize || undefined, pageToken: r.pageToken || undefined,
+        });
+        const page = await this.images.search(p, await this.project(p, md), q);
+        return { items: page.items.map(imageMsg), nextPageToken: page.nextPageToken };
+      }),
+      DeleteImage: this.unary<v1.DeleteImageRequest__Output, v1.DeleteImageResponse>(async (p, r, md) => {
+        await this.images.delete(p, await this.project(p, md), r.id ?? '', opts(undefined, r.etag));
+        return {};
+      }),
+      GetImageMetadata: this.unary<v1.GetImageRequest__Output, v1.ImageMetadata>(async (p, r, md) => {
+        const m = await this.images.getMetadata(p, await this.project(p, md), r.id ?? '');
+        return { metadataJson: JSON.stringify(m.metadata), etag: m.etag };
+      }),
+      UpdateImageMetadata: this.unary<v1.UpdateImageMetadataRequest__Output, v1.Image>(async (p, r, md) => {
+        let doc: unknown;
+        try {
+          doc = JSON.parse(r.metadataJson ?? '');
+        } catch {
+          throw ValidationError.field('metadata_json', 'is not valid JSON');
+        }
+        return imageMsg(await this.images.putMetadata(p, await this.project(p, md), r.id ?? '', doc, opts(undefined, r.etag)));
+      }),
+      DownloadImage: (call: grpc.ServerWritableStream<v1.GetImageRequest__Output, v1.FileChunk>) => {
+        void (async () => {
+          try {
+            const p = await this.auth.authenticate(String(call.metadata.get('authorization')[0] ?? '') || undefined);
+            const f = await this.images.file(p, await this.project(p, call.metadata), call.request.id ?? '');
+            call.on('cancelled', () => f.stream.destroy());
+            for await (const chunk of f.stream) {
+              if (!call.write({ data: chunk as Buffer })) await new Promise((r) => call.once('drain', r));
+            }
+            call.end();
+          } catch (e) {
+            const err = toGrpcError(e);
+            call.destroy(Object.assign(new Error(String(err.details)), err));
+          }
+        })();
+      },
+    };
+  }
+
+  /** ImageService.UploadImage: the first message names the image; the bytes of every message, in order, are the file. */
+  private uploadImage(call: grpc.ServerReadableStream<v1.UploadImageChunk__Output, v1.Image>, cb: grpc.sendUnaryData<v1.Image>): void {
+    const requestId = String(call.metadata.get('x-request-id')[0] ?? randomUUID());
+    void (async () => {
+      try {
+        const p = await this.auth.authenticate(String(call.metadata.get('authorization')[0] ?? '') || undefined);
+        const projectId = await this.project(p, call.metadata);
+        const it = (call as AsyncIterable<v1.UploadImageChunk__Output>)[Symbol.asyncIterator]();
+        const first = await it.next();
+        if (first.done) throw ValidationError.field('name', 'the first message must name the image');
+        const head = first.value;
+        async function* bytes() {
+          if (head.data?.length) yield Buffer.from(head.data);
+          for (let n = await it.next(); !n.done; n = await it.next()) if (n.value.data?.length) yield Buffer.from(n.value.data);
+        }
+        cb(null, imageMsg(await this.images.upload(p, projectId, head.name ?? '', Readable.from(bytes()), { ...opts(head.requestId), requestId })));
+      } catch (e) {
+        cb(toGrpcError(e));
+      }
+    })();
   }
 
   /** PartitionService.AttachConsole: the first message names the partition, then bytes both ways. */
@@ -236,4 +312,10 @@ export class PublicGrpcApi {
   private pair(r: { partition: Parameters<typeof partitionMsg>[0]; operation: Parameters<typeof operationMsg>[0] }): v1.PartitionOperation {
     return { partition: partitionMsg(r.partition), operation: operationMsg(r.operation) };
   }
+}
+
+/** Image view → proto: the metadata document as JSON text. */
+function imageMsg(i: ImageView): v1.Image {
+  const { metadata, expiresAt, ...rest } = i;
+  return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '' };
 }

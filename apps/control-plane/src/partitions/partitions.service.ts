@@ -23,6 +23,7 @@ import { OperationQueueRepository } from '../operations/operation-queue.reposito
 import { OperationRepository } from '../operations/operation.repository';
 import { OperationView, OperationsService, operationView } from '../operations/operations.service';
 import { AgentSessions } from '../agents/agent-sessions';
+import { ImagePolicy } from '../images/image-policy';
 import { PartitionRepository, PartitionRow, PlacementSpecRow } from './partition.repository';
 import { PartitionView, partitionView } from './partition-view';
 import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from './partitions.dto';
@@ -59,6 +60,7 @@ export class PartitionsService {
     private readonly sessions: AgentSessions,
     private readonly events: EventBus,
     private readonly tx: TransactionRunner,
+    private readonly imagePolicy: ImagePolicy,
   ) {}
 
   /**
@@ -80,10 +82,11 @@ export class PartitionsService {
       async (db) => {
         const taken = await this.partitions.namesTaken(db, projectId, names);
         if (taken.length) throw new AlreadyExistsError('partition', taken[0]!);
+        const terms = await this.imagePolicy.admit(db, projectId, input.image, names.length);
         const nodeIds = await this.placement.place(
           db,
           projectId,
-          names.map((n, i) => ({ requestId: `${seed}/${i}`, vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, spec })),
+          names.map((n, i) => ({ requestId: `${seed}/${i}`, vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, spec, imageRequirements: terms.requirements, imageInLibrary: terms.inLibrary })),
         );
         const rowsIn = await this.partitions.insertMany(
           db,
@@ -161,7 +164,8 @@ export class PartitionsService {
   start(principal: Principal, projectId: string, id: string, opts: MutationOptions = {}): Promise<PartitionOperationView> {
     return this.action(principal, projectId, id, 'start', 'partition.start', {}, opts, async (db, row) => {
       if (!row.node_id) {
-        const [nodeId] = await this.placement.place(db, projectId, [{ requestId: opts.requestId ?? uuidv7(), vcpus: row.vcpus, memoryMiB: Number(row.memory_mib), diskGiB: row.disk_gib, image: row.image, spec: row.placement as PlacementSpec }]);
+        const terms = await this.imagePolicy.admit(db, projectId, row.image, 0);
+        const [nodeId] = await this.placement.place(db, projectId, [{ requestId: opts.requestId ?? uuidv7(), vcpus: row.vcpus, memoryMiB: Number(row.memory_mib), diskGiB: row.disk_gib, image: row.image, spec: row.placement as PlacementSpec, imageRequirements: terms.requirements, imageInLibrary: terms.inLibrary }]);
         return this.partitions.setDesired(db, row.id, 'running', 'scheduled', '', nodeId);
       }
       return row;

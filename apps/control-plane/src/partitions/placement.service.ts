@@ -1,6 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { ValidationError } from '@hyperplane/domain';
-import { GroupRequirement, NodeCandidate, PlacementRequest, ProjectQuota, groupKey, placeMany, rejectionError } from '@hyperplane/scheduler';
+import { GroupRequirement, ImageRequirements, NodeCandidate, PlacementRequest, ProjectQuota, groupKey, placeMany, rejectionError } from '@hyperplane/scheduler';
 import { Config, CONFIG } from '../config';
 import { Db, lockForTransaction } from '../database/database';
 import { ProjectRepository } from '../projects/project.repository';
@@ -30,6 +30,10 @@ export interface PlacementDemand {
   diskGiB: number;
   image: string;
   spec: PlacementSpec;
+  /** What the image's own metadata requires of the node (library images; see ImagePolicy). */
+  imageRequirements?: ImageRequirements;
+  /** The image is in the project's library, so it exists even when no node has it in its store yet. */
+  imageInLibrary?: boolean;
 }
 
 /** A snapshot younger than this is current enough to refuse a placement on. */
@@ -108,11 +112,12 @@ export class PlacementService {
       nodeSelector: spec.nodeSelector,
       group,
       strategy: spec.strategy,
+      imageRequirements: d.imageRequirements,
     }));
 
     for (let attempt = 1; ; attempt++) {
       const rowsNow = await this.cache.all(db, attempt > 1);
-      if (!rowsNow.some((n) => n.images.some((i) => i.name === image))) {
+      if (!demands[0]!.imageInLibrary && !rowsNow.some((n) => n.images.some((i) => i.name === image))) {
         throw ValidationError.field('image', `image '${image}' does not exist`);
       }
       const key = group ? groupKey(projectId, group.name) : undefined;

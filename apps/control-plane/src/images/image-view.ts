@@ -1,0 +1,40 @@
+import { etagOf } from '../common/etag';
+import { ImageRow } from './image.repository';
+
+/** An image as both APIs show it. */
+export interface ImageView {
+  id: string;
+  projectId: string;
+  name: string;
+  /** Detected from the file's magic bytes at intake; QEMU is always told this format. */
+  format: string;
+  state: string;
+  sizeBytes: number;
+  virtualSizeBytes: number;
+  /** The metadata stored inside the image file, as indexed. */
+  metadata: Record<string, unknown>;
+  expiresAt: string | null;
+  expired: boolean;
+  etag: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** Maps an image row to its view. */
+export function imageView(r: ImageRow, now = Date.now()): ImageView {
+  return {
+    id: r.id,
+    projectId: r.project_id,
+    name: r.name,
+    format: r.format,
+    state: r.state,
+    sizeBytes: Number(r.size_bytes),
+    virtualSizeBytes: Number(r.virtual_size_bytes),
+    metadata: r.metadata,
+    expiresAt: r.expires_at ? r.expires_at.toISOString() : null,
+    expired: r.expires_at !== null && r.expires_at.getTime() <= now,
+    etag: etagOf(r.version),
+    createdAt: r.created_at.toISOString(),
+    updatedAt: r.updated_at.toISOString(),
+  };
+}
