@@ -79,6 +79,102 @@ export interface ConsoleTail {
   truncated: boolean;
 }
 
+/** One internal snapshot of a partition's disk, as QEMU or `qemu-img` lists it. */
+export interface SnapshotEntry {
+  /** The tag it was created with (the control plane's snapshot id). */
+  tag: string;
+  /** Bytes of saved VM state; 0 for a disk-only snapshot. */
+  vmStateBytes: number;
+  /** When it was taken (ISO 8601, host clock). */
+  createdAt: string;
+  /** Guest clock at the snapshot, in ms (0 for a disk-only snapshot of a stopped partition). */
+  vmClockMs: number;
+}
+
+/** What `snapshotCreate` takes: a tag, and whether to save memory and device state too. */
+export interface SnapshotCreateOptions {
+  tag: string;
+  /** Save memory/device state with the disk (needs a running guest). False: disk only. */
+  withMemory: boolean;
+}
+
+/** How the destination gets the disk: copied over NBD while the guest runs, or already shared. */
+export type MigrationStorage = 'copy' | 'shared';
+
+/** What the destination is asked to prepare. */
+export interface MigrationTargetOptions {
+  /** Address the destination listens on (its node address, e.g. 127.0.0.2). */
+  host: string;
+  /** TCP port for the memory stream (`migrate-incoming tcp:host:port`). */
+  port: number;
+  /** TCP port of the NBD server for `copy` storage. Default `port + 1`. */
+  nbdPort?: number;
+  storage: MigrationStorage;
+  /** For `shared` storage: the source's disk file, seen by this node at the same path. */
+  sharedDiskPath?: string;
+  /** Must match the source's `postcopy` option (the capability is set on both sides). */
+  postcopy?: boolean;
+}
+
+/** Where the source sends memory and disk, as returned by `migrationPrepareTarget`. */
+export interface MigrationTarget {
+  host: string;
+  port: number;
+  storage: MigrationStorage;
+  /** For `copy` storage: the NBD server and the export name of the destination's disk. */
+  nbdPort?: number;
+  exportName?: string;
+}
+
+/** Tuning of one live migration. Every field is optional. */
+export interface MigrationOptions {
+  /** Longest pause of the guest at switch-over, ms (QEMU `downtime-limit`). Default 300. */
+  maxDowntimeMs?: number;
+  /** Bandwidth cap for memory and the disk copy, bytes/s (QEMU `max-bandwidth`, mirror `speed`). 0: none. */
+  bandwidthBytesPerSec?: number;
+  /** Throttle the guest's vCPUs when memory does not converge (QEMU `auto-converge`). */
+  autoConverge?: boolean;
+  /** Allow switching to post-copy when pre-copy does not converge (needs `postcopy` on the target too). */
+  postcopy?: boolean;
+  /** With `postcopy`: switch after this long in pre-copy without converging. Default 10 s. */
+  postcopyAfterMs?: number;
+  /** Give up (and stay on the source) when no byte moved for this long. Default 30 s. */
+  stallTimeoutMs?: number;
+  /** `copy` storage loses internal snapshots (they are not part of what is mirrored); say yes to go on anyway. */
+  discardSnapshots?: boolean;
+}
+
+/** Migration phases as reported in progress. */
+export type MigrationPhase = 'storage' | 'memory' | 'postcopy' | 'switchover' | 'completed' | 'failed' | 'cancelled';
+
+/** One progress report of a running migration. */
+export interface MigrationProgress {
+  phase: MigrationPhase;
+  /** Bytes still to send in this phase (disk bytes in `storage`, RAM bytes after). */
+  bytesRemaining: number;
+  bytesTransferred: number;
+  bytesTotal: number;
+  /** Guest memory dirtied per second, bytes/s (0 when unknown). */
+  dirtyRateBytesPerSec: number;
+  /** QEMU's estimate of the switch-over pause, ms (0 when unknown). */
+  expectedDowntimeMs: number;
+  /** vCPU throttle applied by auto-converge, percent. */
+  cpuThrottlePercent: number;
+  /** QEMU's migration status (`active`, `postcopy-active`...), or the mirror job's. */
+  status: string;
+}
+
+/** How a completed migration went, from the source's `query-migrate`. */
+export interface MigrationResult {
+  totalTimeMs: number;
+  /** The pause QEMU measured at switch-over. */
+  downtimeMs: number;
+  /** Time the disk copy took until the mirror was ready (0 for shared storage). */
+  storageMs: number;
+  ramTransferredBytes: number;
+  postcopy: boolean;
+}
+
 /** Receives what happens to guests between calls. Set once, before `recover`. */
 export interface DriverListener {
   /** A guest process ended, requested or not. Called once per guest process. */
@@ -123,6 +219,39 @@ export interface PartitionDriver {
   openConsole(id: string): Duplex;
   /** Whether a guest process for `id` runs now. */
   isRunning(id: string): boolean;
+  /**
+   * Creates internal snapshot `tag`: disk and (with `withMemory`) memory and device state of a
+   * running guest, or disk only. A stopped partition gets a disk-only snapshot (no QEMU runs). On
+   * failure the guest runs as before and no snapshot named `tag` is left.
+   */
+  snapshotCreate(id: string, options: SnapshotCreateOptions): Promise<SnapshotEntry>;
+  /**
+   * Reverts to snapshot `tag`. A running guest loads its memory state and keeps running from
+   * there; a stopped partition gets its disk reverted (the next start boots it).
+   */
+  snapshotRevert(id: string, tag: string): Promise<void>;
+  /** Deletes snapshot `tag`; the other snapshots stay usable. */
+  snapshotDelete(id: string, tag: string): Promise<void>;
+  /** The snapshots of a partition's disk (running or stopped), oldest first. */
+  snapshotList(id: string): Promise<SnapshotEntry[]>;
+  /**
+   * On the destination: prepares to receive `spec` (its disk and a QEMU waiting for the incoming
+   * stream, paused). The guest runs here only after `migrationFinishTarget`.
+   */
+  migrationPrepareTarget(spec: GuestSpec, options: MigrationTargetOptions): Promise<MigrationTarget>;
+  /**
+   * On the source: migrates the running guest to `target` (disk first for `copy` storage, then
+   * memory) and reports progress through `onProgress`. Resolves once the destination holds the
+   * complete guest and the source's QEMU and files are gone. Rejects when the migration failed or
+   * was cancelled: then the guest still runs here.
+   */
+  migrationStart(id: string, target: MigrationTarget, options: MigrationOptions, onProgress?: (progress: MigrationProgress) => void): Promise<MigrationResult>;
+  /** On the source: cancels a migration in pre-copy; the guest keeps running here. */
+  migrationCancel(id: string): Promise<void>;
+  /** On the destination, after the source's `migrationStart` resolved: lets the guest run here. */
+  migrationFinishTarget(id: string): Promise<RunningGuest>;
+  /** On the destination: kills a QEMU still waiting for (or receiving) a migration and removes its files. */
+  migrationAbortTarget(id: string): Promise<void>;
   /** Lets go of guests (monitor connections, watchers) WITHOUT stopping them. */
   close(): Promise<void>;
 }

@@ -14,7 +14,14 @@ import type {
   ImageEntry,
   PartitionDriver,
   RecoveredGuest,
+  MigrationOptions,
+  MigrationProgress,
+  MigrationResult,
+  MigrationTarget,
+  MigrationTargetOptions,
   RunningGuest,
+  SnapshotCreateOptions,
+  SnapshotEntry,
   StopOptions,
 } from '../drivers/driver';
 
@@ -30,6 +37,15 @@ export interface FakeDriverActions {
   consoleTail(id: string, bytes: number): Promise<ConsoleTail>;
   openConsole(id: string): Duplex;
   close(): Promise<void>;
+  snapshotCreate(id: string, options: SnapshotCreateOptions): Promise<SnapshotEntry>;
+  snapshotRevert(id: string, tag: string): Promise<void>;
+  snapshotDelete(id: string, tag: string): Promise<void>;
+  snapshotList(id: string): Promise<SnapshotEntry[]>;
+  migrationPrepareTarget(spec: GuestSpec, options: MigrationTargetOptions): Promise<MigrationTarget>;
+  migrationStart(id: string, target: MigrationTarget, options: MigrationOptions, onProgress?: (progress: MigrationProgress) => void): Promise<MigrationResult>;
+  migrationCancel(id: string): Promise<void>;
+  migrationFinishTarget(id: string): Promise<RunningGuest>;
+  migrationAbortTarget(id: string): Promise<void>;
 }
 
 /** One recorded call. */
@@ -116,6 +132,50 @@ export class StrictFakeDriver implements PartitionDriver {
 
   close(): Promise<void> {
     return this.invoke('close', []);
+  }
+
+  snapshotCreate(id: string, options: SnapshotCreateOptions): Promise<SnapshotEntry> {
+    return this.invoke('snapshotCreate', [id, options]);
+  }
+
+  snapshotRevert(id: string, tag: string): Promise<void> {
+    return this.invoke('snapshotRevert', [id, tag]);
+  }
+
+  snapshotDelete(id: string, tag: string): Promise<void> {
+    return this.invoke('snapshotDelete', [id, tag]);
+  }
+
+  snapshotList(id: string): Promise<SnapshotEntry[]> {
+    return this.invoke('snapshotList', [id]);
+  }
+
+  migrationPrepareTarget(spec: GuestSpec, options: MigrationTargetOptions): Promise<MigrationTarget> {
+    return this.invoke('migrationPrepareTarget', [spec, options]);
+  }
+
+  /** `onProgress` is passed to the set-up action but not recorded. */
+  migrationStart(id: string, target: MigrationTarget, options: MigrationOptions, onProgress?: (progress: MigrationProgress) => void): Promise<MigrationResult> {
+    const impl = this.actions.migrationStart;
+    if (!impl) return this.invoke('migrationStart', [id, target, options]);
+    this.calls.push({ method: 'migrationStart', args: [id, target, options] });
+    try {
+      return impl(id, target, options, onProgress);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  migrationCancel(id: string): Promise<void> {
+    return this.invoke('migrationCancel', [id]);
+  }
+
+  migrationFinishTarget(id: string): Promise<RunningGuest> {
+    return this.invoke('migrationFinishTarget', [id]);
+  }
+
+  migrationAbortTarget(id: string): Promise<void> {
+    return this.invoke('migrationAbortTarget', [id]);
   }
 
   private invoke<T>(method: keyof FakeDriverActions, args: unknown[]): Promise<T> {

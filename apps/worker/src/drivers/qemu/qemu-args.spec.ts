@@ -9,7 +9,7 @@ describe('buildQemuArgs', () => {
 
     expect(args.at(-1)).toBe('-S');
     expect(args).toEqual(expect.arrayContaining(['-no-user-config', '-nodefaults']));
-    expect(opt('-drive')).toEqual(['file=/d/p,,1/disk.qcow2,format=qcow2,if=virtio']);
+    expect(opt('-drive')).toEqual(['file=/d/p,,1/disk.qcow2,format=qcow2,if=virtio,node-name=disk0']);
     expect(opt('-chardev')).toEqual([
       'socket,id=qmp,path=/d/p,,1/qmp.sock,server=on,wait=off',
       'socket,id=ser0,path=/d/p,,1/console.sock,server=on,wait=off,logfile=/d/p,,1/console.log,logappend=on',
@@ -26,5 +26,12 @@ describe('buildQemuArgs', () => {
     const args = buildQemuArgs({ ...input, accel: 'kvm' });
 
     expect(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4)).toEqual(['-accel', 'kvm', '-cpu', 'host']);
+  });
+
+  it('waits for an incoming migration, still paused, when asked', () => {
+    const args = buildQemuArgs({ ...input, incoming: true });
+
+    expect(args.slice(-3)).toEqual(['-incoming', 'defer', '-S']);
+    expect(buildQemuArgs(input)).not.toContain('-incoming');
   });
 });

@@ -9,7 +9,12 @@ export const RUNTIME_FILES = {
   consoleLog: 'console.log',
   qemuLog: 'qemu.log',
   pid: 'qemu.pid',
+  /** Present while the partition's QEMU waits for or receives an incoming migration (destination). */
+  incoming: 'incoming.json',
 } as const;
+
+/** Node name of the guest's disk (its qcow2 format node): snapshots, mirror and NBD export name it. */
+export const DISK_NODE = 'disk0';
 
 /** Files that only mean something while QEMU runs; removed once it is gone. */
 export const EPHEMERAL_FILES = [RUNTIME_FILES.qmp, RUNTIME_FILES.console, RUNTIME_FILES.pid] as const;
@@ -25,6 +30,8 @@ export interface QemuArgsInput {
   vcpus: number;
   memoryMiB: number;
   accel: 'kvm' | 'tcg';
+  /** Start waiting for an incoming migration (`-incoming defer`) instead of booting. */
+  incoming?: boolean;
 }
 
 /** Escapes a value for QEMU's `key=value,...` option syntax (a comma is written twice). */
@@ -36,7 +43,8 @@ export function qemuOptValue(value: string): string {
  * The arguments (without the binary) that start the guest paused (`-S`): the caller connects to
  * QMP, checks the state and resumes with `cont`. No defaults, no user config, formats pinned,
  * QMP and the serial port on unix sockets in `dir`, the serial output also appended to
- * console.log.
+ * console.log. The disk's format node is named {@link DISK_NODE}. With `incoming`, QEMU waits for
+ * `migrate-incoming` and stays paused after the stream ended (still `-S`), until `cont`.
  */
 export function buildQemuArgs(input: QemuArgsInput): string[] {
   const file = (name: string) => qemuOptValue(join(input.dir, name));
@@ -56,10 +64,11 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     '-mon', 'chardev=qmp,mode=control',
     '-chardev', `socket,id=ser0,path=${file(RUNTIME_FILES.console)},server=on,wait=off,logfile=${file(RUNTIME_FILES.consoleLog)},logappend=on`,
     '-serial', 'chardev:ser0',
-    '-drive', `file=${file(RUNTIME_FILES.disk)},format=qcow2,if=virtio`,
+    '-drive', `file=${file(RUNTIME_FILES.disk)},format=qcow2,if=virtio,node-name=${DISK_NODE}`,
     '-object', 'rng-random,id=rng0,filename=/dev/urandom',
     '-device', 'virtio-rng-pci,rng=rng0',
     '-pidfile', join(input.dir, RUNTIME_FILES.pid),
+    ...(input.incoming ? ['-incoming', 'defer'] : []),
     '-S',
   ];
   return args;

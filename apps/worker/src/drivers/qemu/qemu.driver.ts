@@ -11,13 +11,14 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { chmod, mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { chmod, link, mkdir, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { FailedPreconditionError, InternalError, PARTITION_LIMITS, UUID_RE, ValidationError } from '@hyperplane/domain';
-import { QmpClient, QmpDisconnectedError } from '@hyperplane/qmp';
+import { CancelledError, FailedPreconditionError, InternalError, NotFoundError, PARTITION_LIMITS, UUID_RE, ValidationError } from '@hyperplane/domain';
+import { QmpClient, QmpDisconnectedError, type MigrationInfo } from '@hyperplane/qmp';
 import type { Logger } from 'pino';
 import { Reverter } from '../../reverter';
 import type {
@@ -27,15 +28,23 @@ import type {
   GuestSpec,
   HostFacts,
   ImageEntry,
+  MigrationOptions,
+  MigrationProgress,
+  MigrationResult,
+  MigrationTarget,
+  MigrationTargetOptions,
   PartitionDriver,
   RecoveredGuest,
   RunningGuest,
+  SnapshotCreateOptions,
+  SnapshotEntry,
   StopOptions,
 } from '../driver';
 import { readTail } from './console-log';
-import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, qemuMachineTypes, qemuVersion, type AccelChoice } from './host-tools';
+import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
 import { ImageStore } from './image-store';
-import { EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs } from './qemu-args';
+import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
+import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob } from './qemu-jobs';
 import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
 
 /** Settings of a QEMU driver; paths are made absolute. */
@@ -91,7 +100,29 @@ interface Instance {
   stop: StopRun | undefined;
   /** Stops the pid poller of an adopted process. */
   stopPolling: (() => void) | undefined;
+  /** Set on the destination of a migration until `migrationFinishTarget` lets the guest run. */
+  incoming: { storage: 'copy' | 'shared' } | undefined;
+  /** Set on the source while `migrationStart` runs. */
+  migration: MigrationRun | undefined;
 }
+
+/** An outgoing migration in progress. */
+interface MigrationRun {
+  cancelRequested: boolean;
+  /** True once post-copy began: from then on the guest cannot go back to the source. */
+  postcopy: boolean;
+  done: Promise<unknown>;
+}
+
+/** Ids of the QMP objects a migration adds on the source and the destination. */
+const MIG = { mirrorJob: 'mig-mirror', nbdNode: 'mig-nbd', exportId: 'mig-export' } as const;
+
+/** Default limits of snapshot jobs and migrations. */
+const SNAPSHOT_JOB_TIMEOUT_MS = 300_000;
+const DEFAULT_MAX_DOWNTIME_MS = 300;
+const DEFAULT_POSTCOPY_AFTER_MS = 10_000;
+const DEFAULT_STALL_TIMEOUT_MS = 30_000;
+const MIGRATION_POLL_MS = 200;
 
 const DEFAULT_START_TIMEOUT_MS = 20_000;
 const DEFAULT_QUIT_TIMEOUT_MS = 5_000;
@@ -187,6 +218,18 @@ export class QemuDriver implements PartitionDriver {
       this.attachQmp(inst, qmp);
       this.watchAdopted(inst);
       this.instances.set(id, inst);
+      const marker = await readFile(join(dir, RUNTIME_FILES.incoming), 'utf8').catch(() => undefined);
+      if (marker !== undefined) {
+        inst.incoming = { storage: (JSON.parse(marker) as { storage?: 'copy' | 'shared' }).storage ?? 'copy' };
+        log.info({ qemuPid: realPid, status: status.status }, 're-attached to a QEMU receiving a migration');
+        return { id, alive: true, pid: realPid, status: 'incoming' };
+      }
+      const outgoing = await qmp.queryMigrate().catch(() => ({}) as MigrationInfo);
+      if (outgoing.status && !['none', 'completed', 'failed', 'cancelled'].includes(outgoing.status) && !outgoing.status.startsWith('postcopy')) {
+        // Nobody drives this pre-copy migration any more: cancel it, the guest stays here.
+        log.warn({ status: outgoing.status }, 'cancelling a migration the previous agent process left running');
+        await this.cleanupSource(inst, log, true);
+      }
       if (status.status === 'prelaunch') {
         // The agent died between spawning QEMU and `cont`: finish that start.
         await qmp.resume();
@@ -262,7 +305,13 @@ export class QemuDriver implements PartitionDriver {
     return { imagePath, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel };
   }
 
-  private async launch(spec: GuestSpec, dir: string, plan: { imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' }, log: Logger): Promise<Instance> {
+  private async launch(
+    spec: GuestSpec,
+    dir: string,
+    plan: { imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' },
+    log: Logger,
+    incoming?: MigrationTargetOptions & { nbdPort: number },
+  ): Promise<Instance> {
     const reverter = new Reverter();
     let child: ChildProcess | undefined;
     try {
@@ -274,7 +323,11 @@ export class QemuDriver implements PartitionDriver {
       await removeEphemeral(dir);
 
       const disk = join(dir, RUNTIME_FILES.disk);
-      if (!(await exists(disk))) {
+      if (incoming?.storage === 'shared') {
+        // Shared storage: the source's disk file, under this partition's name (a hard link: same file).
+        await link(incoming.sharedDiskPath!, disk);
+        reverter.add(() => unlink(disk));
+      } else if (!(await exists(disk))) {
         await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes);
         reverter.add(() => unlink(disk));
       }
@@ -284,7 +337,7 @@ export class QemuDriver implements PartitionDriver {
       }
       reverter.add(() => removeEphemeral(dir));
 
-      const args = buildQemuArgs({ id: spec.id, name: spec.name || spec.id, dir, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, accel: plan.accel });
+      const args = buildQemuArgs({ id: spec.id, name: spec.name || spec.id, dir, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, accel: plan.accel, incoming: Boolean(incoming) });
       if (this.options.extraArgs?.length) args.splice(args.length - 1, 0, ...this.options.extraArgs);
       const logFd = openSync(join(dir, RUNTIME_FILES.qemuLog), 'a', 0o600);
       try {
@@ -313,10 +366,22 @@ export class QemuDriver implements PartitionDriver {
       const inst = this.newInstance(spec.id, dir, pid, proc);
       this.attachQmp(inst, qmp);
       const before = await qmp.queryStatus();
-      if (before.status !== 'prelaunch') throw new InternalError(`qemu is ${before.status} before cont; expected prelaunch`);
-      await qmp.resume();
-      const after = await qmp.queryStatus();
-      if (!after.running) throw new InternalError(`qemu is ${after.status} after cont`);
+      if (incoming) {
+        if (before.status !== 'inmigrate') throw new InternalError(`qemu is ${before.status}; expected inmigrate`);
+        await qmp.migrateSetCapabilities({ events: true, 'postcopy-ram': Boolean(incoming.postcopy) });
+        await qmp.migrateIncoming(`tcp:${incoming.host}:${incoming.port}`);
+        if (incoming.storage === 'copy') {
+          await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort });
+          await qmp.blockExportAdd({ type: 'nbd', id: MIG.exportId, 'node-name': DISK_NODE, name: DISK_NODE, writable: true });
+        }
+        await writeFile(join(dir, RUNTIME_FILES.incoming), JSON.stringify({ storage: incoming.storage, host: incoming.host, port: incoming.port }), { mode: 0o600 });
+        inst.incoming = { storage: incoming.storage };
+      } else {
+        if (before.status !== 'prelaunch') throw new InternalError(`qemu is ${before.status} before cont; expected prelaunch`);
+        await qmp.resume();
+        const after = await qmp.queryStatus();
+        if (!after.running) throw new InternalError(`qemu is ${after.status} after cont`);
+      }
 
       this.instances.set(spec.id, inst);
       void exited.then((status) => this.finish(inst, status));
@@ -358,7 +423,7 @@ export class QemuDriver implements PartitionDriver {
   private newInstance(id: string, dir: string, pid: number, child: ChildProcess | undefined): Instance {
     let resolveGone!: () => void;
     const gone = new Promise<void>((r) => (resolveGone = r));
-    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined };
+    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined, incoming: undefined, migration: undefined };
   }
 
   private attachQmp(inst: Instance, qmp: QmpClient): void {
@@ -397,6 +462,8 @@ export class QemuDriver implements PartitionDriver {
     if (this.instances.get(inst.id) === inst) this.instances.delete(inst.id);
     await inst.qmp?.close();
     await removeEphemeral(inst.dir).catch(() => undefined);
+    // A destination that never received the guest leaves nothing behind.
+    if (inst.incoming) await rm(inst.dir, { recursive: true, force: true }).catch(() => undefined);
     const exit = await this.describeExit(inst, status);
     inst.isGone = true;
     inst.resolveGone();
@@ -498,6 +565,356 @@ export class QemuDriver implements PartitionDriver {
     return createConnection({ path: join(this.dirOf(id), RUNTIME_FILES.console) });
   }
 
+  /** The live instance of `id` with its monitor, or FailedPreconditionError. */
+  private live(id: string, action: string): Instance & { qmp: QmpClient } {
+    const inst = this.instances.get(id);
+    if (!inst?.qmp || inst.qmp.closed || inst.ending) throw new FailedPreconditionError(`cannot ${action} partition ${id}: it is not running`);
+    if (inst.incoming) throw new FailedPreconditionError(`cannot ${action} partition ${id}: it is receiving a migration`);
+    if (inst.migration) throw new FailedPreconditionError(`cannot ${action} partition ${id}: it is migrating`);
+    return inst as Instance & { qmp: QmpClient };
+  }
+
+  /** Runs `fn` with `id` marked busy (no start, no second snapshot or migration meanwhile). */
+  private async exclusive<T>(id: string, action: string, fn: () => Promise<T>): Promise<T> {
+    if (this.busy.has(id)) throw new FailedPreconditionError(`cannot ${action} partition ${id}: another action on it runs`);
+    this.busy.add(id);
+    try {
+      return await fn();
+    } finally {
+      this.busy.delete(id);
+    }
+  }
+
+  /** The disk of a partition that has no QEMU running, for `qemu-img`; NotFoundError without one. */
+  private async offlineDisk(id: string): Promise<string> {
+    const disk = join(this.dirOf(id), RUNTIME_FILES.disk);
+    if (!(await exists(disk))) throw new NotFoundError('partition disk', id);
+    return disk;
+  }
+
+  async snapshotList(id: string): Promise<SnapshotEntry[]> {
+    const inst = this.instances.get(id);
+    if (inst?.qmp && !inst.qmp.closed && !inst.incoming) {
+      const blocks = await inst.qmp.queryBlock();
+      const disk = blocks.find((b) => b.inserted?.['node-name'] === DISK_NODE) ?? blocks.find((b) => b.inserted);
+      return snapshotsFromImageInfo(disk?.inserted?.image);
+    }
+    const disk = await this.offlineDisk(id);
+    const info = JSON.parse(await run(this.qemuImg, ['info', '-f', 'qcow2', '--output=json', disk])) as unknown;
+    return snapshotsFromImageInfo(info);
+  }
+
+  async snapshotCreate(id: string, options: SnapshotCreateOptions): Promise<SnapshotEntry> {
+    checkTag(options.tag);
+    return this.exclusive(id, 'snapshot', async () => {
+      const log = this.log.child({ partition: id, tag: options.tag });
+      if ((await this.snapshotList(id)).some((s) => s.tag === options.tag)) {
+        throw new FailedPreconditionError(`partition ${id} already has a snapshot tagged ${options.tag}`);
+      }
+      const started = Date.now();
+      const inst = this.instances.get(id);
+      if (!inst) {
+        if (options.withMemory) throw new FailedPreconditionError(`cannot save the memory of partition ${id}: it is not running`);
+        await run(this.qemuImg, ['snapshot', '--image-opts', '-c', options.tag, qcow2ImageOpts(await this.offlineDisk(id))]);
+      } else {
+        const { qmp } = this.live(id, 'snapshot');
+        const wasRunning = (await qmp.queryStatus()).running;
+        try {
+          if (options.withMemory) {
+            const job = `snap-save-${Date.now()}`;
+            await runJob(qmp, job, () => qmp.snapshotSave(job, options.tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+          } else {
+            await qmp.execute('blockdev-snapshot-internal-sync', { device: DISK_NODE, name: options.tag });
+          }
+        } catch (error) {
+          await this.undoSnapshot(qmp, options.tag, wasRunning, log);
+          throw new InternalError(`snapshot ${options.tag} of partition ${id} failed: ${(error as Error).message}`);
+        }
+        // snapshot-save resumes the guest itself; make sure of it.
+        if (wasRunning && !(await qmp.queryStatus()).running) await qmp.resume();
+      }
+      const entry = (await this.snapshotList(id)).find((s) => s.tag === options.tag);
+      if (!entry) throw new InternalError(`snapshot ${options.tag} of partition ${id} is not listed after it was saved`);
+      log.info({ ms: Date.now() - started, vmStateBytes: entry.vmStateBytes }, 'snapshot saved');
+      return entry;
+    });
+  }
+
+  /** After a failed save: the guest runs again as before, and no snapshot `tag` is left. */
+  private async undoSnapshot(qmp: QmpClient, tag: string, wasRunning: boolean, log: Logger): Promise<void> {
+    try {
+      if (wasRunning && !(await qmp.queryStatus()).running) await qmp.resume();
+      const blocks = await qmp.queryBlock();
+      const disk = blocks.find((b) => b.inserted?.['node-name'] === DISK_NODE);
+      if (snapshotsFromImageInfo(disk?.inserted?.image).some((s) => s.tag === tag)) {
+        const job = `snap-undo-${Date.now()}`;
+        await runJob(qmp, job, () => qmp.snapshotDelete(job, tag, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+        log.warn('removed the half-made snapshot');
+      }
+    } catch (error) {
+      log.error({ err: error }, 'cleanup after a failed snapshot failed');
+    }
+  }
+
+  async snapshotRevert(id: string, tag: string): Promise<void> {
+    checkTag(tag);
+    await this.exclusive(id, 'revert', async () => {
+      const entry = (await this.snapshotList(id)).find((s) => s.tag === tag);
+      if (!entry) throw new NotFoundError('snapshot', tag);
+      const started = Date.now();
+      if (!this.instances.get(id)) {
+        await run(this.qemuImg, ['snapshot', '--image-opts', '-a', tag, qcow2ImageOpts(await this.offlineDisk(id))]);
+      } else {
+        const { qmp } = this.live(id, 'revert');
+        if (entry.vmStateBytes === 0) {
+          throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
+        }
+        const wasRunning = (await qmp.queryStatus()).running;
+        const job = `snap-load-${Date.now()}`;
+        try {
+          await runJob(qmp, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+        } finally {
+          if (wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
+        }
+      }
+      this.log.info({ partition: id, tag, ms: Date.now() - started }, 'reverted to snapshot');
+    });
+  }
+
+  async snapshotDelete(id: string, tag: string): Promise<void> {
+    checkTag(tag);
+    await this.exclusive(id, 'delete a snapshot of', async () => {
+      if (!(await this.snapshotList(id)).some((s) => s.tag === tag)) throw new NotFoundError('snapshot', tag);
+      if (!this.instances.get(id)) {
+        await run(this.qemuImg, ['snapshot', '--image-opts', '-d', tag, qcow2ImageOpts(await this.offlineDisk(id))]);
+        return;
+      }
+      const { qmp } = this.live(id, 'delete a snapshot of');
+      const job = `snap-del-${Date.now()}`;
+      await runJob(qmp, job, () => qmp.snapshotDelete(job, tag, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+    });
+  }
+
+  async migrationPrepareTarget(spec: GuestSpec, options: MigrationTargetOptions): Promise<MigrationTarget> {
+    if (this.closed) throw new FailedPreconditionError('the QEMU driver is closed');
+    const dir = this.dirOf(spec.id);
+    const log = this.log.child({ partition: spec.id, migration: 'incoming' });
+    if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw ValidationError.field('port', `must be 1-65535 (got ${options.port})`);
+    const nbdPort = options.nbdPort ?? options.port + 1;
+    if (options.storage === 'shared' && !options.sharedDiskPath) throw ValidationError.field('sharedDiskPath', 'shared storage needs the disk path');
+    return this.exclusive(spec.id, 'receive', async () => {
+      if (this.instances.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
+      if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
+      const plan = await this.validate(spec, dir);
+      const inst = await this.launch(spec, dir, plan, log, { ...options, nbdPort });
+      log.info({ qemuPid: inst.pid, port: options.port, nbdPort, storage: options.storage }, 'waiting for an incoming migration');
+      return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}) };
+    });
+  }
+
+  async migrationFinishTarget(id: string): Promise<RunningGuest> {
+    const inst = this.instances.get(id);
+    if (!inst?.incoming || !inst.qmp || inst.qmp.closed) throw new FailedPreconditionError(`partition ${id} is not receiving a migration here`);
+    const qmp = inst.qmp;
+    const info = await qmp.queryMigrate();
+    if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
+    if (inst.incoming.storage === 'copy') {
+      await qmp.blockExportDel(MIG.exportId, 'hard').catch((error: unknown) => this.log.warn({ partition: id, err: error }, 'block-export-del failed'));
+      await qmp.nbdServerStop().catch(() => undefined);
+    }
+    if (!(await qmp.queryStatus()).running) await qmp.resume();
+    inst.incoming = undefined;
+    await rm(join(inst.dir, RUNTIME_FILES.incoming), { force: true });
+    this.log.info({ partition: id, qemuPid: inst.pid }, 'migrated guest runs here');
+    return { pid: inst.pid };
+  }
+
+  async migrationAbortTarget(id: string): Promise<void> {
+    const dir = this.dirOf(id);
+    const inst = this.instances.get(id);
+    if (inst && !inst.incoming) throw new FailedPreconditionError(`partition ${id} runs here: it is not an incoming migration`);
+    if (inst?.qmp && !inst.qmp.closed) {
+      const info = await inst.qmp.queryMigrate().catch(() => ({}) as MigrationInfo);
+      if (info.status === 'completed' || info.status?.startsWith('postcopy')) {
+        throw new FailedPreconditionError(`cannot abort the migration of partition ${id}: the guest's state already moved here (${info.status})`);
+      }
+    }
+    if (inst) await this.stop(id, { force: true, graceMs: 0 });
+    else if (!(await exists(join(dir, RUNTIME_FILES.incoming)))) return;
+    await rm(dir, { recursive: true, force: true });
+    this.log.info({ partition: id }, 'incoming migration aborted; its files are removed');
+  }
+
+  async migrationCancel(id: string): Promise<void> {
+    const run = this.instances.get(id)?.migration;
+    if (!run) throw new FailedPreconditionError(`partition ${id} is not migrating`);
+    if (run.postcopy) throw new FailedPreconditionError(`cannot cancel the migration of partition ${id}: it is in post-copy`);
+    run.cancelRequested = true;
+    const qmp = this.instances.get(id)?.qmp;
+    await qmp?.migrateCancel().catch(() => undefined);
+    await run.done.catch(() => undefined);
+  }
+
+  async migrationStart(id: string, target: MigrationTarget, options: MigrationOptions, onProgress: (progress: MigrationProgress) => void = () => undefined): Promise<MigrationResult> {
+    const inst = this.live(id, 'migrate');
+    const log = this.log.child({ partition: id, migration: 'outgoing', to: `${target.host}:${target.port}` });
+    const run: MigrationRun = { cancelRequested: false, postcopy: false, done: Promise.resolve() };
+    const work = this.exclusive(id, 'migrate', async () => {
+      inst.migration = run;
+      try {
+        return await this.migrate(inst, target, options, run, onProgress, log);
+      } finally {
+        inst.migration = undefined;
+      }
+    });
+    run.done = work;
+    return work;
+  }
+
+  private async migrate(
+    inst: Instance & { qmp: QmpClient },
+    target: MigrationTarget,
+    options: MigrationOptions,
+    run: MigrationRun,
+    onProgress: (progress: MigrationProgress) => void,
+    log: Logger,
+  ): Promise<MigrationResult> {
+    const { qmp } = inst;
+    const started = Date.now();
+    const bandwidth = Math.max(0, Math.floor(options.bandwidthBytesPerSec ?? 0));
+    const stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    const checkCancel = () => {
+      if (run.cancelRequested) throw new CancelledError(`the migration of partition ${inst.id} was cancelled; it keeps running here`);
+    };
+    let storageMs = 0;
+    let info: MigrationInfo = {};
+    try {
+      if (target.storage === 'copy') {
+        if (!target.nbdPort) throw ValidationError.field('target.nbdPort', 'copy storage needs the destination NBD port');
+        const snapshots = await this.snapshotList(inst.id);
+        if (snapshots.length > 0 && !options.discardSnapshots) {
+          throw new FailedPreconditionError(`partition ${inst.id} has ${snapshots.length} snapshot(s); a live migration that copies the disk does not carry them (migrate with shared storage or cold, or allow discarding them)`);
+        }
+        await qmp.blockdevAdd({ driver: 'nbd', 'node-name': MIG.nbdNode, server: { type: 'inet', host: target.host, port: String(target.nbdPort) }, export: target.exportName ?? DISK_NODE });
+        // `top`: only what the overlay holds; the base image is the same file on both nodes here.
+        await qmp.blockdevMirror({ 'job-id': MIG.mirrorJob, device: DISK_NODE, target: MIG.nbdNode, sync: 'top', 'copy-mode': 'write-blocking', 'auto-dismiss': false, ...(bandwidth ? { speed: bandwidth } : {}) });
+        let lastOffset = -1;
+        let lastMove = Date.now();
+        for (;;) {
+          checkCancel();
+          const job = (await qmp.queryBlockJobs()).find((j) => j.device === MIG.mirrorJob);
+          if (!job || job.status === 'concluded' || job.status === 'aborting') {
+            const info = (await qmp.queryJobs()).find((j) => j.id === MIG.mirrorJob);
+            throw new InternalError(`copying the disk to ${target.host}:${target.nbdPort} failed: ${info?.error ?? 'the mirror job ended'}`);
+          }
+          onProgress({ phase: 'storage', bytesRemaining: Math.max(0, job.len - job.offset), bytesTransferred: job.offset, bytesTotal: job.len, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: job.status });
+          if (job.ready) break;
+          if (job.offset !== lastOffset) [lastOffset, lastMove] = [job.offset, Date.now()];
+          else if (Date.now() - lastMove > stallMs) throw new InternalError(`copying the disk stalled for ${stallMs} ms`);
+          await sleep(MIGRATION_POLL_MS);
+        }
+        storageMs = Date.now() - started;
+        log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
+      }
+      checkCancel();
+      await qmp.migrateSetCapabilities({ events: true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) });
+      await qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40 });
+      await qmp.migrate(`tcp:${target.host}:${target.port}`);
+      const memoryStarted = Date.now();
+      let lastTransferred = -1;
+      let lastMove = Date.now();
+      for (;;) {
+        info = await qmp.queryMigrate();
+        const progress = progressOf(info);
+        onProgress(progress);
+        if (info.status === 'completed') break;
+        if (info.status === 'failed') throw new InternalError(`migration to ${target.host}:${target.port} failed: ${info['error-desc'] ?? 'no detail from QEMU'}`);
+        if (info.status === 'cancelled') {
+          checkCancel();
+          throw new InternalError('the migration was cancelled by QEMU');
+        }
+        if (info.status?.startsWith('postcopy')) run.postcopy = true;
+        if (!run.postcopy) {
+          checkCancel();
+          if (progress.bytesTransferred !== lastTransferred) [lastTransferred, lastMove] = [progress.bytesTransferred, Date.now()];
+          else if (Date.now() - lastMove > stallMs) {
+            await qmp.migrateCancel().catch(() => undefined);
+            throw new InternalError(`the migration stalled: no byte moved for ${stallMs} ms (destination unreachable?)`);
+          }
+          if (options.postcopy && info.status === 'active' && Date.now() - memoryStarted > (options.postcopyAfterMs ?? DEFAULT_POSTCOPY_AFTER_MS)) {
+            log.info({ remaining: progress.bytesRemaining, dirtyRate: progress.dirtyRateBytesPerSec }, 'pre-copy does not converge: switching to post-copy');
+            await qmp.migrateStartPostcopy();
+            run.postcopy = true;
+          }
+        }
+        await sleep(MIGRATION_POLL_MS);
+      }
+    } catch (error) {
+      if (run.postcopy) {
+        log.error({ err: error }, 'post-copy migration failed: the guest cannot resume on either side');
+        throw new InternalError(`post-copy migration of partition ${inst.id} failed: ${(error as Error).message}`);
+      }
+      await this.cleanupSource(inst, log, true);
+      onProgress({ phase: run.cancelRequested ? 'cancelled' : 'failed', bytesRemaining: 0, bytesTransferred: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: run.cancelRequested ? 'cancelled' : 'failed' });
+      if (run.cancelRequested) throw new CancelledError(`the migration of partition ${inst.id} was cancelled; it keeps running here`);
+      throw error;
+    }
+    // Completed: the guest is paused here (postmigrate) and whole on the destination, which stays
+    // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror), quit.
+    await this.cleanupSource(inst, log, false);
+    const result: MigrationResult = {
+      totalTimeMs: Date.now() - started,
+      downtimeMs: Number(info.downtime ?? 0),
+      storageMs,
+      ramTransferredBytes: Number(info.ram?.transferred ?? 0),
+      postcopy: run.postcopy,
+    };
+    inst.stopRequested = true;
+    await qmp.quit().catch(() => undefined);
+    if (!(await this.waitGone(inst, this.options.quitTimeoutMs ?? DEFAULT_QUIT_TIMEOUT_MS))) {
+      if (inst.child) inst.child.kill('SIGKILL');
+      else signalPid(inst.pid, 'SIGKILL');
+      await this.waitGone(inst, KILL_TIMEOUT_MS);
+    }
+    await rm(inst.dir, { recursive: true, force: true });
+    log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU and files are gone');
+    return result;
+  }
+
+  /**
+   * Takes the migration's objects off the source: the mirror job (cancelled: a ready mirror ends
+   * without switching to its target), the NBD client node, a pre-copy migration still running.
+   * With `resume`, a guest the migration left paused runs again — never after `completed`.
+   */
+  private async cleanupSource(inst: Instance, log: Logger, resume: boolean): Promise<void> {
+    const qmp = inst.qmp;
+    if (!qmp || qmp.closed) return;
+    try {
+      const info = await qmp.queryMigrate();
+      const completed = info.status === 'completed';
+      if (info.status && ['setup', 'active', 'device', 'pre-switchover', 'wait-unplug'].includes(info.status)) {
+        await qmp.migrateCancel().catch(() => undefined);
+        for (let i = 0; i < 100; i++) {
+          const s = (await qmp.queryMigrate()).status;
+          if (s !== 'cancelling' && s !== 'active' && s !== 'setup' && s !== 'device') break;
+          await sleep(50);
+        }
+      }
+      const job = (await qmp.queryJobs()).find((j) => j.id === MIG.mirrorJob);
+      if (job) {
+        if (job.status !== 'concluded') await qmp.blockJobCancel(MIG.mirrorJob, true).catch(() => undefined);
+        await waitJob(qmp, MIG.mirrorJob, 30_000).catch((error: unknown) => log.debug({ err: error }, 'mirror job ended with an error'));
+      }
+      await qmp.blockdevDel(MIG.nbdNode).catch(() => undefined);
+      if (resume && !completed) {
+        const status = await qmp.queryStatus();
+        if (!status.running && status.status !== 'shutdown') await qmp.resume();
+      }
+    } catch (error) {
+      log.error({ err: error }, 'cleaning up after the migration failed');
+    }
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const all = [...this.instances.values()];
@@ -513,6 +930,11 @@ export class QemuDriver implements PartitionDriver {
     const { data } = await readTail(join(dir, RUNTIME_FILES.qemuLog), 600).catch(() => ({ data: '' }));
     return data.split('\n').map((l) => l.trim()).filter(Boolean).slice(-3).join(' | ');
   }
+}
+
+/** `qemu-img --image-opts` for a qcow2 file: the format pinned (`qemu-img snapshot` has no `-f`). */
+function qcow2ImageOpts(file: string): string {
+  return `driver=qcow2,file.driver=file,file.filename=${qemuOptValue(file)}`;
 }
 
 function describeStatus(status: ExitStatus): string {

@@ -4,7 +4,7 @@
  * starts. No process, no file: guests vanish with the agent process, and `recover` finds none.
  */
 import { Duplex } from 'node:stream';
-import { FailedPreconditionError, InternalError } from '@hyperplane/domain';
+import { CancelledError, FailedPreconditionError, InternalError, NotFoundError } from '@hyperplane/domain';
 import type {
   ConsoleTail,
   DriverListener,
@@ -13,7 +13,14 @@ import type {
   ImageEntry,
   PartitionDriver,
   RecoveredGuest,
+  MigrationOptions,
+  MigrationProgress,
+  MigrationResult,
+  MigrationTarget,
+  MigrationTargetOptions,
   RunningGuest,
+  SnapshotCreateOptions,
+  SnapshotEntry,
   StopOptions,
 } from '../driver';
 
@@ -45,6 +52,12 @@ interface SimGuest {
 export class SimulatedDriver implements PartitionDriver {
   readonly kind = 'simulated' as const;
   private readonly guests = new Map<string, SimGuest>();
+  /** Snapshots per partition id, by tag, in creation order. */
+  private readonly snapshots = new Map<string, Map<string, SnapshotEntry>>();
+  /** Partitions prepared as migration destinations, not yet finished. */
+  private readonly incoming = new Map<string, SimGuest>();
+  /** Partitions whose outgoing migration was cancelled while it "ran". */
+  private readonly cancelled = new Set<string>();
   private readonly startMs: number;
   private readonly failRate: number;
   private readonly random: () => number;
@@ -106,6 +119,72 @@ export class SimulatedDriver implements PartitionDriver {
 
   async destroy(id: string): Promise<void> {
     this.guests.delete(id);
+    this.snapshots.delete(id);
+    this.incoming.delete(id);
+  }
+
+  async snapshotCreate(id: string, options: SnapshotCreateOptions): Promise<SnapshotEntry> {
+    const running = this.guests.get(id);
+    if (options.withMemory && !running) throw new FailedPreconditionError(`cannot save the memory of partition ${id}: it is not running`);
+    const tags = this.snapshots.get(id) ?? new Map<string, SnapshotEntry>();
+    if (tags.has(options.tag)) throw new FailedPreconditionError(`partition ${id} already has a snapshot tagged ${options.tag}`);
+    const entry: SnapshotEntry = { tag: options.tag, vmStateBytes: options.withMemory ? 1 : 0, createdAt: new Date().toISOString(), vmClockMs: running ? Date.now() - running.startedAt : 0 };
+    tags.set(options.tag, entry);
+    this.snapshots.set(id, tags);
+    return { ...entry };
+  }
+
+  async snapshotRevert(id: string, tag: string): Promise<void> {
+    const entry = this.snapshots.get(id)?.get(tag);
+    if (!entry) throw new NotFoundError('snapshot', tag);
+    const guest = this.guests.get(id);
+    if (guest) {
+      if (entry.vmStateBytes === 0) throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
+      guest.startedAt = Date.now() - entry.vmClockMs;
+    }
+  }
+
+  async snapshotDelete(id: string, tag: string): Promise<void> {
+    if (!this.snapshots.get(id)?.delete(tag)) throw new NotFoundError('snapshot', tag);
+  }
+
+  async snapshotList(id: string): Promise<SnapshotEntry[]> {
+    return [...(this.snapshots.get(id)?.values() ?? [])].map((e) => ({ ...e }));
+  }
+
+  async migrationPrepareTarget(spec: GuestSpec, options: MigrationTargetOptions): Promise<MigrationTarget> {
+    if (this.guests.has(spec.id) || this.incoming.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
+    this.incoming.set(spec.id, { name: spec.name || spec.id, startedAt: Date.now() });
+    return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort: options.nbdPort ?? options.port + 1, exportName: 'disk0' } : {}) };
+  }
+
+  async migrationStart(id: string, _target: MigrationTarget, _options: MigrationOptions, onProgress?: (progress: MigrationProgress) => void): Promise<MigrationResult> {
+    if (!this.guests.has(id)) throw new FailedPreconditionError(`cannot migrate partition ${id}: it is not running`);
+    this.cancelled.delete(id);
+    onProgress?.({ phase: 'memory', bytesRemaining: 0, bytesTransferred: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: 'active' });
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    if (this.cancelled.delete(id)) throw new CancelledError(`the migration of partition ${id} was cancelled; it keeps running here`);
+    this.guests.delete(id);
+    this.snapshots.delete(id);
+    onProgress?.({ phase: 'completed', bytesRemaining: 0, bytesTransferred: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: 'completed' });
+    return { totalTimeMs: 1, downtimeMs: 0, storageMs: 0, ramTransferredBytes: 0, postcopy: false };
+  }
+
+  async migrationCancel(id: string): Promise<void> {
+    if (!this.guests.has(id)) throw new FailedPreconditionError(`partition ${id} is not migrating`);
+    this.cancelled.add(id);
+  }
+
+  async migrationFinishTarget(id: string): Promise<RunningGuest> {
+    const guest = this.incoming.get(id);
+    if (!guest) throw new FailedPreconditionError(`partition ${id} is not receiving a migration here`);
+    this.incoming.delete(id);
+    this.guests.set(id, guest);
+    return { pid: 0 };
+  }
+
+  async migrationAbortTarget(id: string): Promise<void> {
+    this.incoming.delete(id);
   }
 
   async consoleTail(id: string, bytes: number): Promise<ConsoleTail> {

@@ -1,0 +1,305 @@
+/**
+ * Snapshots and live migration of the QEMU driver against real QEMU and the sample guest (TCG,
+ * 128 MiB guests, one after the other). The guest prints `hb <n>` once a second: a revert must
+ * make the count go back to the snapshot's value, a migration must let it go on (no reset).
+ * Two drivers with their own data dirs stand for two nodes on 127.0.0.1. afterAll kills every
+ * QEMU that names either data dir, even after a failure.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import pino from 'pino';
+import type { GuestSpec, MigrationProgress } from '../driver';
+import { findOnPath } from './host-tools';
+import { QemuDriver } from './qemu.driver';
+import { pidAlive, readPidFile, waitForPidExit } from './qemu-process';
+
+const REPO_ROOT = join(__dirname, '../../../../..');
+const GUEST_DIR = process.env.HYPERPLANE_GUEST_DIR ?? join(REPO_ROOT, '.hyperplane', 'guest');
+const BOOT_TIMEOUT_MS = 60_000;
+
+const missing = !findOnPath('qemu-system-x86_64')
+  ? 'qemu-system-x86_64 is not on PATH'
+  : !findOnPath('qemu-img')
+    ? 'qemu-img is not on PATH'
+    : !existsSync(join(GUEST_DIR, 'sample.qcow2'))
+      ? `no sample guest at ${join(GUEST_DIR, 'sample.qcow2')} (run npm run guest:build)`
+      : '';
+if (missing) console.warn(`Skipping the real-QEMU snapshot and migration spec: ${missing}.`);
+const describeWithQemu = missing ? describe.skip : describe;
+
+const silent = pino({ level: 'silent' });
+const IDS = {
+  snap: '01900000-0000-7000-8000-0000000000b1',
+  migrate: '01900000-0000-7000-8000-0000000000b2',
+  cancel: '01900000-0000-7000-8000-0000000000b3',
+  kill: '01900000-0000-7000-8000-0000000000b4',
+  cold: '01900000-0000-7000-8000-0000000000b5',
+};
+
+/** Pids of every QEMU whose command line mentions `needle`. */
+function qemusMentioning(needle: string): number[] {
+  const qemu = findOnPath('qemu-system-x86_64') ?? 'qemu-system';
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      if (cmdline.startsWith(qemu) && cmdline.includes(needle) && pidAlive(Number(entry))) pids.push(Number(entry));
+    } catch {
+      continue;
+    }
+  }
+  return pids;
+}
+
+/** Every heartbeat number in a console log, in order. */
+function beats(text: string): number[] {
+  return [...text.replaceAll('\r', '').matchAll(/hb (\d+)$/gm)].map((m) => Number(m[1]));
+}
+
+/** A TCP port that is free, with the next one free too (migration stream + NBD). */
+async function freePortPair(): Promise<number> {
+  const probe = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const server = createServer();
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+    });
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 40_000);
+    if ((await probe(port)) && (await probe(port + 1))) return port;
+  }
+}
+
+describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing ? ` (skipped: ${missing})` : ''}`, () => {
+  let dirA: string;
+  let dirB: string;
+  let a: QemuDriver;
+  let b: QemuDriver;
+
+  const spec = (id: string): GuestSpec => ({ id, name: `spec-${id.slice(-2)}`, vcpus: 1, memoryMiB: 128, diskGiB: 0, image: 'sample' });
+  const consoleOf = (dataDir: string, id: string) => join(dataDir, 'partitions', id, 'console.log');
+
+  async function readBeats(dataDir: string, id: string, fromByte = 0): Promise<number[]> {
+    const buf = await readFile(consoleOf(dataDir, id)).catch(() => Buffer.alloc(0));
+    return beats(buf.subarray(fromByte).toString('utf8'));
+  }
+
+  async function consoleSize(dataDir: string, id: string): Promise<number> {
+    return (await stat(consoleOf(dataDir, id)).catch(() => ({ size: 0 }))).size;
+  }
+
+  /** Waits for `count` heartbeats after byte `fromByte` of the console log and returns them. */
+  async function nextBeats(dataDir: string, id: string, fromByte: number, count: number, timeoutMs = 20_000): Promise<number[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const seen = await readBeats(dataDir, id, fromByte);
+      if (seen.length >= count) return seen;
+      if (Date.now() > deadline) throw new Error(`fewer than ${count} heartbeats within ${timeoutMs} ms after byte ${fromByte} (saw ${JSON.stringify(seen)})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** The last heartbeat printed so far (waits for the first one). */
+  async function lastBeat(dataDir: string, id: string): Promise<number> {
+    const seen = await nextBeats(dataDir, id, 0, 1, BOOT_TIMEOUT_MS);
+    return seen.at(-1)!;
+  }
+
+  async function waitBeatAtLeast(dataDir: string, id: string, n: number): Promise<number> {
+    const deadline = Date.now() + BOOT_TIMEOUT_MS;
+    for (;;) {
+      const seen = await readBeats(dataDir, id);
+      if ((seen.at(-1) ?? 0) >= n) return seen.at(-1)!;
+      if (Date.now() > deadline) throw new Error(`no hb ${n} within ${BOOT_TIMEOUT_MS} ms (saw ${JSON.stringify(seen.slice(-5))})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  beforeAll(async () => {
+    // Short paths: unix socket paths are limited to 107 bytes.
+    dirA = await mkdtemp('/tmp/hpa-');
+    dirB = await mkdtemp('/tmp/hpb-');
+    a = new QemuDriver({ dataDir: dirA, accel: 'tcg', log: silent });
+    b = new QemuDriver({ dataDir: dirB, accel: 'tcg', log: silent });
+    for (const d of [a, b]) {
+      d.setListener({ onExit: () => undefined, onEvent: () => undefined });
+      expect(['linked', 'copied']).toContain(await d.images.seed(GUEST_DIR));
+    }
+  });
+
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    for (const dir of [dirA, dirB]) {
+      for (const pid of qemusMentioning(dir)) {
+        process.kill(pid, 'SIGKILL');
+        await waitForPidExit(pid, 5_000);
+      }
+      expect(qemusMentioning(dir)).toEqual([]);
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('revert to an older snapshot while a newer one exists resumes the heartbeat from that snapshot; the newer one still reverts after the older is deleted', async () => {
+    const id = IDS.snap;
+    await a.start(spec(id));
+    await waitBeatAtLeast(dirA, id, 3);
+
+    let t0 = Date.now();
+    const s1 = await a.snapshotCreate(id, { tag: 's1', withMemory: true });
+    const save1Ms = Date.now() - t0;
+    const n1 = await lastBeat(dirA, id);
+    await waitBeatAtLeast(dirA, id, n1 + 4);
+    t0 = Date.now();
+    await a.snapshotCreate(id, { tag: 's2', withMemory: true });
+    const save2Ms = Date.now() - t0;
+    const n2 = await lastBeat(dirA, id);
+    expect(n2).toBeGreaterThanOrEqual(n1 + 4);
+    expect(s1.vmStateBytes).toBeGreaterThan(0);
+    expect((await a.snapshotList(id)).map((s) => s.tag)).toEqual(['s1', 's2']);
+    await waitBeatAtLeast(dirA, id, n2 + 3);
+
+    let from = await consoleSize(dirA, id);
+    t0 = Date.now();
+    await a.snapshotRevert(id, 's1');
+    const revert1Ms = Date.now() - t0;
+    const after1 = await nextBeats(dirA, id, from, 2);
+    // The count goes on from s1's value: not from where it was, not from 1.
+    expect(after1[0]).toBeGreaterThanOrEqual(n1);
+    expect(after1[0]).toBeLessThanOrEqual(n1 + 2);
+    expect(after1[1]).toBe(after1[0]! + 1);
+    expect(a.isRunning(id)).toBe(true);
+
+    from = await consoleSize(dirA, id);
+    t0 = Date.now();
+    await a.snapshotRevert(id, 's2');
+    const revert2Ms = Date.now() - t0;
+    const after2 = await nextBeats(dirA, id, from, 2);
+    expect(after2[0]).toBeGreaterThanOrEqual(n2);
+    expect(after2[0]).toBeLessThanOrEqual(n2 + 2);
+
+    await a.snapshotDelete(id, 's1');
+    expect((await a.snapshotList(id)).map((s) => s.tag)).toEqual(['s2']);
+    await waitBeatAtLeast(dirA, id, n2 + 4);
+    from = await consoleSize(dirA, id);
+    await a.snapshotRevert(id, 's2');
+    const after3 = await nextBeats(dirA, id, from, 1);
+    expect(after3[0]).toBeGreaterThanOrEqual(n2);
+    expect(after3[0]).toBeLessThanOrEqual(n2 + 2);
+
+    // A tag that exists is refused and the existing snapshot stays; an unknown tag is NOT_FOUND.
+    await expect(a.snapshotCreate(id, { tag: 's2', withMemory: true })).rejects.toThrow(/already has a snapshot tagged s2/);
+    await expect(a.snapshotRevert(id, 'nope')).rejects.toThrow(/not found/);
+    expect((await a.snapshotList(id)).map((s) => s.tag)).toEqual(['s2']);
+
+    // Disk-only snapshots of the stopped partition, through qemu-img (no QEMU runs).
+    await a.stop(id, { force: true, graceMs: 0 });
+    const cold = await a.snapshotCreate(id, { tag: 'cold', withMemory: false });
+    expect(cold.vmStateBytes).toBe(0);
+    expect((await a.snapshotList(id)).map((s) => s.tag)).toEqual(['s2', 'cold']);
+    await a.snapshotRevert(id, 'cold');
+    await a.snapshotDelete(id, 'cold');
+    expect((await a.snapshotList(id)).map((s) => s.tag)).toEqual(['s2']);
+    await a.destroy(id);
+    console.log(`snapshot save (128 MiB guest, TCG): ${save1Ms} ms, ${save2Ms} ms (vmstate ${Math.round(s1.vmStateBytes / 2 ** 20)} MiB); revert ${revert1Ms} ms, ${revert2Ms} ms; beats s1=${n1} s2=${n2} after revert s1: ${after1.join(',')}, s2: ${after2.join(',')}`);
+  }, 180_000);
+
+  it('live migration with copy-storage: the heartbeat goes on at the destination, nothing is left at the source', async () => {
+    const id = IDS.migrate;
+    const { pid: sourcePid } = await a.start(spec(id));
+    await waitBeatAtLeast(dirA, id, 3);
+
+    const port = await freePortPair();
+    const target = await b.migrationPrepareTarget(spec(id), { host: '127.0.0.1', port, storage: 'copy' });
+    expect(target).toEqual({ host: '127.0.0.1', port, storage: 'copy', nbdPort: port + 1, exportName: 'disk0' });
+    const progress: MigrationProgress[] = [];
+    let lastOnSource = 0;
+    const t0 = Date.now();
+    const result = await a.migrationStart(id, target, { maxDowntimeMs: 300 }, (p) => {
+      progress.push(p);
+      const seen = beats(readFileSync(consoleOf(dirA, id), 'utf8'));
+      lastOnSource = Math.max(lastOnSource, seen.at(-1) ?? 0);
+    });
+    const sourceDoneMs = Date.now() - t0;
+    await b.migrationFinishTarget(id);
+    const switchMs = Date.now() - t0;
+
+    expect(pidAlive(sourcePid)).toBe(false);
+    expect(a.isRunning(id)).toBe(false);
+    expect(existsSync(join(dirA, 'partitions', id))).toBe(false);
+    expect(b.isRunning(id)).toBe(true);
+    expect(progress.map((p) => p.phase)).toEqual(expect.arrayContaining(['storage', 'memory']));
+    const onDest = await nextBeats(dirB, id, 0, 2);
+    expect(onDest[0]).toBeGreaterThan(1);
+    expect(onDest[0]).toBeGreaterThanOrEqual(lastOnSource);
+    expect(onDest[0]).toBeLessThanOrEqual(lastOnSource + 3);
+    expect(onDest[1]).toBe(onDest[0]! + 1);
+    console.log(
+      `live migration with copy-storage (128 MiB guest, TCG, 127.0.0.1): total ${result.totalTimeMs} ms (disk ${result.storageMs} ms), ` +
+        `QEMU downtime ${result.downtimeMs} ms, source done after ${sourceDoneMs} ms, guest running on the destination after ${switchMs} ms; ` +
+        `RAM sent ${Math.round(result.ramTransferredBytes / 2 ** 20)} MiB; last beat on source ${lastOnSource}, first on destination ${onDest[0]}`,
+    );
+    await b.destroy(id);
+  }, 180_000);
+
+  /** Starts a guest on A and a destination on B, and begins a slow migration (1 MiB/s). */
+  async function slowMigration(id: string): Promise<{ migration: Promise<unknown>; sourcePid: number; inMemoryPhase: Promise<void> }> {
+    const { pid: sourcePid } = await a.start(spec(id));
+    await waitBeatAtLeast(dirA, id, 2);
+    const port = await freePortPair();
+    const target = await b.migrationPrepareTarget(spec(id), { host: '127.0.0.1', port, storage: 'copy' });
+    let reached!: () => void;
+    const inMemoryPhase = new Promise<void>((r) => (reached = r));
+    const migration = a.migrationStart(id, target, { bandwidthBytesPerSec: 2 ** 20 }, (p) => {
+      if (p.phase === 'memory' && p.bytesTransferred > 2 ** 20) reached();
+    });
+    migration.catch(() => undefined);
+    return { migration, sourcePid, inMemoryPhase };
+  }
+
+  it('cancel during pre-copy: the guest keeps running on the source, the destination QEMU and files are gone', async () => {
+    const id = IDS.cancel;
+    const { migration, sourcePid, inMemoryPhase } = await slowMigration(id);
+    await inMemoryPhase;
+    const destPid = await readPidFile(join(dirB, 'partitions', id, 'qemu.pid'));
+
+    await a.migrationCancel(id);
+    await expect(migration).rejects.toThrow(/cancelled/);
+    await b.migrationAbortTarget(id);
+
+    expect(a.isRunning(id)).toBe(true);
+    expect(pidAlive(sourcePid)).toBe(true);
+    const from = await consoleSize(dirA, id);
+    await nextBeats(dirA, id, from, 2);
+    expect(destPid && pidAlive(destPid)).toBeFalsy();
+    expect(qemusMentioning(dirB)).toEqual([]);
+    expect(existsSync(join(dirB, 'partitions', id))).toBe(false);
+    await a.destroy(id);
+  }, 180_000);
+
+  it('destination SIGKILLed mid-migration: the migration fails, the guest keeps running on the source only', async () => {
+    const id = IDS.kill;
+    const { migration, sourcePid, inMemoryPhase } = await slowMigration(id);
+    await inMemoryPhase;
+    const destPid = (await readPidFile(join(dirB, 'partitions', id, 'qemu.pid')))!;
+
+    process.kill(destPid, 'SIGKILL');
+    await expect(migration).rejects.toThrow(/failed|stalled/);
+    await waitForPidExit(destPid, 5_000);
+
+    expect(a.isRunning(id)).toBe(true);
+    expect(pidAlive(sourcePid)).toBe(true);
+    const from = await consoleSize(dirA, id);
+    await nextBeats(dirA, id, from, 2);
+    expect(qemusMentioning(dirB)).toEqual([]);
+    // The destination driver saw its incoming QEMU die and removed what it had created.
+    for (let i = 0; i < 50 && existsSync(join(dirB, 'partitions', id)); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(join(dirB, 'partitions', id))).toBe(false);
+    expect(b.isRunning(id)).toBe(false);
+    // A second migration attempt of the same guest works after the failed one.
+    await a.destroy(id);
+  }, 180_000);
+});
