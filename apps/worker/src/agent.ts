@@ -54,6 +54,8 @@ export class NodeAgent {
       store: new PartitionStore(options.dataDir),
       report: (status) => void send({ status }),
       event: (event) => void send({ event }),
+      migrationProgress: (migrationProgress) => void send({ migrationProgress }),
+      address: options.address,
       log,
       defaultGraceMs: options.defaultGraceMs,
     });

@@ -14,10 +14,15 @@
  *   powered itself off) and NOT restarted.
  * - Every change is reported as a PartitionStatus carrying the generation acted on, and written
  *   to `state.json`, so that after a restart the agent knows what it had and what it last did.
+ * - Snapshot and migration commands run in the partition's queue like everything else, except
+ *   `migrationCancel`, which reaches the migration that holds the queue. A partition received by
+ *   migration is `starting` ("incoming migration") until `migrationFinishTarget`, and is not
+ *   removed by a DesiredState that does not list it; a migrated-away partition is forgotten and
+ *   reported `absent`.
  */
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
-import type { GuestExit, PartitionDriver, StopOptions } from './drivers/driver';
+import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
 import { isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
 
@@ -38,6 +43,10 @@ export interface ReconcilerDeps {
   report: (status: agentV1.PartitionStatus) => void;
   /** Called for every hypervisor event of a guest. */
   event?: (event: agentV1.GuestEvent) => void;
+  /** Called with the progress of outgoing migrations. */
+  migrationProgress?: (progress: agentV1.MigrationProgress) => void;
+  /** The node's address: where incoming migrations listen unless the command names a host. */
+  address?: string;
   log: Logger;
   /** Grace of a stop asked through the desired state alone. Default {@link DEFAULT_GRACE_MS}. */
   defaultGraceMs?: number;
@@ -63,7 +72,12 @@ interface Entry {
   stopRequest: StopOptions | undefined;
   /** Set once the entry has been deleted; queued work for it then does nothing. */
   gone: boolean;
+  /** Receiving this partition by live migration (until finish or abort). */
+  incoming: boolean;
 }
+
+/** The reason reported for a partition being received by live migration. */
+export const INCOMING_REASON = 'incoming migration';
 
 /** Reconciles one node's partitions. Call `init` once, before anything else. */
 export class Reconciler {
@@ -99,7 +113,12 @@ export class Reconciler {
       e.applied = record.appliedGeneration;
       e.accepted = record.appliedGeneration;
       const r = recovered.get(record.id);
-      if (r?.alive) {
+      if (r?.alive && r.status === 'incoming') {
+        e.state = 'starting';
+        e.pid = r.pid;
+        e.reason = INCOMING_REASON;
+        e.incoming = true;
+      } else if (r?.alive) {
         e.state = 'running';
         e.pid = r.pid;
         e.reason = r.status === 'running' ? '' : r.status;
@@ -183,6 +202,7 @@ export class Reconciler {
     }
     for (const e of [...this.entries.values()]) {
       if (listed.has(e.id) || e.pending?.desired === 'absent') continue;
+      if (e.incoming) continue; // only an explicit absent (or migrationAbortTarget) drops an incoming migration
       this.log.info({ partition: e.id }, 'not in the desired state: removing it');
       const generation = Math.max(e.applied, e.accepted, 0);
       e.pending = { ...(e.spec ?? blankSpec(e.id)), desired: 'absent', generation };
@@ -241,6 +261,17 @@ export class Reconciler {
           const tail = await this.driver.consoleTail(id, bytes);
           return { commandId, ok: true, errorCode: '', errorMessage: '', payload: JSON.stringify({ data: tail.data, truncated: tail.truncated }) };
         }
+        case 'snapshotCreate':
+        case 'snapshotRevert':
+        case 'snapshotDelete':
+        case 'snapshotList':
+          return await this.snapshotCommand(cmd);
+        case 'migrationPrepareTarget':
+        case 'migrationStart':
+        case 'migrationCancel':
+        case 'migrationAbortTarget':
+        case 'migrationFinishTarget':
+          return await this.migrationCommand(cmd);
         default:
           return fail('INVALID_ARGUMENT', `unknown command ${JSON.stringify(cmd.body ?? '')}`);
       }
@@ -260,7 +291,191 @@ export class Reconciler {
   }
 
   private newEntry(id: string): Entry {
-    return { id, spec: undefined, applied: 0, accepted: -1, pending: undefined, state: 'absent', reason: '', pid: 0, tail: Promise.resolve(), stopRequest: undefined, gone: false };
+    return { id, spec: undefined, applied: 0, accepted: -1, pending: undefined, state: 'absent', reason: '', pid: 0, tail: Promise.resolve(), stopRequest: undefined, gone: false, incoming: false };
+  }
+
+  /** Runs `fn` in the partition's queue; its error becomes a failed result. */
+  private async queued(commandId: string, e: Entry, fn: () => Promise<string>): Promise<agentV1.CommandResult> {
+    let result: agentV1.CommandResult = { commandId, ok: false, errorCode: 'INTERNAL', errorMessage: `partition ${e.id} went away`, payload: '' };
+    await this.enqueue(e, async () => {
+      try {
+        result = { commandId, ok: true, errorCode: '', errorMessage: '', payload: await fn() };
+      } catch (error) {
+        result = { commandId, ok: false, errorCode: errorCode(error), errorMessage: (error as Error).message, payload: '' };
+      }
+    });
+    return result;
+  }
+
+  private async snapshotCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
+    const commandId = cmd.id ?? '';
+    const body = cmd.snapshotCreate ?? cmd.snapshotRevert ?? cmd.snapshotDelete ?? cmd.snapshotList;
+    const id = body?.partitionId ?? '';
+    const e = this.entries.get(id);
+    if (!e || e.incoming) {
+      return { commandId, ok: false, errorCode: 'NOT_FOUND', errorMessage: `partition ${id} is not on this node`, payload: '' };
+    }
+    return this.queued(commandId, e, async () => {
+      switch (cmd.body) {
+        case 'snapshotCreate': {
+          const entry = await this.driver.snapshotCreate(id, { tag: cmd.snapshotCreate?.tag ?? '', withMemory: Boolean(cmd.snapshotCreate?.withMemory) });
+          this.log.info({ partition: id, tag: entry.tag, withMemory: entry.vmStateBytes > 0 }, 'snapshot created');
+          return JSON.stringify(entry);
+        }
+        case 'snapshotRevert':
+          await this.driver.snapshotRevert(id, cmd.snapshotRevert?.tag ?? '');
+          this.log.info({ partition: id, tag: cmd.snapshotRevert?.tag }, 'reverted to snapshot');
+          return '';
+        case 'snapshotDelete':
+          await this.driver.snapshotDelete(id, cmd.snapshotDelete?.tag ?? '');
+          return '';
+        default:
+          return JSON.stringify({ snapshots: await this.driver.snapshotList(id) });
+      }
+    });
+  }
+
+  private async migrationCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
+    const commandId = cmd.id ?? '';
+    const notHere = (id: string): agentV1.CommandResult => ({ commandId, ok: false, errorCode: 'NOT_FOUND', errorMessage: `partition ${id} is not on this node`, payload: '' });
+    switch (cmd.body) {
+      case 'migrationPrepareTarget': {
+        const body = cmd.migrationPrepareTarget!;
+        const spec = body.spec ? specFromWire(body.spec) : undefined;
+        if (!spec) return { commandId, ok: false, errorCode: 'INVALID_ARGUMENT', errorMessage: 'migration_prepare_target needs a spec with an id', payload: '' };
+        const known = this.entries.get(spec.id);
+        if (known) {
+          return { commandId, ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: `partition ${spec.name || spec.id} is already on this node (${known.state})`, payload: '' };
+        }
+        const e = this.newEntry(spec.id);
+        e.incoming = true;
+        e.spec = { ...spec, desired: 'running' };
+        e.applied = spec.generation;
+        e.accepted = spec.generation;
+        this.entries.set(spec.id, e);
+        const storage: MigrationStorage = body.storage === 'shared' ? 'shared' : 'copy';
+        const result = await this.queued(commandId, e, async () => {
+          this.setState(e, 'starting', INCOMING_REASON);
+          const target = await this.driver.migrationPrepareTarget(
+            { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
+            {
+              host: body.host || this.deps.address || '127.0.0.1',
+              port: Number(body.port ?? 0),
+              ...(body.nbdPort ? { nbdPort: Number(body.nbdPort) } : {}),
+              storage,
+              ...(body.sharedDiskPath ? { sharedDiskPath: body.sharedDiskPath } : {}),
+              postcopy: Boolean(body.postcopy),
+            },
+          );
+          e.pid = 0;
+          await this.settle(e);
+          return JSON.stringify(target);
+        });
+        if (!result.ok && this.entries.get(spec.id) === e) {
+          e.gone = true;
+          this.entries.delete(spec.id);
+        }
+        return result;
+      }
+      case 'migrationStart': {
+        const body = cmd.migrationStart!;
+        const id = body.partitionId ?? '';
+        const e = this.entries.get(id);
+        if (!e || e.incoming) return notHere(id);
+        const target: MigrationTarget = {
+          host: body.targetHost ?? '',
+          port: Number(body.targetPort ?? 0),
+          storage: body.storage === 'shared' ? 'shared' : 'copy',
+          ...(body.targetNbdPort ? { nbdPort: Number(body.targetNbdPort) } : {}),
+          ...(body.exportName ? { exportName: body.exportName } : {}),
+        };
+        const o = body.options;
+        const positive = (v: unknown) => (Number(v ?? 0) > 0 ? Number(v) : undefined);
+        const options = {
+          maxDowntimeMs: positive(o?.maxDowntimeMs),
+          bandwidthBytesPerSec: positive(o?.bandwidthBytesPerSec),
+          autoConverge: Boolean(o?.autoConverge),
+          postcopy: Boolean(o?.postcopy),
+          postcopyAfterMs: positive(o?.postcopyAfterMs),
+          stallTimeoutMs: positive(o?.stallTimeoutMs),
+          discardSnapshots: Boolean(o?.discardSnapshots),
+        };
+        const migrationId = body.migrationId ?? '';
+        const onProgress = (p: MigrationProgress) =>
+          this.deps.migrationProgress?.({
+            partitionId: id,
+            migrationId,
+            phase: p.phase,
+            bytesRemaining: p.bytesRemaining,
+            bytesTransferred: p.bytesTransferred,
+            bytesTotal: p.bytesTotal,
+            dirtyRateBytesPerSec: Math.round(p.dirtyRateBytesPerSec),
+            expectedDowntimeMs: p.expectedDowntimeMs,
+            cpuThrottlePercent: p.cpuThrottlePercent,
+            status: p.status,
+          });
+        return this.queued(commandId, e, async () => {
+          if (!this.driver.isRunning(id)) throw Object.assign(new Error(`cannot migrate partition ${e.spec?.name || id}: it is ${e.state}`), { code: 'FAILED_PRECONDITION' });
+          this.log.info({ partition: id, target: `${target.host}:${target.port}`, storage: target.storage }, 'live migration starting');
+          const result = await this.driver.migrationStart(id, target, options, onProgress);
+          // The guest lives on the destination now: forget it here.
+          await this.deps.store.forget(id);
+          e.gone = true;
+          e.pid = 0;
+          if (this.entries.get(id) === e) this.entries.delete(id);
+          this.log.info({ partition: id, ...result }, 'migrated away');
+          this.deps.report({ id, state: 'absent', reason: 'migrated away', generation: e.applied, pid: 0 });
+          return JSON.stringify(result);
+        });
+      }
+      case 'migrationCancel': {
+        const id = cmd.migrationCancel?.partitionId ?? '';
+        if (!this.entries.get(id)) return notHere(id);
+        await this.driver.migrationCancel(id);
+        return { commandId, ok: true, errorCode: '', errorMessage: '', payload: '' };
+      }
+      case 'migrationAbortTarget': {
+        const id = cmd.migrationAbortTarget?.partitionId ?? '';
+        const e = this.entries.get(id);
+        if (!e) {
+          // Nothing here (already aborted, or the QEMU died): make sure no file is left.
+          await this.driver.migrationAbortTarget(id);
+          return { commandId, ok: true, errorCode: '', errorMessage: '', payload: '' };
+        }
+        if (!e.incoming) return { commandId, ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: `partition ${id} runs on this node: it is not an incoming migration`, payload: '' };
+        return this.queued(commandId, e, async () => {
+          await this.abortIncoming(e, 'migration aborted');
+          return '';
+        });
+      }
+      default: {
+        const id = cmd.migrationFinishTarget?.partitionId ?? '';
+        const e = this.entries.get(id);
+        if (!e) return notHere(id);
+        return this.queued(commandId, e, async () => {
+          if (!e.incoming) {
+            if (e.state === 'running' && this.driver.isRunning(id)) return JSON.stringify({ pid: e.pid }); // finished already: say so again
+            throw Object.assign(new Error(`partition ${id} is not receiving a migration here (${e.state})`), { code: 'FAILED_PRECONDITION' });
+          }
+          const guest = await this.driver.migrationFinishTarget(id);
+          e.incoming = false;
+          e.pid = guest.pid;
+          this.setState(e, 'running', '');
+          await this.settle(e);
+          return JSON.stringify({ pid: guest.pid });
+        });
+      }
+    }
+  }
+
+  /** Drops an incoming migration: its QEMU and files go, the partition is reported absent. */
+  private async abortIncoming(e: Entry, why: string): Promise<void> {
+    await this.driver.migrationAbortTarget(e.id);
+    await this.deps.store.forget(e.id);
+    e.gone = true;
+    if (this.entries.get(e.id) === e) this.entries.delete(e.id);
+    this.log.info({ partition: e.id, why }, 'incoming migration dropped');
+    this.deps.report({ id: e.id, state: 'absent', reason: why, generation: e.applied, pid: 0 });
   }
 
   /** Appends work to a partition's queue; the promise settles when it ran (never rejects). */
@@ -281,6 +496,12 @@ export class Reconciler {
     e.pending = undefined;
     e.applied = spec.generation;
     if (spec.desired !== 'absent') e.spec = spec;
+    if (e.incoming) {
+      // Until migrationFinishTarget the guest is not ours to start or stop; absent drops it.
+      if (spec.desired === 'absent') await this.abortIncoming(e, 'deleted during an incoming migration');
+      else await this.settle(e);
+      return;
+    }
     switch (spec.desired) {
       case 'running':
         if (this.driver.isRunning(e.id)) {
@@ -361,6 +582,14 @@ export class Reconciler {
   private onExit(id: string, exit: GuestExit): void {
     const e = this.entries.get(id);
     if (!e || exit.requested) return;
+    if (e.incoming) {
+      // The destination's QEMU ended before it got the guest: nothing of it is left (the driver removed its dir).
+      void this.enqueue(e, async () => {
+        if (!e.incoming || this.driver.isRunning(id)) return;
+        await this.abortIncoming(e, `incoming migration ended: ${exit.reason}`);
+      });
+      return;
+    }
     void this.enqueue(e, async () => {
       if (e.pid !== exit.pid || (e.state !== 'running' && e.state !== 'starting') || this.driver.isRunning(id)) return;
       e.pid = 0;
