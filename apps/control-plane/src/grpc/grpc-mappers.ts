@@ -5,6 +5,7 @@ import { OperationView } from '../operations/operations.service';
 import { PartitionView } from '../partitions/partition-view';
 import { ProjectView, TokenView } from '../projects/projects.service';
 import { HpEvent } from '../events/event-bus';
+import { ImageView } from '../images/image-view';
 
 const res = (r: { vcpus: number; memoryMiB: number; diskBytes: number }): v1.NodeResources => ({ vcpus: r.vcpus, memoryMib: r.memoryMiB, diskBytes: r.diskBytes });
 
@@ -50,4 +51,10 @@ export function tokenMsg(t: TokenView): v1.Token {
 /** Event → proto. */
 export function eventMsg(e: HpEvent): v1.Event {
   return { id: e.id, type: e.type, resourceType: e.resourceType, resourceId: e.resourceId, projectId: e.projectId ?? '', at: e.at, dataJson: JSON.stringify(e.data) };
+}
+
+/** Image view → proto: the metadata document as JSON text. */
+export function imageMsg(i: ImageView): v1.Image {
+  const { metadata, expiresAt, ...rest } = i;
+  return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '' };
 }

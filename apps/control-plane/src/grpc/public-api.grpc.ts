@@ -18,11 +18,10 @@ import { AuthService } from '../projects/auth.service';
 import { CreateProjectInput, CreateTokenInput, UpdateProjectInput } from '../projects/projects.dto';
 import { ProjectsService } from '../projects/projects.service';
 import { toGrpcError } from './grpc-errors';
-import { eventMsg, nodeMsg, operationMsg, partitionMsg, projectMsg, tokenMsg } from './grpc-mappers';
+import { eventMsg, imageMsg, nodeMsg, operationMsg, partitionMsg, projectMsg, tokenMsg } from './grpc-mappers';
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { ImagesService } from '../images/images.service';
-import { ImageView } from '../images/image-view';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
@@ -312,10 +311,4 @@ export class PublicGrpcApi {
   private pair(r: { partition: Parameters<typeof partitionMsg>[0]; operation: Parameters<typeof operationMsg>[0] }): v1.PartitionOperation {
     return { partition: partitionMsg(r.partition), operation: operationMsg(r.operation) };
   }
-}
-
-/** Image view → proto: the metadata document as JSON text. */
-function imageMsg(i: ImageView): v1.Image {
-  const { metadata, expiresAt, ...rest } = i;
-  return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '' };
 }

@@ -121,12 +121,20 @@ export function searchWhere(projectId: string, page: PageRequest | undefined, s:
     w.add(`${lhs} ${f.op} ?::numeric`, n);
   }
   if (s.compatibleWith) {
+    // One CASE, not four conditions: the planner has no statistics for these expressions and would
+    // multiply four default selectivities into "almost nothing matches", then choose a bitmap scan
+    // plus a sort of every tagged image over the id-ordered walk that stops after one page
+    // (measured by bench:search: 1 s instead of a few ms on 1,000,000 images).
     const c = s.compatibleWith;
-    w.add(`coalesce((metadata #>> '{hardware,minVcpus}')::numeric, 0) <= ?`, c.vcpus);
-    w.add(`coalesce((metadata #>> '{hardware,minMemoryMiB}')::numeric, 0) <= ?`, c.memoryMiB);
-    w.add(`coalesce(metadata #> '{hardware,cpuFeatures}', '[]') <@ ?::jsonb`, JSON.stringify(c.kvm ? [...c.cpuFlags, ...HYPERV_ENLIGHTENMENTS] : c.cpuFlags));
+    const vcpus = w.bind(c.vcpus);
+    const memory = w.bind(c.memoryMiB);
+    const flags = w.bind(JSON.stringify(c.kvm ? [...c.cpuFlags, ...HYPERV_ENLIGHTENMENTS] : c.cpuFlags));
     w.add(
-      `(jsonb_array_length(coalesce(metadata #> '{hardware,machineTypes}', '[]')) = 0 OR jsonb_exists_any(metadata #> '{hardware,machineTypes}', ?::text[]))`,
+      `(CASE WHEN coalesce((metadata #>> '{hardware,minVcpus}')::numeric, 0) <= ${vcpus}
+          AND coalesce((metadata #>> '{hardware,minMemoryMiB}')::numeric, 0) <= ${memory}
+          AND coalesce(metadata #> '{hardware,cpuFeatures}', '[]') <@ ${flags}::jsonb
+          AND (jsonb_array_length(coalesce(metadata #> '{hardware,machineTypes}', '[]')) = 0 OR jsonb_exists_any(metadata #> '{hardware,machineTypes}', ?::text[]))
+        THEN true ELSE false END)`,
       c.machineTypes,
     );
   }
