@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Api, ChildControlPlane, clusterAdminToken, freePort, spawnControlPlane, testEnv, waitUntil } from '../helpers/control-plane';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
-import { sql } from '../helpers/db';
+import { retireAllNodes, sql } from '../helpers/db';
 
 jest.setTimeout(180_000);
 
@@ -24,6 +24,7 @@ afterAll(async () => {
 });
 
 it('takes up every in-flight operation after a SIGKILL and carries it to a final status', async () => {
+  await retireAllNodes();
   const env = testEnv({ HYPERPLANE_HTTP_PORT: String(await freePort()), HYPERPLANE_GRPC_PORT: String(await freePort()), HYPERPLANE_DATA_DIR: join(dir, 'cp'), HYPERPLANE_LOG_LEVEL: 'info' });
   cp = await spawnControlPlane(env);
   worker = spawnWorker({ name: 'crash-w1', address: '127.0.0.21', controlPlane: cp.grpcAddress, dataDir: join(dir, 'w1'), driver: 'simulated', extra: ['--sim-start-ms', '4000'] });

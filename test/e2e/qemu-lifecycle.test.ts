@@ -11,6 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import WebSocket from 'ws';
 import { Api, clusterAdminToken, ROOT, startInProcess, InProcess, waitUntil } from '../helpers/control-plane';
 import { GrpcApi } from '../helpers/grpc-client';
+import { retireAllNodes } from '../helpers/db';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
 
 const GUEST = process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest');
@@ -51,6 +52,7 @@ async function consoleText(id: string): Promise<string> {
 
 d('QEMU partitions end to end', () => {
   beforeAll(async () => {
+    await retireAllNodes();
     cp = await startInProcess({ HYPERPLANE_GUEST_DIR: GUEST });
     worker = spawnWorker({ name: 'qemu-w1', address: '127.0.0.31', controlPlane: cp.grpcAddress, dataDir: workerDir, driver: 'qemu', env: { HYPERPLANE_GUEST_DIR: GUEST, HYPERPLANE_DATA_DIR: dir } });
     admin = new Api(cp.url, await clusterAdminToken());

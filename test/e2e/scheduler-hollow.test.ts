@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Api, ChildControlPlane, clusterAdminToken, freePort, spawnControlPlane, testEnv, waitUntil } from '../helpers/control-plane';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
+import { retireAllNodes } from '../helpers/db';
 
 jest.setTimeout(240_000);
 
@@ -19,6 +20,7 @@ let worker: WorkerProcess | undefined;
 let admin: Api;
 
 beforeAll(async () => {
+  await retireAllNodes();
   const env = (n: string) => freePort().then(async (h) => testEnv({ HYPERPLANE_HTTP_PORT: String(h), HYPERPLANE_GRPC_PORT: String(await freePort()), HYPERPLANE_DATA_DIR: join(dir, n) }));
   cp1 = await spawnControlPlane(await env('cp1'));
   cp2 = await spawnControlPlane(await env('cp2'));

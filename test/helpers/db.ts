@@ -13,6 +13,31 @@ export async function sql<T = any>(text: string, params: unknown[] = []): Promis
   }
 }
 
+/** Nodes this test file seeded (Jest loads this module once per file). */
+const seeded: string[] = [];
+
+/**
+ * Takes this file's seeded nodes out of service (unreachable, cordoned, heartbeat long ago), so
+ * later test files in the same database never place partitions on nodes with no agent behind
+ * them. Registered for every integration file by test/helpers/retire-seeded-nodes.ts.
+ */
+export async function retireSeededNodes(): Promise<void> {
+  if (seeded.length === 0) return;
+  await sql(`UPDATE nodes SET status = 'unreachable', cordoned = true, last_heartbeat_at = now() - interval '1 day' WHERE id = ANY($1::uuid[])`, [seeded.splice(0)]);
+}
+
+/**
+ * Takes every node registered so far out of service. End-to-end files call it first: they share
+ * the run's database, and the nodes of earlier files have no agent any more.
+ */
+export async function retireAllNodes(): Promise<void> {
+  try {
+    await sql(`UPDATE nodes SET status = 'unreachable', cordoned = true, last_heartbeat_at = now() - interval '1 day'`);
+  } catch (e) {
+    if ((e as { code?: string }).code !== '42P01') throw e; // no schema yet: the first file of the run
+  }
+}
+
 /** Inserts a ready node with the `sample` image and no agent behind it (its operations fail as "unreachable"). */
 export async function seedNode(name: string, opts: { vcpus?: number; memoryMiB?: number } = {}): Promise<string> {
   const id = uuidv7();
@@ -21,6 +46,7 @@ export async function seedNode(name: string, opts: { vcpus?: number; memoryMiB?:
      VALUES ($1, $2, '127.0.0.250', 'ready', 'simulated', 'tcg', $3, $4, $5, $6, now() + interval '1 hour')`,
     [id, name, opts.vcpus ?? 64, opts.memoryMiB ?? 1024 * 1024, 1024 ** 4, JSON.stringify([{ name: 'sample', format: 'qcow2', sizeBytes: 1, virtualSizeBytes: 1 }])],
   );
+  seeded.push(id);
   return id;
 }
 
