@@ -218,4 +218,29 @@ describe('Reconciler snapshot and migration commands', () => {
       expect(reconciler.stateOf(other)).toBeUndefined();
     });
   });
+
+  describe('cold migration', () => {
+    it('destination: starting until the disk arrived, then stopped with the spec generation; source: absent once sent', async () => {
+      const arrived = deferred();
+      driver.when('coldMigrationPrepareTarget', async (_spec, options) => ({ target: { host: options.host, port: options.port }, received: arrived.promise }));
+      const other = '01900000-0000-7000-8000-00000000000c';
+
+      await expect(reconciler.command({ id: 'c1', body: 'coldMigrationPrepareTarget', coldMigrationPrepareTarget: { spec: spec(other, 'stopped', 4), port: 5000 } })).resolves.toMatchObject({
+        ok: true,
+        payload: JSON.stringify({ host: '127.0.0.9', port: 5000 }),
+      });
+      expect(statesOf(other)).toEqual(['starting@4 (incoming cold migration)']);
+      arrived.resolve();
+      await new Promise((r) => setTimeout(r, 0));
+      await reconciler.idle();
+      expect(statesOf(other).at(-1)).toBe('stopped@4');
+
+      reconciler.upsert(spec(A, 'stopped', 2));
+      await reconciler.idle();
+      driver.when('coldMigrationSend', async () => ({ bytes: 10, ms: 1 }));
+      await expect(reconciler.command({ id: 'c2', body: 'coldMigrationSend', coldMigrationSend: { partitionId: A, targetHost: '127.0.0.2', targetPort: 5000 } })).resolves.toMatchObject({ ok: true });
+      expect(driver.callsOf('coldMigrationSend')).toEqual([[A, { host: '127.0.0.2', port: 5000 }]]);
+      expect(statesOf(A).at(-1)).toBe('absent@2 (migrated away)');
+    });
+  });
 });

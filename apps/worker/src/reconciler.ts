@@ -272,6 +272,9 @@ export class Reconciler {
         case 'migrationAbortTarget':
         case 'migrationFinishTarget':
           return await this.migrationCommand(cmd);
+        case 'coldMigrationPrepareTarget':
+        case 'coldMigrationSend':
+          return await this.coldMigrationCommand(cmd);
         default:
           return fail('INVALID_ARGUMENT', `unknown command ${JSON.stringify(cmd.body ?? '')}`);
       }
@@ -466,6 +469,63 @@ export class Reconciler {
         });
       }
     }
+  }
+
+  private async coldMigrationCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
+    const commandId = cmd.id ?? '';
+    if (cmd.body === 'coldMigrationPrepareTarget') {
+      const body = cmd.coldMigrationPrepareTarget!;
+      const spec = body.spec ? specFromWire(body.spec) : undefined;
+      if (!spec) return { commandId, ok: false, errorCode: 'INVALID_ARGUMENT', errorMessage: 'cold_migration_prepare_target needs a spec with an id', payload: '' };
+      if (this.entries.has(spec.id)) return { commandId, ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: `partition ${spec.name || spec.id} is already on this node`, payload: '' };
+      const e = this.newEntry(spec.id);
+      e.incoming = true;
+      e.spec = { ...spec, desired: 'stopped' };
+      e.applied = spec.generation;
+      e.accepted = spec.generation;
+      this.entries.set(spec.id, e);
+      const result = await this.queued(commandId, e, async () => {
+        const receiver = await this.driver.coldMigrationPrepareTarget(
+          { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
+          { host: body.host || this.deps.address || '127.0.0.1', port: Number(body.port ?? 0), ...(Number(body.timeoutMs ?? 0) > 0 ? { timeoutMs: Number(body.timeoutMs) } : {}) },
+        );
+        this.setState(e, 'starting', 'incoming cold migration');
+        this.report(e);
+        receiver.received.then(
+          () =>
+            void this.enqueue(e, async () => {
+              e.incoming = false;
+              this.setState(e, 'stopped', '');
+              await this.settle(e);
+            }),
+          (error: unknown) =>
+            void this.enqueue(e, async () => {
+              e.gone = true;
+              if (this.entries.get(e.id) === e) this.entries.delete(e.id);
+              this.deps.report({ id: e.id, state: 'absent', reason: `cold migration failed: ${(error as Error).message}`, generation: e.applied, pid: 0 });
+            }),
+        );
+        return JSON.stringify(receiver.target);
+      });
+      if (!result.ok && this.entries.get(spec.id) === e) {
+        e.gone = true;
+        this.entries.delete(spec.id);
+      }
+      return result;
+    }
+    const body = cmd.coldMigrationSend!;
+    const id = body.partitionId ?? '';
+    const e = this.entries.get(id);
+    if (!e || e.incoming) return { commandId, ok: false, errorCode: 'NOT_FOUND', errorMessage: `partition ${id} is not on this node`, payload: '' };
+    return this.queued(commandId, e, async () => {
+      if (this.driver.isRunning(id)) throw Object.assign(new Error(`cannot migrate partition ${e.spec?.name || id} cold: it is ${e.state}`), { code: 'FAILED_PRECONDITION' });
+      const sent = await this.driver.coldMigrationSend(id, { host: body.targetHost ?? '', port: Number(body.targetPort ?? 0) });
+      await this.deps.store.forget(id);
+      e.gone = true;
+      if (this.entries.get(id) === e) this.entries.delete(id);
+      this.deps.report({ id, state: 'absent', reason: 'migrated away', generation: e.applied, pid: 0 });
+      return JSON.stringify(sent);
+    });
   }
 
   /** Drops an incoming migration: its QEMU and files go, the partition is reported absent. */

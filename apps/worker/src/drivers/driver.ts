@@ -175,6 +175,19 @@ export interface MigrationResult {
   postcopy: boolean;
 }
 
+/** Where the source of a cold migration sends the disk file: a one-shot TCP listener on the destination. */
+export interface ColdMigrationTarget {
+  host: string;
+  port: number;
+}
+
+/** A prepared cold-migration destination: where to send, and a promise that settles when the disk arrived (or failed). */
+export interface ColdMigrationReceiver {
+  target: ColdMigrationTarget;
+  /** Resolves once the whole disk is here and usable; rejects (leaving no file) on failure or after the timeout. */
+  received: Promise<void>;
+}
+
 /** Receives what happens to guests between calls. Set once, before `recover`. */
 export interface DriverListener {
   /** A guest process ended, requested or not. Called once per guest process. */
@@ -252,6 +265,17 @@ export interface PartitionDriver {
   migrationFinishTarget(id: string): Promise<RunningGuest>;
   /** On the destination: kills a QEMU still waiting for (or receiving) a migration and removes its files. */
   migrationAbortTarget(id: string): Promise<void>;
+  /**
+   * Cold migration, destination: listens once on `host:port` for the disk file of the stopped
+   * partition `spec` (the whole qcow2, snapshots included) and re-points its base image at this
+   * node's store. Nothing runs; the partition is stopped here once `received` resolves.
+   */
+  coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver>;
+  /**
+   * Cold migration, source: sends the stopped partition's disk file to `target` and, once the
+   * destination confirmed it, removes the partition's files here. On failure nothing changes here.
+   */
+  coldMigrationSend(id: string, target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }>;
   /** Lets go of guests (monitor connections, watchers) WITHOUT stopping them. */
   close(): Promise<void>;
 }

@@ -6,6 +6,8 @@
  */
 import type { Duplex } from 'node:stream';
 import type {
+  ColdMigrationReceiver,
+  ColdMigrationTarget,
   ConsoleTail,
   DriverListener,
   GuestExit,
@@ -46,6 +48,8 @@ export interface FakeDriverActions {
   migrationCancel(id: string): Promise<void>;
   migrationFinishTarget(id: string): Promise<RunningGuest>;
   migrationAbortTarget(id: string): Promise<void>;
+  coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver>;
+  coldMigrationSend(id: string, target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }>;
 }
 
 /** One recorded call. */
@@ -176,6 +180,14 @@ export class StrictFakeDriver implements PartitionDriver {
 
   migrationAbortTarget(id: string): Promise<void> {
     return this.invoke('migrationAbortTarget', [id]);
+  }
+
+  coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver> {
+    return this.invoke('coldMigrationPrepareTarget', [spec, options]);
+  }
+
+  coldMigrationSend(id: string, target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }> {
+    return this.invoke('coldMigrationSend', [id, target]);
   }
 
   private invoke<T>(method: keyof FakeDriverActions, args: unknown[]): Promise<T> {

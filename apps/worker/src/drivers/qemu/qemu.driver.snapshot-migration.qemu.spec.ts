@@ -35,7 +35,8 @@ const IDS = {
   migrate: '01900000-0000-7000-8000-0000000000b2',
   cancel: '01900000-0000-7000-8000-0000000000b3',
   kill: '01900000-0000-7000-8000-0000000000b4',
-  cold: '01900000-0000-7000-8000-0000000000b5',
+  shared: '01900000-0000-7000-8000-0000000000b5',
+  cold: '01900000-0000-7000-8000-0000000000b6',
 };
 
 /** Pids of every QEMU whose command line mentions `needle`. */
@@ -242,6 +243,51 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
         `QEMU downtime ${result.downtimeMs} ms, source done after ${sourceDoneMs} ms, guest running on the destination after ${switchMs} ms; ` +
         `RAM sent ${Math.round(result.ramTransferredBytes / 2 ** 20)} MiB; last beat on source ${lastOnSource}, first on destination ${onDest[0]}`,
     );
+    await b.destroy(id);
+  }, 180_000);
+
+  it('live migration with shared storage (the same disk file under both nodes): the heartbeat goes on, snapshots stay', async () => {
+    const id = IDS.shared;
+    await a.start(spec(id));
+    await waitBeatAtLeast(dirA, id, 3);
+    await a.snapshotCreate(id, { tag: 'keep', withMemory: true });
+
+    const port = await freePortPair();
+    const target = await b.migrationPrepareTarget(spec(id), { host: '127.0.0.1', port, storage: 'shared', sharedDiskPath: join(dirA, 'partitions', id, 'disk.qcow2') });
+    let lastOnSource = 0;
+    const result = await a.migrationStart(id, target, {}, () => {
+      lastOnSource = Math.max(lastOnSource, beats(readFileSync(consoleOf(dirA, id), 'utf8')).at(-1) ?? 0);
+    });
+    await b.migrationFinishTarget(id);
+
+    expect(existsSync(join(dirA, 'partitions', id))).toBe(false);
+    const onDest = await nextBeats(dirB, id, 0, 2);
+    expect(onDest[0]).toBeGreaterThan(1);
+    expect(onDest[0]).toBeLessThanOrEqual(lastOnSource + 3);
+    expect((await b.snapshotList(id)).map((s) => s.tag)).toEqual(['keep']);
+    console.log(`live migration with shared storage: total ${result.totalTimeMs} ms, QEMU downtime ${result.downtimeMs} ms`);
+    await b.destroy(id);
+  }, 180_000);
+
+  it('cold migration of a stopped partition: the disk file moves with its snapshots, boots at the destination, and is gone from the source', async () => {
+    const id = IDS.cold;
+    const { pid } = await a.start(spec(id));
+    await waitBeatAtLeast(dirA, id, 2);
+    await a.stop(id, { force: true, graceMs: 0 });
+    await a.snapshotCreate(id, { tag: 'before-move', withMemory: false });
+    expect(pidAlive(pid)).toBe(false);
+
+    const port = await freePortPair();
+    const { target, received } = await b.coldMigrationPrepareTarget(spec(id), { host: '127.0.0.1', port });
+    const sent = await a.coldMigrationSend(id, target);
+    await received;
+
+    expect(existsSync(join(dirA, 'partitions', id))).toBe(false);
+    expect((await b.snapshotList(id)).map((s) => s.tag)).toEqual(['before-move']);
+    const { pid: destPid } = await b.start(spec(id));
+    await waitBeatAtLeast(dirB, id, 1);
+    expect(readFileSync(`/proc/${destPid}/cmdline`, 'utf8')).toContain(dirB);
+    console.log(`cold migration: ${sent.bytes} bytes in ${sent.ms} ms`);
     await b.destroy(id);
   }, 180_000);
 

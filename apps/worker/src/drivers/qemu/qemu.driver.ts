@@ -10,18 +10,20 @@
  * file matches does `cont` let the guest run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, createReadStream, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { chmod, link, mkdir, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { createConnection } from 'node:net';
+import { chmod, link, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { createConnection, createServer } from 'node:net';
 import { totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { CancelledError, FailedPreconditionError, InternalError, NotFoundError, PARTITION_LIMITS, UUID_RE, ValidationError } from '@hyperplane/domain';
+import { CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError, NotFoundError, PARTITION_LIMITS, UUID_RE, ValidationError } from '@hyperplane/domain';
 import { QmpClient, QmpDisconnectedError, type MigrationInfo } from '@hyperplane/qmp';
 import type { Logger } from 'pino';
 import { Reverter } from '../../reverter';
 import type {
+  ColdMigrationReceiver,
+  ColdMigrationTarget,
   ConsoleTail,
   DriverListener,
   GuestExit,
@@ -368,7 +370,9 @@ export class QemuDriver implements PartitionDriver {
       const before = await qmp.queryStatus();
       if (incoming) {
         if (before.status !== 'inmigrate') throw new InternalError(`qemu is ${before.status}; expected inmigrate`);
-        await qmp.migrateSetCapabilities({ events: true, 'postcopy-ram': Boolean(incoming.postcopy) });
+        // return-path: the destination tells the source whether it loaded the state, so the source
+        // reports `completed` only once the destination has the guest (and resumes it otherwise).
+        await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'postcopy-ram': Boolean(incoming.postcopy) });
         await qmp.migrateIncoming(`tcp:${incoming.host}:${incoming.port}`);
         if (incoming.storage === 'copy') {
           await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort });
@@ -716,7 +720,12 @@ export class QemuDriver implements PartitionDriver {
     const inst = this.instances.get(id);
     if (!inst?.incoming || !inst.qmp || inst.qmp.closed) throw new FailedPreconditionError(`partition ${id} is not receiving a migration here`);
     const qmp = inst.qmp;
-    const info = await qmp.queryMigrate();
+    // The source may see `completed` a moment before this side finished loading the state.
+    let info = await qmp.queryMigrate();
+    for (let waited = 0; waited < 30_000 && info.status && ['setup', 'active', 'device'].includes(info.status); waited += 50) {
+      await sleep(50);
+      info = await qmp.queryMigrate();
+    }
     if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
     if (inst.incoming.storage === 'copy') {
       await qmp.blockExportDel(MIG.exportId, 'hard').catch((error: unknown) => this.log.warn({ partition: id, err: error }, 'block-export-del failed'));
@@ -817,7 +826,7 @@ export class QemuDriver implements PartitionDriver {
         log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
       }
       checkCancel();
-      await qmp.migrateSetCapabilities({ events: true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) });
+      await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) });
       await qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40 });
       await qmp.migrate(`tcp:${target.host}:${target.port}`);
       const memoryStarted = Date.now();
@@ -913,6 +922,125 @@ export class QemuDriver implements PartitionDriver {
     } catch (error) {
       log.error({ err: error }, 'cleaning up after the migration failed');
     }
+  }
+
+  async coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver> {
+    const dir = this.dirOf(spec.id);
+    const log = this.log.child({ partition: spec.id, migration: 'cold-incoming' });
+    if (this.instances.has(spec.id) || this.busy.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
+    if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
+    const plan = await this.validate(spec, dir);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const part = join(dir, `${RUNTIME_FILES.disk}.part`);
+    const server = createServer();
+    try {
+      await new Promise<void>((resolveListen, rejectListen) => {
+        server.once('error', rejectListen);
+        server.listen(options.port, options.host, () => resolveListen());
+      });
+    } catch (error) {
+      await rm(dir, { recursive: true, force: true });
+      throw new InternalError(`cannot listen on ${options.host}:${options.port} for partition ${spec.id}: ${(error as Error).message}`);
+    }
+    this.busy.add(spec.id);
+    const received = new Promise<void>((resolveReceived, rejectReceived) => {
+      const timer = setTimeout(() => fail(new DeadlineExceededError(`no disk for partition ${spec.id} arrived within ${options.timeoutMs ?? 600_000} ms`)), options.timeoutMs ?? 600_000);
+      let settled = false;
+      const fail = (error: Error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        server.close();
+        this.busy.delete(spec.id);
+        void rm(dir, { recursive: true, force: true }).finally(() => rejectReceived(error));
+        log.warn({ err: error }, 'cold migration: receiving the disk failed; nothing is left');
+      };
+      server.once('connection', (socket) => {
+        server.close();
+        void (async () => {
+          let expected = -1;
+          let got = 0;
+          let header = Buffer.alloc(0);
+          const out = await open(part, 'w', 0o600);
+          try {
+            await new Promise<void>((done, failRead) => {
+              socket.on('error', failRead);
+              socket.on('end', () => (got === expected ? done() : failRead(new Error(`the disk ended after ${got} of ${expected} bytes`))));
+              socket.on('data', (chunk: Buffer) => {
+                let data = chunk;
+                if (expected < 0) {
+                  header = Buffer.concat([header, data]);
+                  const nl = header.indexOf(10);
+                  if (nl < 0) return;
+                  try {
+                    expected = Number((JSON.parse(header.subarray(0, nl).toString('utf8')) as { bytes?: number }).bytes ?? -1);
+                  } catch {
+                    expected = -1;
+                  }
+                  if (!Number.isSafeInteger(expected) || expected < 0) return failRead(new Error('bad header'));
+                  data = header.subarray(nl + 1);
+                }
+                socket.pause();
+                out.write(data).then(
+                  () => {
+                    got += data.length;
+                    if (got === expected) done();
+                    else if (got > expected) failRead(new Error(`more than the announced ${expected} bytes`));
+                    else socket.resume();
+                  },
+                  failRead,
+                );
+              });
+            });
+            await out.sync();
+          } finally {
+            await out.close();
+          }
+          // The overlay names its base by absolute path on the source: point it at this node's copy of the same image.
+          await run(this.qemuImg, ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', plan.imagePath, part]);
+          await run(this.qemuImg, ['check', '-q', '-f', 'qcow2', part]);
+          await rename(part, join(dir, RUNTIME_FILES.disk));
+          socket.end('ok\n');
+          settled = true;
+          clearTimeout(timer);
+          this.busy.delete(spec.id);
+          log.info({ bytes: got }, 'cold migration: disk received');
+          resolveReceived();
+        })().catch((error: unknown) => {
+          socket.end(`error: ${(error as Error).message}\n`);
+          fail(error as Error);
+        });
+      });
+    });
+    received.catch(() => undefined);
+    return { target: { host: options.host, port: options.port }, received };
+  }
+
+  async coldMigrationSend(id: string, target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }> {
+    if (this.instances.has(id)) throw new FailedPreconditionError(`cannot migrate partition ${id} cold: it is running`);
+    return this.exclusive(id, 'migrate', async () => {
+      const disk = await this.offlineDisk(id);
+      const started = Date.now();
+      const { size } = await stat(disk);
+      const answer = await new Promise<string>((resolveAnswer, rejectAnswer) => {
+        const socket = createConnection({ host: target.host, port: target.port });
+        let reply = '';
+        socket.on('error', rejectAnswer);
+        socket.on('data', (b: Buffer) => (reply += b.toString('utf8')));
+        socket.on('close', () => resolveAnswer(reply.trim()));
+        socket.once('connect', () => {
+          socket.write(`${JSON.stringify({ bytes: size })}\n`);
+          const file = createReadStream(disk);
+          file.on('error', (error) => socket.destroy(error));
+          file.pipe(socket, { end: false });
+        });
+      });
+      if (answer !== 'ok') throw new InternalError(`cold migration of partition ${id} to ${target.host}:${target.port} failed: ${answer || 'the destination closed the connection'}`);
+      await rm(this.dirOf(id), { recursive: true, force: true });
+      const ms = Date.now() - started;
+      this.log.info({ partition: id, bytes: size, ms }, 'cold migration: disk sent; the partition is gone from here');
+      return { bytes: size, ms };
+    });
   }
 
   async close(): Promise<void> {

@@ -6,6 +6,8 @@
 import { Duplex } from 'node:stream';
 import { CancelledError, FailedPreconditionError, InternalError, NotFoundError } from '@hyperplane/domain';
 import type {
+  ColdMigrationReceiver,
+  ColdMigrationTarget,
   ConsoleTail,
   DriverListener,
   GuestSpec,
@@ -185,6 +187,17 @@ export class SimulatedDriver implements PartitionDriver {
 
   async migrationAbortTarget(id: string): Promise<void> {
     this.incoming.delete(id);
+  }
+
+  async coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number }): Promise<ColdMigrationReceiver> {
+    if (this.guests.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
+    return { target: { host: options.host, port: options.port }, received: Promise.resolve() };
+  }
+
+  async coldMigrationSend(id: string, _target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }> {
+    if (this.guests.has(id)) throw new FailedPreconditionError(`cannot migrate partition ${id} cold: it is running`);
+    this.snapshots.delete(id);
+    return { bytes: 0, ms: 0 };
   }
 
   async consoleTail(id: string, bytes: number): Promise<ConsoleTail> {
