@@ -11,8 +11,6 @@ import { Logger } from 'pino';
 import { AppModule } from './app.module';
 import { Config } from './config';
 import { createLogger } from './common/logger';
-import { fastifyErrorProblem } from './common/problem.filter';
-import { toProblem } from './common/problem';
 import { createDataSource, migrate } from './database/database';
 import { createRedis } from './database/redis';
 import { GrpcServer } from './grpc/grpc-server';
@@ -99,11 +97,6 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
       else logger.debug(line, 'request');
     }
     done();
-  });
-  fastify.setErrorHandler((err, req, reply) => {
-    const problem = fastifyErrorProblem(err as Error) ?? toProblem(err, req.url);
-    if (problem.status >= 500) logger.error({ err, requestId: req.id }, 'request failed');
-    void reply.status(problem.status).header('content-type', 'application/problem+json').send(problem);
   });
 
   const doc = SwaggerModule.createDocument(
