@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { OperationStatus } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
-import { Db, affected, rows } from '../database/database';
+import { Db, rows } from '../database/database';
 import { PageRequest } from '../common/pagination';
 import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
