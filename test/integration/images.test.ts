@@ -63,6 +63,9 @@ beforeAll(async () => {
 afterAll(async () => {
   await cp?.close();
   rmSync(work, { recursive: true, force: true });
+  // The nodes seeded here have no agent: leave none behind for other test files sharing the database.
+  await sql(`DELETE FROM partitions WHERE node_id IN (SELECT id FROM nodes WHERE name LIKE 'img-%')`);
+  await sql(`DELETE FROM nodes WHERE name LIKE 'img-%'`);
 });
 
 describe('upload', () => {
@@ -348,7 +351,8 @@ describe('policy on partition create', () => {
     const r = await create('too-small', 128);
     expect(r.status).toBe(422);
     expect(r.body.detail).toMatch(/image needs at least 1024 MiB of memory/);
-    expect(r.body.reasons[0].reason).toBe('image-hardware');
+    // other test files' nodes may be in the same database (npm test runs every project on one), with their own reasons
+    expect(r.body.reasons.map((x: { reason: string }) => x.reason)).toContain('image-hardware');
     expect(await partitions()).toBe(0);
   });
 
