@@ -5,7 +5,7 @@
  * If-Match, and the partition policy the image's metadata imposes.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetadata, writeMetadata, type ImageMetadata } from '@hyperplane/disk-formats';
@@ -159,6 +159,22 @@ describe('upload', () => {
       expect(readdirSync(join(small.dataDir, 'images'))).toEqual([]);
     } finally {
       await small.close();
+    }
+  });
+
+  it('removes uploads a crash abandoned (untouched for an hour) when it starts, and keeps fresh ones', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hp-images-sweep-'));
+    mkdirSync(join(dir, 'images'));
+    writeFileSync(join(dir, 'images', '.upload-old'), 'x');
+    writeFileSync(join(dir, 'images', '.upload-new'), 'x');
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    utimesSync(join(dir, 'images', '.upload-old'), twoHoursAgo, twoHoursAgo);
+    const other = await startInProcess({ HYPERPLANE_DATA_DIR: dir });
+    try {
+      expect(readdirSync(join(dir, 'images'))).toEqual(['.upload-new']);
+    } finally {
+      await other.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -1,16 +1,19 @@
 import { spawn } from 'node:child_process';
 import { createReadStream, createWriteStream, ReadStream } from 'node:fs';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, OnModuleInit } from '@nestjs/common';
 import { PayloadTooLargeError, uuidv7 } from '@hyperplane/domain';
 import { ImageInfo, ImageMetadata, IntakeOptions, inspectImage, readMetadata, writeMetadata } from '@hyperplane/disk-formats';
 import { Config, CONFIG } from '../config';
 
 /** Limits qemu-img runs under at intake: hostile images must not exhaust the control plane's host. */
 export const QEMU_IMG_LIMITS = { cpuSeconds: 30, addressSpaceBytes: 2 * 1024 ** 3, timeoutSeconds: 60 } as const;
+
+/** An upload file untouched this long was abandoned by a crash. */
+const STALE_UPLOAD_MS = 60 * 60 * 1000;
 
 /** What `qemu-img check` said about a file. */
 export interface CheckResult {
@@ -25,11 +28,25 @@ export interface CheckResult {
  * atomic move into place, metadata reads and writes, removal. The only code that touches them.
  */
 @Injectable()
-export class ImageStore {
+export class ImageStore implements OnModuleInit {
   readonly dir: string;
 
   constructor(@Inject(CONFIG) private readonly config: Config) {
     this.dir = join(config.dataDir, 'images');
+  }
+
+  /**
+   * Removes uploads a crash interrupted: `.upload-*` files nobody has written to for an hour (an
+   * upload in progress, here or in a replica sharing the directory, keeps its file's mtime fresh).
+   */
+  async onModuleInit(): Promise<void> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const cutoff = Date.now() - STALE_UPLOAD_MS;
+    for (const n of names.filter((x) => x.startsWith('.upload-'))) {
+      const p = join(this.dir, n);
+      const st = await stat(p).catch(() => undefined);
+      if (st && st.mtimeMs < cutoff) await this.remove(p);
+    }
   }
 
   /**
