@@ -107,3 +107,20 @@ export async function chooseAccelerator(choice: AccelChoice, flags: string[], kv
     return 'tcg';
   }
 }
+
+/**
+ * Aborts this host's TCP connections to `host:port` (`ss -K`, needs CAP_NET_ADMIN and a kernel
+ * with socket destroy). Used when a migration destination stops answering: QEMU would otherwise
+ * wait for its NBD requests for as long as TCP keeps the connection. Resolves false when `ss` is
+ * missing or refused.
+ */
+export async function killTcpConnections(host: string, port: number): Promise<boolean> {
+  const ss = findOnPath('ss');
+  if (!ss) return false;
+  try {
+    await run(ss, ['-K', 'dst', host, 'dport', '=', `:${port}`], 5_000);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -351,15 +351,9 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     await a.destroy(id);
   }, 180_000);
 
-  // KNOWN LIMITATION (QEMU 7.2), skipped: with the destination frozen (SIGSTOP: the TCP peer
-  // stays up with a zero window, as a cut network looks until TCP gives up after ~15 min), the
-  // stall is detected and the migration cancelled, but removing the disk mirror drains the NBD
-  // client node, whose requests never complete: the source QEMU's main loop blocks and the
-  // guest stops printing. The guest is on one node only (the destination never got it), but the
-  // source hangs until the connection dies. To do: break the NBD connection first (e.g. NBD
-  // client with `reconnect-delay` 0 and a kernel-side socket kill), or mirror through a
-  // qemu-storage-daemon that can be killed.
-  it.skip('network to the destination cut (its QEMU frozen): the stalled migration is given up, the guest keeps running on the source', async () => {
+  // A frozen destination (SIGSTOP) keeps its TCP connections up with a zero window, as a cut
+  // network does until TCP gives up (~15 min): the worker aborts its connections (`ss -K`).
+  it('network to the destination cut (its QEMU frozen): the stalled migration is given up, the guest keeps running on the source', async () => {
     const id = IDS.cut;
     const { migration, sourcePid, inMemoryPhase } = await slowMigration(id, { stallTimeoutMs: 3_000 });
     await inMemoryPhase;

@@ -43,7 +43,7 @@ import type {
   StopOptions,
 } from '../driver';
 import { readTail } from './console-log';
-import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
+import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnections, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
 import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob } from './qemu-jobs';
@@ -819,7 +819,10 @@ export class QemuDriver implements PartitionDriver {
           onProgress({ phase: 'storage', bytesRemaining: Math.max(0, job.len - job.offset), bytesTransferred: job.offset, bytesTotal: job.len, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: job.status });
           if (job.ready) break;
           if (job.offset !== lastOffset) [lastOffset, lastMove] = [job.offset, Date.now()];
-          else if (Date.now() - lastMove > stallMs) throw new InternalError(`copying the disk stalled for ${stallMs} ms`);
+          else if (Date.now() - lastMove > stallMs) {
+            await this.breakConnections(target, log);
+            throw new InternalError(`copying the disk stalled for ${stallMs} ms`);
+          }
           await sleep(MIGRATION_POLL_MS);
         }
         storageMs = Date.now() - started;
@@ -847,6 +850,8 @@ export class QemuDriver implements PartitionDriver {
           checkCancel();
           if (progress.bytesTransferred !== lastTransferred) [lastTransferred, lastMove] = [progress.bytesTransferred, Date.now()];
           else if (Date.now() - lastMove > stallMs) {
+            // The destination does not answer but its connections stay up: break them, or QEMU waits on them.
+            await this.breakConnections(target, log);
             await qmp.migrateCancel().catch(() => undefined);
             throw new InternalError(`the migration stalled: no byte moved for ${stallMs} ms (destination unreachable?)`);
           }
@@ -863,7 +868,7 @@ export class QemuDriver implements PartitionDriver {
         log.error({ err: error }, 'post-copy migration failed: the guest cannot resume on either side');
         throw new InternalError(`post-copy migration of partition ${inst.id} failed: ${(error as Error).message}`);
       }
-      await this.cleanupSource(inst, log, true);
+      await this.cleanupSource(inst, log, true, target);
       onProgress({ phase: run.cancelRequested ? 'cancelled' : 'failed', bytesRemaining: 0, bytesTransferred: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: run.cancelRequested ? 'cancelled' : 'failed' });
       if (run.cancelRequested) throw new CancelledError(`the migration of partition ${inst.id} was cancelled; it keeps running here`);
       throw error;
@@ -895,9 +900,11 @@ export class QemuDriver implements PartitionDriver {
    * without switching to its target), the NBD client node, a pre-copy migration still running.
    * With `resume`, a guest the migration left paused runs again — never after `completed`.
    */
-  private async cleanupSource(inst: Instance, log: Logger, resume: boolean): Promise<void> {
+  private async cleanupSource(inst: Instance, log: Logger, resume: boolean, target?: MigrationTarget): Promise<void> {
     const qmp = inst.qmp;
     if (!qmp || qmp.closed) return;
+    // A destination that stopped answering keeps QEMU's NBD requests (and so this cleanup) waiting: break its connections after a while.
+    const breaker = target ? setTimeout(() => void this.breakConnections(target, log), 3_000) : undefined;
     try {
       const info = await qmp.queryMigrate();
       const completed = info.status === 'completed';
@@ -921,7 +928,16 @@ export class QemuDriver implements PartitionDriver {
       }
     } catch (error) {
       log.error({ err: error }, 'cleaning up after the migration failed');
+    } finally {
+      clearTimeout(breaker);
     }
+  }
+
+  /** Aborts this host's connections to the destination's migration and NBD ports (see `killTcpConnections`). */
+  private async breakConnections(target: MigrationTarget, log: Logger): Promise<void> {
+    const ports = [target.port, ...(target.nbdPort ? [target.nbdPort] : [])];
+    const done = await Promise.all(ports.map((port) => killTcpConnections(target.host, port)));
+    log.warn({ host: target.host, ports, killed: done }, 'the destination does not answer: connections to it aborted');
   }
 
   async coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver> {
