@@ -420,7 +420,19 @@ export class Reconciler {
         return this.queued(commandId, e, async () => {
           if (!this.driver.isRunning(id)) throw Object.assign(new Error(`cannot migrate partition ${e.spec?.name || id}: it is ${e.state}`), { code: 'FAILED_PRECONDITION' });
           this.log.info({ partition: id, target: `${target.host}:${target.port}`, storage: target.storage }, 'live migration starting');
-          const result = await this.driver.migrationStart(id, target, options, onProgress);
+          // The reason tells a control plane that reconnects (or restarted) that a migration runs.
+          this.setState(e, 'running', `migrating to ${target.host}:${target.port}`);
+          await this.settle(e);
+          let result;
+          try {
+            result = await this.driver.migrationStart(id, target, options, onProgress);
+          } catch (error) {
+            if (this.driver.isRunning(id) && e.state === 'running') {
+              this.setState(e, 'running', '');
+              await this.settle(e);
+            }
+            throw error;
+          }
           // The guest lives on the destination now: forget it here.
           await this.deps.store.forget(id);
           e.gone = true;
