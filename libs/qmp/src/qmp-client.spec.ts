@@ -421,6 +421,7 @@ describe('typed methods send the QAPI command QEMU 7.2 expects', () => {
     ['queryJobs', (c) => c.queryJobs(), 'query-jobs', undefined, []],
     ['jobDismiss', (c) => c.jobDismiss('snap0'), 'job-dismiss', { id: 'snap0' }],
     ['snapshotSave', (c) => c.snapshotSave('j1', 'before', 'disk0', ['disk0']), 'snapshot-save', { 'job-id': 'j1', tag: 'before', vmstate: 'disk0', devices: ['disk0'] }],
+    ['blockdevSnapshotInternalSync', (c) => c.blockdevSnapshotInternalSync('disk0', 's1'), 'blockdev-snapshot-internal-sync', { device: 'disk0', name: 's1' }],
     ['snapshotLoad', (c) => c.snapshotLoad('j2', 'before', 'disk0', ['disk0']), 'snapshot-load', { 'job-id': 'j2', tag: 'before', vmstate: 'disk0', devices: ['disk0'] }],
     ['snapshotDelete', (c) => c.snapshotDelete('j3', 'before', ['disk0']), 'snapshot-delete', { 'job-id': 'j3', tag: 'before', devices: ['disk0'] }],
     ['nbdServerStart (unix)', (c) => c.nbdServerStart({ type: 'unix', path: '/run/nbd.sock' }), 'nbd-server-start', { addr: { type: 'unix', data: { path: '/run/nbd.sock' } } }],

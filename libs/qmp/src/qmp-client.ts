@@ -500,6 +500,14 @@ export class QmpClient {
     await this.execute('snapshot-load', { 'job-id': jobId, tag, vmstate, devices });
   }
 
+  /**
+   * `blockdev-snapshot-internal-sync`: take internal snapshot `name` of one disk (`device`: a
+   * device or root node name) at once, without VM state: crash-consistent, the guest keeps running.
+   */
+  async blockdevSnapshotInternalSync(device: string, name: string): Promise<void> {
+    await this.execute('blockdev-snapshot-internal-sync', { device, name });
+  }
+
   /** `snapshot-delete`: start job `jobId` deleting snapshot `tag` from `devices`. */
   async snapshotDelete(jobId: string, tag: string, devices: string[]): Promise<void> {
     await this.execute('snapshot-delete', { 'job-id': jobId, tag, devices });

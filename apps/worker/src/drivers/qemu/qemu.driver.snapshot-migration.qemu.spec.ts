@@ -198,6 +198,13 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     await expect(a.snapshotRevert(id, 'nope')).rejects.toThrow(/not found/);
     expect((await a.snapshotList(id)).map((s) => s.tag)).toEqual(['s2']);
 
+    // A disk-only snapshot of the running guest: no memory state, so it cannot be loaded live.
+    const diskOnly = await a.snapshotCreate(id, { tag: 'disk-only', withMemory: false });
+    expect(diskOnly.vmStateBytes).toBe(0);
+    await expect(a.snapshotRevert(id, 'disk-only')).rejects.toThrow(/holds no memory state/);
+    await a.snapshotDelete(id, 'disk-only');
+    expect(a.isRunning(id)).toBe(true);
+
     // Disk-only snapshots of the stopped partition, through qemu-img (no QEMU runs).
     await a.stop(id, { force: true, graceMs: 0 });
     const cold = await a.snapshotCreate(id, { tag: 'cold', withMemory: false });

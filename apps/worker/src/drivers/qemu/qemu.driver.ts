@@ -628,7 +628,7 @@ export class QemuDriver implements PartitionDriver {
             const job = `snap-save-${Date.now()}`;
             await runJob(qmp, job, () => qmp.snapshotSave(job, options.tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
           } else {
-            await qmp.execute('blockdev-snapshot-internal-sync', { device: DISK_NODE, name: options.tag });
+            await qmp.blockdevSnapshotInternalSync(DISK_NODE, options.tag);
           }
         } catch (error) {
           await this.undoSnapshot(qmp, options.tag, wasRunning, log);
