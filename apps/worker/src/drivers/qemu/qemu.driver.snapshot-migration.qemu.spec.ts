@@ -296,6 +296,13 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     const { pid: destPid } = await b.start(spec(id));
     await waitBeatAtLeast(dirB, id, 1);
     expect(readFileSync(`/proc/${destPid}/cmdline`, 'utf8')).toContain(dirB);
+
+    // A receiver that is aborted before anything arrived leaves nothing.
+    const other = '01900000-0000-7000-8000-0000000000b9';
+    const waiting = await b.coldMigrationPrepareTarget(spec(other), { host: '127.0.0.1', port: await freePortPair() });
+    await b.migrationAbortTarget(other);
+    await expect(waiting.received).rejects.toThrow(/aborted/);
+    expect(existsSync(join(dirB, 'partitions', other))).toBe(false);
     console.log(`cold migration: ${sent.bytes} bytes in ${sent.ms} ms`);
     await b.destroy(id);
   }, 180_000);

@@ -142,6 +142,8 @@ export class QemuDriver implements PartitionDriver {
   private readonly log: Logger;
   private readonly instances = new Map<string, Instance>();
   private readonly busy = new Set<string>();
+  /** Cold-migration receivers waiting for a disk, by partition id: how to give up on one. */
+  private readonly coldReceivers = new Map<string, { abort: (error: Error) => void; received: Promise<void> }>();
   private listener: DriverListener = { onExit: () => undefined, onEvent: () => undefined };
   private facts: Promise<HostFacts> | undefined;
   private closed = false;
@@ -740,6 +742,12 @@ export class QemuDriver implements PartitionDriver {
 
   async migrationAbortTarget(id: string): Promise<void> {
     const dir = this.dirOf(id);
+    const cold = this.coldReceivers.get(id);
+    if (cold) {
+      cold.abort(new CancelledError(`the cold migration of partition ${id} was aborted`));
+      await cold.received.catch(() => undefined);
+      return;
+    }
     const inst = this.instances.get(id);
     if (inst && !inst.incoming) throw new FailedPreconditionError(`partition ${id} runs here: it is not an incoming migration`);
     if (inst?.qmp && !inst.qmp.closed) {
@@ -959,18 +967,21 @@ export class QemuDriver implements PartitionDriver {
       throw new InternalError(`cannot listen on ${options.host}:${options.port} for partition ${spec.id}: ${(error as Error).message}`);
     }
     this.busy.add(spec.id);
+    let abortReceive: (error: Error) => void = () => undefined;
     const received = new Promise<void>((resolveReceived, rejectReceived) => {
       const timer = setTimeout(() => fail(new DeadlineExceededError(`no disk for partition ${spec.id} arrived within ${options.timeoutMs ?? 600_000} ms`)), options.timeoutMs ?? 600_000);
       let settled = false;
       const fail = (error: Error) => {
         if (settled) return;
         settled = true;
+        this.coldReceivers.delete(spec.id);
         clearTimeout(timer);
         server.close();
         this.busy.delete(spec.id);
         void rm(dir, { recursive: true, force: true }).finally(() => rejectReceived(error));
         log.warn({ err: error }, 'cold migration: receiving the disk failed; nothing is left');
       };
+      abortReceive = fail;
       server.once('connection', (socket) => {
         server.close();
         void (async () => {
@@ -1020,6 +1031,7 @@ export class QemuDriver implements PartitionDriver {
           settled = true;
           clearTimeout(timer);
           this.busy.delete(spec.id);
+          this.coldReceivers.delete(spec.id);
           log.info({ bytes: got }, 'cold migration: disk received');
           resolveReceived();
         })().catch((error: unknown) => {
@@ -1029,6 +1041,7 @@ export class QemuDriver implements PartitionDriver {
       });
     });
     received.catch(() => undefined);
+    this.coldReceivers.set(spec.id, { abort: abortReceive, received });
     return { target: { host: options.host, port: options.port }, received };
   }
 
