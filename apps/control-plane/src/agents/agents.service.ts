@@ -8,7 +8,7 @@ import { EventBus } from '../events/event-bus';
 import { NodeRepository, NodeRow } from '../nodes/node.repository';
 import { nodeView } from '../nodes/nodes.service';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
-import { partitionView } from '../partitions/partition-view';
+import { partitionEvent, partitionView } from '../partitions/partition-view';
 import { AgentSessions, AgentStreamWriter } from './agent-sessions';
 import { ConsoleSessions } from './console-sessions';
 
@@ -203,7 +203,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
   }
 
   private async publishPartition(r: PartitionRow): Promise<void> {
-    await this.events.publish({ type: 'partition.updated', resourceType: 'partition', resourceId: r.id, projectId: r.project_id, data: partitionView(r) });
+    await this.events.publish(partitionEvent('partition.updated', partitionView(r)));
   }
 }
 

@@ -10,7 +10,7 @@ import { NodeRepository } from '../nodes/node.repository';
 import { OperationContext, OperationRunner } from '../operations/operation-runner';
 import { OperationRow } from '../operations/operation.repository';
 import { PartitionRepository, PartitionRow } from './partition.repository';
-import { partitionView } from './partition-view';
+import { partitionEvent, partitionView } from './partition-view';
 
 /** How often a waiting operation re-reads the partition, in case an event was missed. */
 const POLL_MS = 1000;
@@ -125,7 +125,7 @@ export class PartitionOperations implements OnModuleInit {
       }
       return deleted;
     });
-    if (gone) await this.events.publish({ type: 'partition.deleted', resourceType: 'partition', resourceId: gone.id, projectId: gone.project_id, data: partitionView(gone) });
+    if (gone) await this.events.publish(partitionEvent('partition.deleted', partitionView(gone)));
   }
 
   private async mustGet(op: OperationRow): Promise<PartitionRow> {
@@ -191,6 +191,6 @@ export class PartitionOperations implements OnModuleInit {
   }
 
   private async publish(r: PartitionRow): Promise<void> {
-    await this.events.publish({ type: 'partition.updated', resourceType: 'partition', resourceId: r.id, projectId: r.project_id, data: partitionView(r) });
+    await this.events.publish(partitionEvent('partition.updated', partitionView(r)));
   }
 }

@@ -1,4 +1,5 @@
 import { etagOf } from '../common/etag';
+import type { HpEvent } from '../events/event-bus';
 import { PartitionRow } from './partition.repository';
 
 /** A partition as both APIs show it. */
@@ -19,6 +20,11 @@ export interface PartitionView {
   etag: string;
   createdAt: string;
   updatedAt: string;
+}
+
+/** The event stream's record of a change to a partition (`partition.created`, `.updated`, `.deleted`). */
+export function partitionEvent(type: string, v: PartitionView): Omit<HpEvent, 'id' | 'at'> {
+  return { type, resourceType: 'partition', resourceId: v.id, projectId: v.projectId, data: v };
 }
 
 /** Maps a partition row to its view. */

@@ -65,21 +65,6 @@ export interface PartitionFilter {
 export class PartitionRepository {
   constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
 
-  /** Inserts a partition; a taken name is {@link AlreadyExistsError}. */
-  async insert(tx: Db, p: NewPartition): Promise<PartitionRow> {
-    try {
-      const found = await rows<PartitionRow>(tx, 
-        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
-        [p.id, p.projectId, p.name, p.description, p.state, p.nodeId, p.vcpus, p.memoryMiB, p.diskGiB, p.image, JSON.stringify(p.labels), JSON.stringify(p.placement ?? {}), p.placement?.group ?? null],
-      );
-      return found[0]!;
-    } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExistsError('partition', p.name);
-      throw e;
-    }
-  }
-
   /**
    * Inserts partitions that differ only in id, name and node (a create with `count`) in one
    * statement; a taken name is {@link AlreadyExistsError}.
@@ -104,12 +89,6 @@ export class PartitionRepository {
   async namesTaken(db: Db, projectId: string, names: string[]): Promise<string[]> {
     const found = await rows<{ name: string }>(db, `SELECT name FROM partitions WHERE project_id = $1 AND name = ANY($2::text[])`, [projectId, names]);
     return found.map((r) => r.name);
-  }
-
-  /** True when the project already has a partition with this name. */
-  async nameTaken(db: Db, projectId: string, name: string): Promise<boolean> {
-    const found = await rows<unknown>(db, `SELECT 1 FROM partitions WHERE project_id = $1 AND name = $2`, [projectId, name]);
-    return found.length > 0;
   }
 
   /** A partition in a project (the API's read path: one index lookup). */

@@ -25,7 +25,7 @@ import { OperationView, OperationsService, operationView } from '../operations/o
 import { AgentSessions } from '../agents/agent-sessions';
 import { ImagePolicy } from '../images/image-policy';
 import { PartitionRepository, PartitionRow, PlacementSpecRow } from './partition.repository';
-import { PartitionView, partitionView } from './partition-view';
+import { PartitionView, partitionEvent, partitionView } from './partition-view';
 import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from './partitions.dto';
 
 /** The answer to every state-changing partition call: the partition and the operation doing the work. */
@@ -109,7 +109,7 @@ export class PartitionsService {
         await Promise.all(
           r.partitions.map((p, i) =>
             Promise.all([
-              this.events.publish({ type: 'partition.created', resourceType: 'partition', resourceId: p.id, projectId, data: p }),
+              this.events.publish(partitionEvent('partition.created', p)),
               this.operations.publishView(r.operations[i]!),
             ]),
           ),
@@ -156,7 +156,7 @@ export class PartitionsService {
       }
       return partitionView(await this.partitions.updateMeta(db, id, { labels, description: input.description }));
     });
-    await this.events.publish({ type: 'partition.updated', resourceType: 'partition', resourceId: view.id, projectId, data: view });
+    await this.events.publish(partitionEvent('partition.updated', view));
     return view;
   }
 
@@ -258,7 +258,7 @@ export class PartitionsService {
   /** After commit: queue the operation's job and tell the event streams. */
   private async launched(r: { partition: PartitionView; operation: OperationView }, type: string): Promise<void> {
     await this.queue.enqueue(r.operation.id, r.operation.kind).catch(() => undefined); // the sweep re-queues it if Redis hiccupped
-    await this.events.publish({ type, resourceType: 'partition', resourceId: r.partition.id, projectId: r.partition.projectId, data: r.partition });
+    await this.events.publish(partitionEvent(type, r.partition));
     await this.operations.publishView(r.operation);
   }
 }
