@@ -40,5 +40,6 @@ export async function collectInventory(driver: PartitionDriver, dataDir: string,
     images: images.map((i) => ({ name: i.name, format: i.format, sizeBytes: i.sizeBytes, virtualSizeBytes: i.virtualSizeBytes, path: i.path, metadataJson: '' })),
     driver: driver.kind,
     agentVersion: AGENT_VERSION,
+    tls: facts.tls ?? false,
   };
 }

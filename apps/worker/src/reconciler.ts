@@ -22,6 +22,7 @@
  */
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
+import { freePortPair } from './ports';
 import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
 import { isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
@@ -275,6 +276,18 @@ export class Reconciler {
         case 'coldMigrationPrepareTarget':
         case 'coldMigrationSend':
           return await this.coldMigrationCommand(cmd);
+        case 'migrationOutcome': {
+          const id = cmd.migrationOutcome?.partitionId ?? '';
+          const gone = JSON.stringify({ present: false, state: 'absent', reason: '' });
+          const e = this.entries.get(id);
+          if (!e || e.incoming) return { commandId, ok: true, errorCode: '', errorMessage: '', payload: gone };
+          // Behind whatever runs in the partition's queue (a migration): then it is here or not.
+          let payload = gone;
+          await this.enqueue(e, async () => {
+            payload = JSON.stringify({ present: true, state: e.state, reason: e.reason, ...(this.driver.diskPath ? { diskPath: this.driver.diskPath(id) } : {}) });
+          });
+          return { commandId, ok: true, errorCode: '', errorMessage: '', payload };
+        }
         default:
           return fail('INVALID_ARGUMENT', `unknown command ${JSON.stringify(cmd.body ?? '')}`);
       }
@@ -359,15 +372,17 @@ export class Reconciler {
         const storage: MigrationStorage = body.storage === 'shared' ? 'shared' : 'copy';
         const result = await this.queued(commandId, e, async () => {
           this.setState(e, 'starting', INCOMING_REASON);
+          const host = body.host || this.deps.address || '127.0.0.1';
           const target = await this.driver.migrationPrepareTarget(
             { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
             {
-              host: body.host || this.deps.address || '127.0.0.1',
-              port: Number(body.port ?? 0),
+              host,
+              port: Number(body.port ?? 0) || (await freePortPair(host)),
               ...(body.nbdPort ? { nbdPort: Number(body.nbdPort) } : {}),
               storage,
               ...(body.sharedDiskPath ? { sharedDiskPath: body.sharedDiskPath } : {}),
               postcopy: Boolean(body.postcopy),
+              ...(body.tls ? { tls: true } : {}),
             },
           );
           e.pid = 0;
@@ -391,6 +406,7 @@ export class Reconciler {
           storage: body.storage === 'shared' ? 'shared' : 'copy',
           ...(body.targetNbdPort ? { nbdPort: Number(body.targetNbdPort) } : {}),
           ...(body.exportName ? { exportName: body.exportName } : {}),
+          ...(body.tls ? { tls: true, ...(body.tlsHostname ? { tlsHostname: body.tlsHostname } : {}) } : {}),
         };
         const o = body.options;
         const positive = (v: unknown) => (Number(v ?? 0) > 0 ? Number(v) : undefined);
@@ -499,7 +515,7 @@ export class Reconciler {
       const result = await this.queued(commandId, e, async () => {
         const receiver = await this.driver.coldMigrationPrepareTarget(
           { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
-          { host: body.host || this.deps.address || '127.0.0.1', port: Number(body.port ?? 0), ...(Number(body.timeoutMs ?? 0) > 0 ? { timeoutMs: Number(body.timeoutMs) } : {}) },
+          { host: body.host || this.deps.address || '127.0.0.1', port: Number(body.port ?? 0), ...(Number(body.timeoutMs ?? 0) > 0 ? { timeoutMs: Number(body.timeoutMs) } : {}) }, // port 0: the system picks one
         );
         this.setState(e, 'starting', 'incoming cold migration');
         this.report(e);

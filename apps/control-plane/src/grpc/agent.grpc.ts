@@ -50,6 +50,8 @@ export class AgentGrpcApi {
           return this.agents.onGuestEvent(nodeId, m.event!);
         case 'consoleOutput':
           return this.agents.onConsoleOutput(m.consoleOutput!);
+        case 'migrationProgress':
+          return this.agents.onMigrationProgress(nodeId, m.migrationProgress!);
         case 'register':
           throw new AgentRejectedError('register sent twice on one stream');
       }

@@ -1,4 +1,5 @@
 /** Maps service views (the REST JSON) to proto messages where names differ (`memoryMiB` → `memoryMib`). */
+import type { SnapshotView } from '../snapshots/snapshot-view';
 import { v1 } from '@hyperplane/proto';
 import { NodeView } from '../nodes/nodes.service';
 import { OperationView } from '../operations/operations.service';
@@ -57,4 +58,9 @@ export function eventMsg(e: HpEvent): v1.Event {
 export function imageMsg(i: ImageView): v1.Image {
   const { metadata, expiresAt, ...rest } = i;
   return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '' };
+}
+
+/** Snapshot view → proto. */
+export function snapshotMsg(s: SnapshotView): v1.Snapshot {
+  return { ...s, parentId: s.parentId ?? '' };
 }

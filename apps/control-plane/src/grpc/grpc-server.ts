@@ -11,7 +11,7 @@ import { AgentGrpcApi } from './agent.grpc';
 import { PublicGrpcApi } from './public-api.grpc';
 
 /** Names of the public services, as health checks and reflection list them. */
-const PUBLIC_SERVICES = ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService'];
+const PUBLIC_SERVICES = ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService', 'SnapshotService', 'MigrationService'];
 
 /**
  * The gRPC server on HYPERPLANE_GRPC_PORT: the public API (hyperplane.v1), the agent protocol

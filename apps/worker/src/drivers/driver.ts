@@ -60,6 +60,8 @@ export interface HostFacts {
   /** Overrides of the host's real figures (hollow nodes advertise what the benchmark asks). */
   cpus?: number;
   memoryMiB?: number;
+  /** The node has TLS credentials, so it can send and receive encrypted migrations. */
+  tls?: boolean;
 }
 
 /** One image of the node's store. */
@@ -114,6 +116,8 @@ export interface MigrationTargetOptions {
   sharedDiskPath?: string;
   /** Must match the source's `postcopy` option (the capability is set on both sides). */
   postcopy?: boolean;
+  /** Encrypt the memory stream and the NBD disk copy with this node's TLS credentials (server side). */
+  tls?: boolean;
 }
 
 /** Where the source sends memory and disk, as returned by `migrationPrepareTarget`. */
@@ -124,6 +128,10 @@ export interface MigrationTarget {
   /** For `copy` storage: the NBD server and the export name of the destination's disk. */
   nbdPort?: number;
   exportName?: string;
+  /** The destination listens with TLS: the source connects with its client credentials. */
+  tls?: boolean;
+  /** The name the destination's certificate must carry (default: `host`). */
+  tlsHostname?: string;
 }
 
 /** Tuning of one live migration. Every field is optional. */
@@ -206,6 +214,8 @@ export interface PartitionDriver {
   hostFacts(): Promise<HostFacts>;
   /** The images this node can start guests from. */
   listImages(): Promise<ImageEntry[]>;
+  /** Where a partition's disk file is on this node (drivers with real disks), for shared-storage migration. */
+  diskPath?(id: string): string;
   /**
    * Finds guests left by an earlier agent process: adopts the live ones (they keep running) and
    * cleans the runtime files of dead ones. Call once, before anything else touches guests.

@@ -13,7 +13,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, createReadStream, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { chmod, link, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
+import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -60,6 +60,12 @@ export interface QemuDriverOptions {
   qemuBinary?: string;
   /** Defaults to `qemu-img` on PATH. */
   qemuImgBinary?: string;
+  /**
+   * The node's x509 credentials for encrypted migration (QEMU `tls-creds-x509` layout:
+   * ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem). Unset: the
+   * node cannot send or receive encrypted migrations.
+   */
+  tlsDir?: string;
   /** How long QEMU may take from spawn to a QMP answer. Default 20 s. */
   startTimeoutMs?: number;
   /** How long to wait after `quit` (or SIGTERM) before SIGKILL. Default 5 s. */
@@ -117,7 +123,7 @@ interface MigrationRun {
 }
 
 /** Ids of the QMP objects a migration adds on the source and the destination. */
-const MIG = { mirrorJob: 'mig-mirror', nbdNode: 'mig-nbd', exportId: 'mig-export' } as const;
+const MIG = { mirrorJob: 'mig-mirror', nbdNode: 'mig-nbd', exportId: 'mig-export', tlsServer: 'mig-tls-server', tlsClient: 'mig-tls-client' } as const;
 
 /** Default limits of snapshot jobs and migrations. */
 const SNAPSHOT_JOB_TIMEOUT_MS = 300_000;
@@ -165,6 +171,10 @@ export class QemuDriver implements PartitionDriver {
     this.listener = listener;
   }
 
+  diskPath(id: string): string {
+    return join(this.dirOf(id), RUNTIME_FILES.disk);
+  }
+
   hostFacts(): Promise<HostFacts> {
     this.facts ??= (async () => {
       const flags = await cpuFlags();
@@ -173,7 +183,7 @@ export class QemuDriver implements PartitionDriver {
         qemuMachineTypes(this.qemu).catch(() => []),
         chooseAccelerator(this.options.accel, flags),
       ]);
-      return { accelerator: accel, qemuVersion: version, cpuFlags: flags, machineTypes: machines };
+      return { accelerator: accel, qemuVersion: version, cpuFlags: flags, machineTypes: machines, tls: Boolean(this.options.tlsDir) };
     })();
     return this.facts;
   }
@@ -375,9 +385,13 @@ export class QemuDriver implements PartitionDriver {
         // return-path: the destination tells the source whether it loaded the state, so the source
         // reports `completed` only once the destination has the guest (and resumes it otherwise).
         await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'postcopy-ram': Boolean(incoming.postcopy) });
+        if (incoming.tls) {
+          await qmp.objectAdd({ 'qom-type': 'tls-creds-x509', id: MIG.tlsServer, dir: this.requireTlsDir(), endpoint: 'server', 'verify-peer': true });
+          await qmp.migrateSetParameters({ 'tls-creds': MIG.tlsServer });
+        }
         await qmp.migrateIncoming(`tcp:${incoming.host}:${incoming.port}`);
         if (incoming.storage === 'copy') {
-          await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort });
+          await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort }, incoming.tls ? { 'tls-creds': MIG.tlsServer } : {});
           await qmp.blockExportAdd({ type: 'nbd', id: MIG.exportId, 'node-name': DISK_NODE, name: DISK_NODE, writable: true });
         }
         await writeFile(join(dir, RUNTIME_FILES.incoming), JSON.stringify({ storage: incoming.storage, host: incoming.host, port: incoming.port }), { mode: 0o600 });
@@ -705,6 +719,7 @@ export class QemuDriver implements PartitionDriver {
     if (this.closed) throw new FailedPreconditionError('the QEMU driver is closed');
     const dir = this.dirOf(spec.id);
     const log = this.log.child({ partition: spec.id, migration: 'incoming' });
+    if (options.tls) this.requireTlsDir();
     if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw ValidationError.field('port', `must be 1-65535 (got ${options.port})`);
     const nbdPort = options.nbdPort ?? options.port + 1;
     if (options.storage === 'shared' && !options.sharedDiskPath) throw ValidationError.field('sharedDiskPath', 'shared storage needs the disk path');
@@ -714,7 +729,7 @@ export class QemuDriver implements PartitionDriver {
       const plan = await this.validate(spec, dir);
       const inst = await this.launch(spec, dir, plan, log, { ...options, nbdPort });
       log.info({ qemuPid: inst.pid, port: options.port, nbdPort, storage: options.storage }, 'waiting for an incoming migration');
-      return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}) };
+      return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}), ...(options.tls ? { tls: true } : {}) };
     });
   }
 
@@ -805,14 +820,19 @@ export class QemuDriver implements PartitionDriver {
     };
     let storageMs = 0;
     let info: MigrationInfo = {};
+    const tls = target.tls ? { 'tls-creds': MIG.tlsClient, 'tls-hostname': target.tlsHostname ?? target.host } : undefined;
     try {
+      if (tls) {
+        await qmp.objectDel(MIG.tlsClient).catch(() => undefined); // left by an earlier attempt
+        await qmp.objectAdd({ 'qom-type': 'tls-creds-x509', id: MIG.tlsClient, dir: this.requireTlsDir(), endpoint: 'client' });
+      }
       if (target.storage === 'copy') {
         if (!target.nbdPort) throw ValidationError.field('target.nbdPort', 'copy storage needs the destination NBD port');
         const snapshots = await this.snapshotList(inst.id);
         if (snapshots.length > 0 && !options.discardSnapshots) {
           throw new FailedPreconditionError(`partition ${inst.id} has ${snapshots.length} snapshot(s); a live migration that copies the disk does not carry them (migrate with shared storage or cold, or allow discarding them)`);
         }
-        await qmp.blockdevAdd({ driver: 'nbd', 'node-name': MIG.nbdNode, server: { type: 'inet', host: target.host, port: String(target.nbdPort) }, export: target.exportName ?? DISK_NODE });
+        await qmp.blockdevAdd({ driver: 'nbd', 'node-name': MIG.nbdNode, server: { type: 'inet', host: target.host, port: String(target.nbdPort) }, export: target.exportName ?? DISK_NODE, ...(tls ?? {}) });
         // `top`: only what the overlay holds; the base image is the same file on both nodes here.
         await qmp.blockdevMirror({ 'job-id': MIG.mirrorJob, device: DISK_NODE, target: MIG.nbdNode, sync: 'top', 'copy-mode': 'write-blocking', 'auto-dismiss': false, ...(bandwidth ? { speed: bandwidth } : {}) });
         let lastOffset = -1;
@@ -838,7 +858,8 @@ export class QemuDriver implements PartitionDriver {
       }
       checkCancel();
       await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) });
-      await qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40 });
+      // tls-creds '' turns encryption off again after an earlier encrypted attempt.
+      await qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40, ...(tls ?? { 'tls-creds': '' }) });
       await qmp.migrate(`tcp:${target.host}:${target.port}`);
       const memoryStarted = Date.now();
       let lastTransferred = -1;
@@ -877,6 +898,10 @@ export class QemuDriver implements PartitionDriver {
         throw new InternalError(`post-copy migration of partition ${inst.id} failed: ${(error as Error).message}`);
       }
       await this.cleanupSource(inst, log, true, target);
+      if (tls) {
+        await qmp.migrateSetParameters({ 'tls-creds': '' }).catch(() => undefined);
+        await qmp.objectDel(MIG.tlsClient).catch(() => undefined);
+      }
       onProgress({ phase: run.cancelRequested ? 'cancelled' : 'failed', bytesRemaining: 0, bytesTransferred: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: run.cancelRequested ? 'cancelled' : 'failed' });
       if (run.cancelRequested) throw new CancelledError(`the migration of partition ${inst.id} was cancelled; it keeps running here`);
       throw error;
@@ -939,6 +964,12 @@ export class QemuDriver implements PartitionDriver {
     } finally {
       clearTimeout(breaker);
     }
+  }
+
+  /** The node's TLS credentials directory; a node without one cannot take part in an encrypted migration. */
+  private requireTlsDir(): string {
+    if (!this.options.tlsDir) throw new FailedPreconditionError('this node has no TLS credentials for encrypted migration (start the worker with --tls-dir)');
+    return this.options.tlsDir;
   }
 
   /** Aborts this host's connections to the destination's migration and NBD ports (see `killTcpConnections`). */
@@ -1042,7 +1073,7 @@ export class QemuDriver implements PartitionDriver {
     });
     received.catch(() => undefined);
     this.coldReceivers.set(spec.id, { abort: abortReceive, received });
-    return { target: { host: options.host, port: options.port }, received };
+    return { target: { host: options.host, port: (server.address() as AddressInfo).port }, received };
   }
 
   async coldMigrationSend(id: string, target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }> {
