@@ -50,7 +50,7 @@ export class SnapshotRepository {
         [s.id, s.projectId, s.partitionId, s.parentId, s.name, s.description, s.withMemory]);
       return found[0]!;
     } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExistsError('snapshot', s.name);
+      if (isUniqueViolation(e)) throw new AlreadyExistsError('snapshot', s.name, 'this partition');
       throw e;
     }
   }
