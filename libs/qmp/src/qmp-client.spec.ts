@@ -441,6 +441,13 @@ describe('typed methods send the QAPI command QEMU 7.2 expects', () => {
     ['nbdServerStop', (c) => c.nbdServerStop(), 'nbd-server-stop', undefined],
     ['objectAdd', (c) => c.objectAdd({ 'qom-type': 'iothread', id: 'io0' }), 'object-add', { 'qom-type': 'iothread', id: 'io0' }],
     ['objectDel', (c) => c.objectDel('io0'), 'object-del', { id: 'io0' }],
+    ['queryNamedBlockNodes', (c) => c.queryNamedBlockNodes(), 'query-named-block-nodes', { flat: true }, []],
+    ['xBlockdevChange (add)', (c) => c.xBlockdevChange({ parent: 'q', node: 'r1' }), 'x-blockdev-change', { parent: 'q', node: 'r1' }],
+    ['xBlockdevChange (remove)', (c) => c.xBlockdevChange({ parent: 'q', child: 'children.0' }), 'x-blockdev-change', { parent: 'q', child: 'children.0' }],
+    ['blockGraph', (c) => c.blockGraph(), 'x-debug-query-block-graph', undefined, { nodes: [], edges: [] }],
+    ['blockStream', (c) => c.blockStream('sync', 'link'), 'block-stream', { 'job-id': 'sync', device: 'link' }],
+    ['blockdevBackup', (c) => c.blockdevBackup('copy', 'src', 'dst'), 'blockdev-backup', { 'job-id': 'copy', device: 'src', target: 'dst', sync: 'full' }],
+    ['blockdevCreate', (c) => c.blockdevCreate('fmt', { driver: 'luks', file: 'up', size: 1 }), 'blockdev-create', { 'job-id': 'fmt', options: { driver: 'luks', file: 'up', size: 1 } }],
   ];
 
   it.each(cases)('%s', async (...[, call, execute, args, returned]: Case) => {

@@ -6,6 +6,7 @@ import type {
   BlockdevMirrorOptions,
   BlockdevOptions,
   BlockExportOptions,
+  BlockGraph,
   BlockInfo,
   BlockJobInfo,
   CpuInfoFast,
@@ -15,6 +16,7 @@ import type {
   MigrationCapability,
   MigrationInfo,
   MigrationStatus,
+  NamedBlockNode,
   NbdServerStartOptions,
   ObjectAddOptions,
   QemuVersionTriple,
@@ -548,6 +550,43 @@ export class QmpClient {
   /** `object-del`: delete a QOM object no longer in use. */
   async objectDel(id: string): Promise<void> {
     await this.execute('object-del', { id });
+  }
+
+  /** `query-named-block-nodes` (flat): every block node with its image facts (virtual size, backing). */
+  queryNamedBlockNodes(): Promise<NamedBlockNode[]> {
+    return this.execute<NamedBlockNode[]>('query-named-block-nodes', { flat: true });
+  }
+
+  /**
+   * `x-blockdev-change`: add node `node` as a new child of `parent` (a quorum), or remove the
+   * child named `child` (`children.N`, see `blockGraph`). Experimental in QEMU 7.2 (hence `x-`);
+   * quorum is the only driver that supports it.
+   */
+  async xBlockdevChange(change: { parent: string; node: string } | { parent: string; child: string }): Promise<void> {
+    await this.execute('x-blockdev-change', change);
+  }
+
+  /** `x-debug-query-block-graph`: the block graph (nodes and named parent→child edges). Debug command in QEMU 7.2. */
+  blockGraph(): Promise<BlockGraph> {
+    return this.execute<BlockGraph>('x-debug-query-block-graph');
+  }
+
+  /**
+   * `block-stream`: start job `jobId` copying the backing chain's data of node `device` into it
+   * (all of it when `baseNode` is absent; the node then has no backing any more).
+   */
+  async blockStream(jobId: string, device: string, options: { baseNode?: string; speed?: number } = {}): Promise<void> {
+    await this.execute('block-stream', { 'job-id': jobId, device, ...(options.baseNode ? { 'base-node': options.baseNode } : {}), ...(options.speed ? { speed: options.speed } : {}) });
+  }
+
+  /** `blockdev-backup`: start job `jobId` copying node `device` into the same-sized node `target` (`sync: full` copies everything). */
+  async blockdevBackup(jobId: string, device: string, target: string, sync: 'full' | 'top' | 'none' = 'full'): Promise<void> {
+    await this.execute('blockdev-backup', { 'job-id': jobId, device, target, sync });
+  }
+
+  /** `blockdev-create`: start job `jobId` formatting an image (`options` are the driver's `BlockdevCreateOptions`). */
+  async blockdevCreate(jobId: string, options: BlockdevOptions): Promise<void> {
+    await this.execute('blockdev-create', { 'job-id': jobId, options });
   }
 
   private onData(chunk: Buffer | string): void {

@@ -342,6 +342,23 @@ export interface BlockExportOptions {
   [key: string]: unknown;
 }
 
+/** One entry of `query-named-block-nodes` (`BlockDeviceInfo`), the fields the product reads. */
+export interface NamedBlockNode {
+  'node-name': string;
+  drv: string;
+  ro: boolean;
+  file: string;
+  backing_file?: string;
+  image: { 'virtual-size': number; filename: string; format: string; 'backing-filename'?: string };
+  [key: string]: unknown;
+}
+
+/** `x-debug-query-block-graph`: nodes (by internal id) and edges from parent to child with the child's name. */
+export interface BlockGraph {
+  nodes: Array<{ id: number; type: string; name: string }>;
+  edges: Array<{ parent: number; child: number; name: string; perm: string[]; 'shared-perm': string[] }>;
+}
+
 /** `data` of the events the product waits for, by event name. */
 export interface QmpEventMap {
   SHUTDOWN: { guest: boolean; reason: ShutdownCause };
