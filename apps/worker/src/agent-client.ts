@@ -17,6 +17,7 @@ import { backoffDelay, RECONNECT_BACKOFF, type BackoffPolicy } from './backoff';
 import type { ConsoleSessions } from './console-sessions';
 import { readNodeId, writeNodeId } from './node-files';
 import type { Reconciler } from './reconciler';
+import type { ProviderReconciler } from './providers/provider-reconciler';
 import type { TickMember } from './ticker';
 
 /** Heartbeat period used until the control plane names one. */
@@ -60,6 +61,8 @@ export interface AgentClientOptions {
   dataDir: string;
   client: agentV1.AgentServiceClient;
   reconciler: Reconciler;
+  /** Service-chain providers; undefined when this node cannot run them (provider specs are then answered `failed`). */
+  providers?: ProviderReconciler;
   consoles: () => ConsoleSessions;
   inventory: () => Promise<agentV1.Inventory>;
   log: Logger;
@@ -190,6 +193,7 @@ export class AgentClient implements TickMember {
         partitions,
         joinToken: this.options.joinToken,
         nodeId: this.nodeIdValue,
+        providers: this.options.providers?.statuses() ?? [],
       },
     });
     this.phaseValue = 'registering';
@@ -229,8 +233,27 @@ export class AgentClient implements TickMember {
       case 'consoleClose':
         this.options.consoles().close(message.consoleClose?.sessionId ?? '');
         return;
+      case 'providersDesired':
+        this.onProviders(message.providersDesired?.providers ?? [], true);
+        return;
+      case 'providerUpsert':
+        this.onProviders([message.providerUpsert!], false);
+        return;
       default:
         this.log.warn({ body: message.body }, 'unknown control message ignored');
+    }
+  }
+
+  private onProviders(specs: agentV1.ProviderSpec__Output[], full: boolean): void {
+    const providers = this.options.providers;
+    if (providers) {
+      if (full) providers.desired(specs);
+      else providers.upsert(specs[0]!);
+      return;
+    }
+    for (const s of specs) {
+      const absent = s.desired === 'absent';
+      this.send({ providerStatus: { id: s.id ?? '', state: absent ? 'absent' : 'failed', reason: absent ? '' : 'this node cannot run service-chain providers (simulated driver)', generation: Number(s.generation ?? 0), chainId: s.chainId ?? '', link: s.link ?? '' } });
     }
   }
 

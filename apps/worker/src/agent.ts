@@ -14,6 +14,9 @@ import { SimulatedDriver } from './drivers/simulated/simulated.driver';
 import { collectInventory } from './inventory';
 import { lockDataDir } from './node-files';
 import { PartitionStore } from './partition-store';
+import { ProviderDriver } from './providers/provider-driver';
+import { ProviderReconciler } from './providers/provider-reconciler';
+import { ProviderStore } from './providers/provider-store';
 import { Reconciler } from './reconciler';
 import { Ticker } from './ticker';
 import type { BackoffPolicy } from './backoff';
@@ -33,6 +36,8 @@ export interface NodeAgentOptions {
   backoff?: BackoffPolicy;
   registerTimeoutMs?: number;
   defaultGraceMs?: number;
+  /** Service-chain providers of this node (QEMU driver only). */
+  providerDriver?: ProviderDriver;
 }
 
 /**
@@ -43,6 +48,8 @@ export class NodeAgent {
   readonly reconciler: Reconciler;
   readonly client: AgentClient;
   readonly consoles: ConsoleSessions;
+  /** Service-chain providers; undefined on nodes that cannot run them (simulated driver). */
+  readonly providers: ProviderReconciler | undefined;
   private release: (() => Promise<void>) | undefined;
 
   constructor(private readonly options: NodeAgentOptions) {
@@ -55,10 +62,21 @@ export class NodeAgent {
       report: (status) => void send({ status }),
       event: (event) => void send({ event }),
       migrationProgress: (migrationProgress) => void send({ migrationProgress }),
+      replicaLost: (replicaLost) => void send({ replicaLost }),
       address: options.address,
       log,
       defaultGraceMs: options.defaultGraceMs,
     });
+    this.providers = options.providerDriver
+      ? new ProviderReconciler({
+          driver: options.providerDriver,
+          store: new ProviderStore(options.dataDir),
+          report: (providerStatus) => void send({ providerStatus }),
+          replicaLost: (replicaLost) => void send({ replicaLost }),
+          address: options.address,
+          log,
+        })
+      : undefined;
     this.consoles = new ConsoleSessions(driver, (consoleOutput) => void send({ consoleOutput }), log);
     client = new AgentClient({
       nodeName: options.nodeName,
@@ -67,6 +85,7 @@ export class NodeAgent {
       dataDir: options.dataDir,
       client: options.client,
       reconciler: this.reconciler,
+      providers: this.providers,
       consoles: () => this.consoles,
       inventory: () => collectInventory(driver, options.dataDir, options.labels),
       log,
@@ -81,6 +100,7 @@ export class NodeAgent {
     this.release = await lockDataDir(this.options.dataDir);
     try {
       await this.reconciler.init();
+      await this.providers?.init();
     } catch (error) {
       await this.release();
       throw error;
@@ -93,6 +113,8 @@ export class NodeAgent {
   async stop(): Promise<void> {
     this.options.ticker.remove(this.client);
     await this.client.close();
+    this.providers?.close();
+    await this.options.providerDriver?.close();
     await this.options.driver.close();
     await this.release?.();
     this.release = undefined;
@@ -119,6 +141,7 @@ export async function startWorker(config: WorkerConfig, root: Logger, overrides:
     for (const node of config.nodes) {
       const log = config.nodes.length === 1 ? processLog : root.child({ node: node.name });
       let driver: PartitionDriver;
+      let providerDriver: ProviderDriver | undefined;
       if (config.driver === 'simulated') {
         driver = new SimulatedDriver({ startMs: config.simStartMs, failRate: config.simFailRate });
       } else {
@@ -129,6 +152,7 @@ export async function startWorker(config: WorkerConfig, root: Logger, overrides:
         const facts = await qemu.hostFacts();
         log.info({ accelerator: facts.accelerator, qemuVersion: facts.qemuVersion, dataDir: node.dataDir }, 'QEMU driver ready');
         driver = qemu;
+        providerDriver = new ProviderDriver({ dataDir: node.dataDir, address: config.address, nodeName: node.name, ...(config.tlsDir ? { tlsDir: config.tlsDir } : {}), imagePath: (n) => qemu.images.pathOf(n), log });
       }
       const agent = new NodeAgent({
         nodeName: node.name,
@@ -141,6 +165,7 @@ export async function startWorker(config: WorkerConfig, root: Logger, overrides:
         ticker,
         log,
         backoff: overrides.backoff,
+        providerDriver,
       });
       await agent.start();
       agents.push(agent);

@@ -1,5 +1,7 @@
 /** A partition as the agent keeps it: the spec it acted on and what it observed. */
 import type { agentV1 } from '@hyperplane/proto';
+import type { ChainDiskSpec } from './drivers/driver';
+import { endpointFromWire, type Endpoint } from './providers/nbd-graph';
 
 /** States the agent reports (agent.proto `PartitionStatus.state`). */
 export type ReportedState = 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'absent';
@@ -18,6 +20,8 @@ export interface SpecRecord {
   image: string;
   desired: DesiredState;
   generation: number;
+  /** Service-chain disks (absent: none). */
+  disks?: ChainDiskSpec[];
 }
 
 /** What `state.json` holds for one partition. */
@@ -50,6 +54,18 @@ export function specFromWire(p: agentV1.PartitionSpec__Output | agentV1.Partitio
     image: p.image ?? '',
     desired: (p.desired ?? '') as DesiredState,
     generation: Number(p.generation ?? 0),
+    ...(p.disks?.length ? { disks: p.disks.map(chainDiskFromWire).filter((d): d is ChainDiskSpec => d !== undefined) } : {}),
+  };
+}
+
+/** Normalises a ChainDisk from the wire; undefined without an attachment id. */
+export function chainDiskFromWire(d: agentV1.ChainDisk__Output | agentV1.ChainDisk | null | undefined): ChainDiskSpec | undefined {
+  if (!d?.attachmentId) return undefined;
+  return {
+    attachmentId: d.attachmentId,
+    index: Number(d.index ?? 0),
+    readOnly: Boolean(d.readOnly),
+    replicas: (d.replicas ?? []).map((e) => endpointFromWire(e)).filter((e): e is Endpoint => e !== undefined),
   };
 }
 

@@ -24,7 +24,7 @@ import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
 import { freePortPair } from './ports';
 import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
-import { isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
+import { chainDiskFromWire, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
 
 /** Grace of a stop the control plane asked for through `desired = stopped` alone. */
@@ -46,6 +46,8 @@ export interface ReconcilerDeps {
   event?: (event: agentV1.GuestEvent) => void;
   /** Called with the progress of outgoing migrations. */
   migrationProgress?: (progress: agentV1.MigrationProgress) => void;
+  /** Called when a chain disk dropped a replica after an I/O error. */
+  replicaLost?: (lost: agentV1.ReplicaLost) => void;
   /** The node's address: where incoming migrations listen unless the command names a host. */
   address?: string;
   log: Logger;
@@ -95,6 +97,7 @@ export class Reconciler {
     this.driver.setListener({
       onExit: (id, exit) => this.onExit(id, exit),
       onEvent: (id, event, data) => this.deps.event?.({ partitionId: id, event, dataJson: JSON.stringify(data), at: new Date().toISOString() }),
+      onReplicaLost: (id, replicaId, reason) => this.deps.replicaLost?.({ replicaId, consumer: `partition:${id}`, reason }),
     });
   }
 
@@ -276,6 +279,9 @@ export class Reconciler {
         case 'coldMigrationPrepareTarget':
         case 'coldMigrationSend':
           return await this.coldMigrationCommand(cmd);
+        case 'diskAttach':
+        case 'diskDetach':
+          return await this.diskCommand(cmd);
         case 'migrationOutcome': {
           const id = cmd.migrationOutcome?.partitionId ?? '';
           const gone = JSON.stringify({ present: false, state: 'absent', reason: '' });
@@ -499,6 +505,36 @@ export class Reconciler {
     }
   }
 
+  /**
+   * Chain disks: on a running guest they are hot-plugged or unplugged (attach also updates the
+   * replicas of a disk the guest has); either way the partition's spec records them for its next start.
+   */
+  private async diskCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
+    const commandId = cmd.id ?? '';
+    const id = cmd.diskAttach?.partitionId ?? cmd.diskDetach?.partitionId ?? '';
+    const e = this.entries.get(id);
+    if (!e || e.incoming || !e.spec) return { commandId, ok: false, errorCode: 'NOT_FOUND', errorMessage: `partition ${id} is not on this node`, payload: '' };
+    const spec = e.spec;
+    return this.queued(commandId, e, async () => {
+      const running = this.driver.isRunning(id);
+      if (cmd.body === 'diskAttach') {
+        const disk = chainDiskFromWire(cmd.diskAttach?.disk);
+        if (!disk) throw Object.assign(new Error('disk_attach needs a disk with an attachment id'), { code: 'INVALID_ARGUMENT' });
+        if (running) {
+          if (!this.driver.diskAttach) throw Object.assign(new Error(`the ${this.driver.kind} driver has no service-chain disks`), { code: 'FAILED_PRECONDITION' });
+          await this.driver.diskAttach(id, disk);
+        }
+        e.spec = { ...spec, disks: [...(spec.disks ?? []).filter((d) => d.attachmentId !== disk.attachmentId), disk] };
+      } else {
+        const attachmentId = cmd.diskDetach?.attachmentId ?? '';
+        if (running && this.driver.diskDetach) await this.driver.diskDetach(id, attachmentId);
+        e.spec = { ...spec, disks: (spec.disks ?? []).filter((d) => d.attachmentId !== attachmentId) };
+      }
+      await this.persist(e);
+      return JSON.stringify({ running });
+    });
+  }
+
   private async coldMigrationCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
     const commandId = cmd.id ?? '';
     if (cmd.body === 'coldMigrationPrepareTarget') {
@@ -617,7 +653,7 @@ export class Reconciler {
     this.setState(e, 'starting', '');
     await this.settle(e);
     try {
-      const guest = await this.driver.start({ id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image });
+      const guest = await this.driver.start({ id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image, ...(spec.disks?.length ? { disks: spec.disks } : {}) });
       e.pid = guest.pid;
       this.setState(e, 'running', '');
     } catch (error) {

@@ -6,6 +6,7 @@
  * called again while a stop runs, to adjust it (force, grace).
  */
 import type { Duplex } from 'node:stream';
+import type { Endpoint } from '../providers/nbd-graph';
 
 /** What one guest needs to start: the parts of a PartitionSpec a driver uses. */
 export interface GuestSpec {
@@ -19,6 +20,17 @@ export interface GuestSpec {
   diskGiB: number;
   /** Image name in the node's image store (`sample` means `images/sample.qcow2`). */
   image: string;
+  /** Service-chain disks the guest gets besides its boot disk. */
+  disks?: ChainDiskSpec[];
+}
+
+/** A service-chain disk of a partition: a quorum over NBD clients to the replicas of the attached link. */
+export interface ChainDiskSpec {
+  attachmentId: string;
+  /** 0-15: the device sits in PCI slot 0x10 + index. */
+  index: number;
+  readOnly: boolean;
+  replicas: Endpoint[];
 }
 
 /** A guest that runs after `start` or was adopted by `recover`. */
@@ -202,6 +214,8 @@ export interface DriverListener {
   onExit(id: string, exit: GuestExit): void;
   /** A hypervisor event (QMP event name and data), for the control plane's event stream. */
   onEvent(id: string, event: string, data: Record<string, unknown>): void;
+  /** A chain disk dropped a replica after an I/O error on it (the guest saw no error). */
+  onReplicaLost?(id: string, replicaId: string, reason: string): void;
 }
 
 /** A driver: runs guests for one node. Every method's `id` is a partition id (UUID). */
@@ -286,6 +300,13 @@ export interface PartitionDriver {
    * destination confirmed it, removes the partition's files here. On failure nothing changes here.
    */
   coldMigrationSend(id: string, target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }>;
+  /**
+   * Service-chain disks of a running guest: hot-plugs `disk`, or, when the guest has it, makes its
+   * replicas exactly these. Drivers without real disks leave it out.
+   */
+  diskAttach?(id: string, disk: ChainDiskSpec): Promise<void>;
+  /** Unplugs a chain disk from a running guest (the guest releases it first). */
+  diskDetach?(id: string, attachmentId: string): Promise<void>;
   /** Lets go of guests (monitor connections, watchers) WITHOUT stopping them. */
   close(): Promise<void>;
 }

@@ -11,13 +11,15 @@ export const RUNTIME_FILES = {
   pid: 'qemu.pid',
   /** Present while the partition's QEMU waits for or receives an incoming migration (destination). */
   incoming: 'incoming.json',
+  /** The service-chain disks the running QEMU has (see chain-disks.ts); only while it runs with some. */
+  disks: 'disks.json',
 } as const;
 
 /** Node name of the guest's disk (its qcow2 format node): snapshots, mirror and NBD export name it. */
 export const DISK_NODE = 'disk0';
 
 /** Files that only mean something while QEMU runs; removed once it is gone. */
-export const EPHEMERAL_FILES = [RUNTIME_FILES.qmp, RUNTIME_FILES.console, RUNTIME_FILES.pid] as const;
+export const EPHEMERAL_FILES = [RUNTIME_FILES.qmp, RUNTIME_FILES.console, RUNTIME_FILES.pid, RUNTIME_FILES.disks] as const;
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes with its NUL). */
 export const MAX_SOCKET_PATH = 107;

@@ -22,6 +22,7 @@ import { QmpClient, QmpDisconnectedError, type MigrationInfo } from '@hyperplane
 import type { Logger } from 'pino';
 import { Reverter } from '../../reverter';
 import type {
+  ChainDiskSpec,
   ColdMigrationReceiver,
   ColdMigrationTarget,
   ConsoleTail,
@@ -42,6 +43,7 @@ import type {
   SnapshotEntry,
   StopOptions,
 } from '../driver';
+import { attachDisk, chainDiskArgs, detachDisk, dropBadReplica, readDisks, writeDisks } from './chain-disks';
 import { readTail } from './console-log';
 import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnections, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
 import { ImageStore } from './image-store';
@@ -148,6 +150,8 @@ export class QemuDriver implements PartitionDriver {
   private readonly log: Logger;
   private readonly instances = new Map<string, Instance>();
   private readonly busy = new Set<string>();
+  /** Chain-disk operations per partition, chained (see `diskOp`). */
+  private readonly diskQueues = new Map<string, Promise<void>>();
   /** Cold-migration receivers waiting for a disk, by partition id: how to give up on one. */
   private readonly coldReceivers = new Map<string, { abort: (error: Error) => void; received: Promise<void> }>();
   private listener: DriverListener = { onExit: () => undefined, onEvent: () => undefined };
@@ -353,6 +357,9 @@ export class QemuDriver implements PartitionDriver {
 
       const args = buildQemuArgs({ id: spec.id, name: spec.name || spec.id, dir, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, accel: plan.accel, incoming: Boolean(incoming) });
       if (this.options.extraArgs?.length) args.splice(args.length - 1, 0, ...this.options.extraArgs);
+      const chainDisks = incoming ? [] : (spec.disks ?? []);
+      args.splice(args.length - 1, 0, ...chainDiskArgs(chainDisks, this.options.tlsDir));
+      if (chainDisks.length) await writeDisks(dir, chainDisks);
       const logFd = openSync(join(dir, RUNTIME_FILES.qemuLog), 'a', 0o600);
       try {
         child = spawn(this.qemu, args, { detached: true, stdio: ['ignore', logFd, logFd], cwd: dir });
@@ -450,6 +457,7 @@ export class QemuDriver implements PartitionDriver {
     inst.qmp = qmp;
     qmp.on('event', (event) => {
       if (event.event === 'SHUTDOWN') inst.shutdown = { guest: Boolean(event.data.guest), reason: String(event.data.reason ?? '') };
+      if (event.event === 'QUORUM_REPORT_BAD' && String(event.data['node-name'] ?? '').startsWith('chain')) void this.onChainReplicaBad(inst, event.data);
       if (!this.closed) this.listener.onEvent(inst.id, event.event, event.data);
     });
   }
@@ -789,6 +797,8 @@ export class QemuDriver implements PartitionDriver {
 
   async migrationStart(id: string, target: MigrationTarget, options: MigrationOptions, onProgress: (progress: MigrationProgress) => void = () => undefined): Promise<MigrationResult> {
     const inst = this.live(id, 'migrate');
+    // The destination's QEMU would need the same chain disks (the control plane refuses this first).
+    if ((await readDisks(inst.dir)).length) throw new FailedPreconditionError(`cannot migrate partition ${id}: it has service-chain disks; detach them first`);
     const log = this.log.child({ partition: id, migration: 'outgoing', to: `${target.host}:${target.port}` });
     const run: MigrationRun = { cancelRequested: false, postcopy: false, done: Promise.resolve() };
     const work = this.exclusive(id, 'migrate', async () => {
@@ -1101,6 +1111,48 @@ export class QemuDriver implements PartitionDriver {
       this.log.info({ partition: id, bytes: size, ms }, 'cold migration: disk sent; the partition is gone from here');
       return { bytes: size, ms };
     });
+  }
+
+  async diskAttach(id: string, disk: ChainDiskSpec): Promise<void> {
+    await this.diskOp(id, async (inst) => {
+      const disks = await attachDisk(inst.qmp, await readDisks(inst.dir), disk, this.options.tlsDir);
+      await writeDisks(inst.dir, disks);
+      this.log.info({ partition: id, attachment: disk.attachmentId, index: disk.index, replicas: disk.replicas.map((r) => r.replicaId) }, 'chain disk attached');
+    });
+  }
+
+  async diskDetach(id: string, attachmentId: string): Promise<void> {
+    await this.diskOp(id, async (inst) => {
+      await writeDisks(inst.dir, await detachDisk(inst.qmp, await readDisks(inst.dir), attachmentId));
+      this.log.info({ partition: id, attachment: attachmentId }, 'chain disk detached');
+    });
+  }
+
+  /** Chain-disk changes of one guest, one at a time (attach, detach and dropping a failed replica). */
+  private diskOp(id: string, fn: (inst: Instance & { qmp: QmpClient }) => Promise<void>): Promise<void> {
+    const run = (this.diskQueues.get(id) ?? Promise.resolve()).then(() => fn(this.live(id, 'change the disks of')));
+    const tail = run.catch(() => undefined);
+    this.diskQueues.set(id, tail);
+    void tail.then(() => {
+      if (this.diskQueues.get(id) === tail) this.diskQueues.delete(id);
+    });
+    return run;
+  }
+
+  /** A replica of a chain disk failed an I/O request: drop it (the guest carries on with the others) and say so. */
+  private async onChainReplicaBad(inst: Instance, data: Record<string, unknown>): Promise<void> {
+    const reason = `${String(data.type ?? 'I/O')} error: ${String(data.error ?? 'unknown')}`;
+    try {
+      await this.diskOp(inst.id, async (live) => {
+        const dropped = await dropBadReplica(live.qmp, await readDisks(live.dir), String(data['node-name'] ?? ''));
+        if (!dropped) return;
+        await writeDisks(live.dir, dropped.disks);
+        this.log.warn({ partition: inst.id, replica: dropped.replica.replicaId, reason }, 'chain disk dropped a replica after an I/O error');
+        this.listener.onReplicaLost?.(inst.id, dropped.replica.replicaId, reason);
+      });
+    } catch (error) {
+      this.log.warn({ partition: inst.id, err: error }, 'could not drop a failed chain-disk replica');
+    }
   }
 
   async close(): Promise<void> {
