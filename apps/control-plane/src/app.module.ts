@@ -52,6 +52,15 @@ import { MigrationController } from './migration/migration.controller';
 import { MigrationOperations } from './migration/migration-operations';
 import { MigrationService } from './migration/migration.service';
 import { SnapshotOperations } from './snapshots/snapshot-operations';
+import { ChainAgents } from './service-chains/chain-agents';
+import { ChainKeys } from './service-chains/chain-keys';
+import { ChainOperations } from './service-chains/chain-operations';
+import { ChainPlacement } from './service-chains/chain-placement';
+import { ChainRuntime } from './service-chains/chain-runtime';
+import { ServiceChainRepository } from './service-chains/service-chain.repository';
+import { AttachmentsController, ServiceChainsController } from './service-chains/service-chains.controller';
+import { ServiceChainsGrpcApi } from './service-chains/service-chains.grpc';
+import { ServiceChainsService } from './service-chains/service-chains.service';
 import { SnapshotRepository } from './snapshots/snapshot.repository';
 import { SnapshotsController } from './snapshots/snapshots.controller';
 import { SnapshotsService } from './snapshots/snapshots.service';
@@ -98,6 +107,15 @@ const PROVIDERS: Provider[] = [
   SnapshotOperations,
   MigrationService,
   MigrationOperations,
+  // service chains
+  ServiceChainRepository,
+  ChainKeys,
+  ChainPlacement,
+  ChainRuntime,
+  ChainOperations,
+  ChainAgents,
+  ServiceChainsService,
+  ServiceChainsGrpcApi,
   NodeOperations,
   AgentSessions,
   ConsoleSessions,
@@ -119,7 +137,7 @@ export class AppModule {
   static with(infra: Infrastructure): DynamicModule {
     return {
       module: AppModule,
-      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController, SnapshotsController, MigrationController],
+      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController, SnapshotsController, MigrationController, ServiceChainsController, AttachmentsController],
       providers: [
         { provide: CONFIG, useValue: infra.config },
         { provide: DATA_SOURCE, useValue: infra.dataSource },

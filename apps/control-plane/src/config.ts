@@ -28,6 +28,11 @@ export interface Config {
   maxImageBytes: number;
   /** Largest virtual disk size an image may declare (bytes). */
   maxImageVirtualBytes: number;
+  /**
+   * Key that seals secrets kept in the database (service-chain encryption keys); undefined: a key
+   * made once in `dataDir/secrets.key` (every replica of a cluster must then share that file).
+   */
+  secretsKey?: Buffer;
 }
 
 /** A configuration value that does not parse; the message names the variable. */
@@ -70,6 +75,14 @@ function strategy(env: NodeJS.ProcessEnv): 'binpack' | 'spread' {
   return raw;
 }
 
+function secretsKey(env: NodeJS.ProcessEnv): { secretsKey?: Buffer } {
+  const raw = env.HYPERPLANE_SECRETS_KEY;
+  if (raw === undefined || raw === '') return {};
+  const key = /^[A-Za-z0-9+/]+={0,2}$/.test(raw) ? Buffer.from(raw, 'base64') : Buffer.alloc(0);
+  if (key.length !== 32) throw new ConfigError('HYPERPLANE_SECRETS_KEY must be 32 bytes, base64-encoded (openssl rand -base64 32)');
+  return { secretsKey: key };
+}
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Reads and validates the configuration; throws {@link ConfigError} naming the first bad variable. */
@@ -96,6 +109,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     placementStrategy: strategy(env),
     maxImageBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_BYTES', 16 * 1024 ** 3),
     maxImageVirtualBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_VIRTUAL_BYTES', 4 * 1024 ** 4),
+    ...secretsKey(env),
   };
 }
 

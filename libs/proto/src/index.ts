@@ -40,6 +40,7 @@ export const PUBLIC_PROTO_FILES = [
   'hyperplane/v1/images.proto',
   'hyperplane/v1/snapshots.proto',
   'hyperplane/v1/migration.proto',
+  'hyperplane/v1/service_chains.proto',
 ];
 
 /** The agent protocol's proto file, relative to {@link protoRoot}. */

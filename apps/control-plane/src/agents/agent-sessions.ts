@@ -17,6 +17,7 @@ export interface AgentStreamWriter {
 
 type Routed =
   | { type: 'sync'; partitionId: string }
+  | { type: 'provider'; replicaId: string }
   | { type: 'command'; requestId: string; replyTo: string; body: CommandBody; timeoutMs: number };
 
 interface Pending {
@@ -40,6 +41,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
   private readonly unanswered = new Map<string, string>();
   private readonly prefix: string;
   private pushSpec: (nodeId: string, partitionId: string) => Promise<void> = async () => undefined;
+  private pushProvider: (nodeId: string, replicaId: string) => Promise<void> = async () => undefined;
   private readonly onMessage = (channel: string, message: string) => void this.route(channel, message);
 
   constructor(
@@ -68,6 +70,21 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
   /** Sets how a partition's spec is sent down a local stream (AgentsService provides it). */
   setSpecPusher(fn: (nodeId: string, partitionId: string) => Promise<void>): void {
     this.pushSpec = fn;
+  }
+
+  /** Sets how a service-chain provider's spec is sent down a local stream (service-chains provides it). */
+  setProviderPusher(fn: (nodeId: string, replicaId: string) => Promise<void>): void {
+    this.pushProvider = fn;
+  }
+
+  /** Asks the replica holding the node's stream to send it a provider's current spec. False when no replica holds it. */
+  async syncProvider(nodeId: string, replicaId: string): Promise<boolean> {
+    if (this.local.has(nodeId)) {
+      await this.pushProvider(nodeId, replicaId);
+      return true;
+    }
+    const n = await this.redis.publish(this.nodeChannel(nodeId), JSON.stringify({ type: 'provider', replicaId } satisfies Routed));
+    return n > 0;
   }
 
   /** Registers a node's stream on this replica. */
@@ -168,6 +185,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
       if (!this.local.has(nodeId)) return;
       const m = JSON.parse(message) as Routed;
       if (m.type === 'sync') await this.pushSpec(nodeId, m.partitionId);
+      else if (m.type === 'provider') await this.pushProvider(nodeId, m.replicaId);
       else {
         this.unanswered.set(`${m.requestId}@${m.replyTo}`, nodeId);
         this.send(nodeId, { command: { id: `${m.requestId}@${m.replyTo}`, ...m.body } });

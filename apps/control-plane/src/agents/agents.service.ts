@@ -11,6 +11,7 @@ import { PartitionRepository, PartitionRow } from '../partitions/partition.repos
 import { partitionEvent, partitionView } from '../partitions/partition-view';
 import { OperationRepository } from '../operations/operation.repository';
 import { OperationsService } from '../operations/operations.service';
+import { ChainRuntime } from '../service-chains/chain-runtime';
 import { AgentSessions, AgentStreamWriter } from './agent-sessions';
 import { ConsoleSessions } from './console-sessions';
 
@@ -56,6 +57,8 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     private readonly events: EventBus,
     private readonly ops: OperationRepository,
     private readonly operations: OperationsService,
+    /** Adds each partition's service-chain disks to the spec its node gets. */
+    private readonly chainDisks: ChainRuntime,
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
@@ -112,7 +115,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     // A migrating partition the source no longer lists has moved away: never start it here again.
     const listed = new Set((msg.partitions ?? []).map((p) => p.id));
     const desired = (await this.partitions.forNode(id)).filter((p) => p.state !== 'migrating' || listed.has(p.id));
-    writer.write({ desired: { partitions: desired.map(specOf) } });
+    writer.write({ desired: { partitions: await this.chainDisks.withDisks(desired.map(specOf), id) } });
     await this.publishNode(row);
     this.log.info({ nodeId: id, node: msg.nodeName, address: msg.address, running: msg.partitions?.length ?? 0 }, 'node registered');
     return id;
@@ -227,7 +230,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       this.sessions.send(nodeId, { upsert: { id: partitionId, desired: 'absent', generation: Date.now() } });
       return;
     }
-    this.sessions.send(nodeId, { upsert: specOf(row) });
+    this.sessions.send(nodeId, { upsert: (await this.chainDisks.withDisks([specOf(row)], nodeId))[0]! });
   }
 
   private async markStale(): Promise<void> {

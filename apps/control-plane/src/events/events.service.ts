@@ -9,7 +9,7 @@ export interface EventFilter {
   types: Set<string> | null;
 }
 
-const RESOURCE_TYPES = ['partition', 'operation', 'node', 'project', 'image', 'snapshot'];
+const RESOURCE_TYPES = ['partition', 'operation', 'node', 'project', 'image', 'snapshot', 'service-chain', 'attachment'];
 
 /** The event stream, scoped to the caller's project; shared by SSE and gRPC Watch. */
 @Injectable()

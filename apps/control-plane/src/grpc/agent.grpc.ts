@@ -5,6 +5,7 @@ import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
 import { AgentRejectedError, AgentsService } from '../agents/agents.service';
 import { AgentStreamWriter } from '../agents/agent-sessions';
+import { ChainAgents } from '../service-chains/chain-agents';
 
 type AgentCall = grpc.ServerDuplexStream<agentV1.AgentMessage__Output, agentV1.ControlMessage>;
 
@@ -16,6 +17,7 @@ type AgentCall = grpc.ServerDuplexStream<agentV1.AgentMessage__Output, agentV1.C
 export class AgentGrpcApi {
   constructor(
     private readonly agents: AgentsService,
+    private readonly chains: ChainAgents,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
 
@@ -37,6 +39,7 @@ export class AgentGrpcApi {
       if (!nodeId) {
         if (m.body !== 'register' || !m.register) throw new AgentRejectedError('the first message must be register');
         nodeId = await this.agents.register(m.register, writer);
+        await this.chains.onRegister(nodeId, m.register);
         return;
       }
       switch (m.body) {
@@ -52,6 +55,10 @@ export class AgentGrpcApi {
           return this.agents.onConsoleOutput(m.consoleOutput!);
         case 'migrationProgress':
           return this.agents.onMigrationProgress(nodeId, m.migrationProgress!);
+        case 'providerStatus':
+          return this.chains.onProviderStatus(nodeId, m.providerStatus!);
+        case 'replicaLost':
+          return this.chains.onReplicaLost(nodeId, m.replicaLost!);
         case 'register':
           throw new AgentRejectedError('register sent twice on one stream');
       }

@@ -9,9 +9,10 @@ import { LOGGER } from '../common/tokens';
 import { HealthService } from '../health/health.service';
 import { AgentGrpcApi } from './agent.grpc';
 import { PublicGrpcApi } from './public-api.grpc';
+import { ServiceChainsGrpcApi } from '../service-chains/service-chains.grpc';
 
 /** Names of the public services, as health checks and reflection list them. */
-const PUBLIC_SERVICES = ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService', 'SnapshotService', 'MigrationService'];
+const PUBLIC_SERVICES = ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService', 'SnapshotService', 'MigrationService', 'ServiceChainService'];
 
 /**
  * The gRPC server on HYPERPLANE_GRPC_PORT: the public API (hyperplane.v1), the agent protocol
@@ -24,6 +25,7 @@ export class GrpcServer implements OnModuleDestroy {
 
   constructor(
     private readonly api: PublicGrpcApi,
+    private readonly chainsApi: ServiceChainsGrpcApi,
     private readonly agents: AgentGrpcApi,
     private readonly health: HealthService,
     @Inject(CONFIG) private readonly config: Config,
@@ -35,7 +37,7 @@ export class GrpcServer implements OnModuleDestroy {
     const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_permit_without_calls': 1 });
     const publicDef = loadDefinition(PUBLIC_PROTO_FILES);
     const agentDef = loadDefinition([AGENT_PROTO_FILE]);
-    const impls = this.api.services();
+    const impls = { ...this.api.services(), ...this.chainsApi.services() };
     for (const name of PUBLIC_SERVICES) {
       const def = publicDef[`hyperplane.v1.${name}`] as grpc.ServiceDefinition;
       server.addService(def, impls[name]!);

@@ -6,6 +6,7 @@ import { NodeRepository } from '../nodes/node.repository';
 import { PartitionRepository } from '../partitions/partition.repository';
 import { PartitionOperationView, PartitionsService } from '../partitions/partitions.service';
 import { PlacementService, PlacementSpec } from '../partitions/placement.service';
+import { ServiceChainRepository } from '../service-chains/service-chain.repository';
 import { SnapshotRepository } from '../snapshots/snapshot.repository';
 import { MigratePartitionInput } from './migration.dto';
 
@@ -45,6 +46,7 @@ export class MigrationService {
     private readonly snapshots: SnapshotRepository,
     private readonly placement: PlacementService,
     private readonly imagePolicy: ImagePolicy,
+    private readonly chains: ServiceChainRepository,
   ) {}
 
   /**
@@ -60,6 +62,8 @@ export class MigrationService {
       if (!live && input.storage === 'shared') throw ValidationError.field('storage', 'a cold migration moves the disk file; shared storage is for live migration');
       if (!live && input.postcopy) throw ValidationError.field('postcopy', 'post-copy is a live migration option');
       const storage = input.storage ?? 'copy';
+      const disks = await this.chains.attachmentsOf(row.id, db);
+      if (disks.length) throw new FailedPreconditionError(`cannot migrate partition ${row.name}: it has ${disks.length} service-chain disk(s) attached; detach them first`);
       if (live && storage === 'copy' && !input.discardSnapshots) {
         const n = await this.snapshots.count(db, row.id);
         if (n > 0) {

@@ -162,6 +162,10 @@ d('service-chain providers (real qemu-storage-daemon)', () => {
     await n1.reconciler.idle();
     io(thr.unixPath!, ['write -P 0x7c 2M 1M']);
 
+    // The copy is whole: C's own file has the LUKS header A and B were given, without any backing file.
+    execFileSync('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', join(n2.dir, 'providers', C, 'data.qcow2'), join(dir, 'c.raw')]);
+    expect(readFileSync(join(dir, 'c.raw')).subarray(0, 6).toString('latin1')).toBe('LUKS\xba\xbe');
+
     // A goes too: C alone has everything, old and new.
     process.kill(n1.statuses.get(A)!.pid!, 'SIGKILL');
     io(thr.unixPath!, ['read -P 0x5a 0 1M', 'read -P 0x6b 1M 1M', 'read -P 0x7c 2M 1M']);

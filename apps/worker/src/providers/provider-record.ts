@@ -93,7 +93,6 @@ export function providerSpecFromWire(w: agentV1.ProviderSpec__Output | agentV1.P
   let problem: string | undefined;
   if (spec.desired !== 'running' && spec.desired !== 'absent') problem = `unknown desired state ${JSON.stringify(spec.desired)}`;
   else if (spec.desired === 'running' && !KINDS.includes(spec.kind)) problem = `unknown link kind ${JSON.stringify(spec.kind)}`;
-  else if (spec.desired === 'running' && spec.kind === 'encrypt' && !key) problem = 'an encrypt link needs its key';
   else if (spec.desired === 'running' && spec.kind !== 'base' && spec.upstream.length === 0 && !(spec.syncFrom && STATEFUL_KINDS.includes(spec.kind))) problem = `a ${spec.kind} link needs the replicas of the link below`;
   return { spec, key, ...(problem ? { problem } : {}) };
 }
