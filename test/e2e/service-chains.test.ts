@@ -286,7 +286,7 @@ d('service chains end to end', () => {
     // Written into the base while it is the head.
     let att = await opOk(await api.post(`/v1/partitions/${vm1}/attachments`, { chainId }));
     await seesDisk(vm1, 'vdc');
-    await run(vm1, `printf 'LOWER-LAYER-DATA' | dd of=/dev/vdc bs=512 seek=0 conv=notrunc 2>/dev/null; sync; echo "W-$((40+2))"`, /W-42/);
+    await run(vm1, `printf 'LOWER-LAYER-DATA' | dd of=/dev/vdc bs=512 seek=0 conv=notrunc,fsync 2>/dev/null; echo "W-$((40+2))"`, /W-42/);
     await opOk(await api.delete(`/v1/partitions/${vm1}/attachments/${att.attachment.id}`));
     expect((await api.get(`/v1/partitions/${vm1}/attachments`)).body.items.map((a: any) => a.link)).toEqual(['qos']);
 
@@ -295,7 +295,7 @@ d('service chains end to end', () => {
     att = await opOk(await api.post(`/v1/partitions/${vm1}/attachments`, { chainId }));
     expect(att.attachment.link).toBe('ov');
     await waitUntil(async () => (await run(vm1, `ls /sys/block | tr '\\n' ' '; echo ":LS-$((40+2))"`, /([a-z ]*):LS-42/)).at(1)!.split(' ').filter((x) => x.startsWith('vd')).length === 3, 30_000, 'the overlay disk');
-    const upper = await run(vm1, `d=$(ls /sys/block | grep vd | tail -1); printf 'UPPER-LAYER-DATA' | dd of=/dev/$d bs=512 seek=2048 conv=notrunc 2>/dev/null; sync; echo "U $d $(dd if=/dev/$d bs=16 count=1 2>/dev/null)-$((40+2))"`, /U (vd[a-z]) (\S*)-42/);
+    const upper = await run(vm1, `d=$(ls /sys/block | grep vd | tail -1); printf 'UPPER-LAYER-DATA' | dd of=/dev/$d bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; echo "U $d $(dd if=/dev/$d bs=16 count=1 2>/dev/null)-$((40+2))"`, /U (vd[a-z]) (\S*)-42/);
     expect(upper[2]).toBe('LOWER-LAYER-DATA');
 
     // A second guest, on another node, attached at the base (read-only): the lower data, not the upper.
