@@ -143,6 +143,20 @@ d('service-chain providers (real qemu-storage-daemon)', () => {
     expect(() => execFileSync('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.42:${b.tcpPort}/link`], { stdio: 'pipe' })).toThrow();
   });
 
+  it('after an agent restart, adopts the running providers (same processes, same endpoints) and keeps serving', async () => {
+    const before = [A, ENC, THR].map((rid) => n1.statuses.get(rid)!);
+    n1.reconciler.close();
+    await n1.driver.close();
+    n1 = new Node('pn1', '127.0.0.41', join(dir, 'n1'), tls.pn1!);
+    await n1.reconciler.init();
+    const after = new Map(n1.reconciler.statuses().map((s) => [s.id, s]));
+    for (const s of before) {
+      expect(after.get(s.id)).toMatchObject({ state: 'running', pid: s.pid, unixPath: s.unixPath, tcpPort: s.tcpPort });
+      n1.statuses.set(s.id!, after.get(s.id)!);
+    }
+    io(n1.statuses.get(THR)!.unixPath!, ['read -P 0x5a 0 1M']);
+  });
+
   it('keeps serving when a base replica is SIGKILLed, drops it from the quorum and reports it; a replacement resyncs and takes over', async () => {
     const b = n2.statuses.get(B)!;
     process.kill(b.pid!, 'SIGKILL');
