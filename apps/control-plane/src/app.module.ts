@@ -26,6 +26,8 @@ import { ImageRepository } from './images/image.repository';
 import { ImageStore } from './images/image-store';
 import { ImagesController } from './images/images.controller';
 import { ImagesService } from './images/images.service';
+import { NodeImageInventory } from './images/node-image-inventory';
+import { NodeImageRepository } from './images/node-image.repository';
 import { NodeRepository } from './nodes/node.repository';
 import { NodesController } from './nodes/nodes.controller';
 import { NodesService } from './nodes/nodes.service';
@@ -68,6 +70,7 @@ const PROVIDERS: Provider[] = [
   PartitionRepository,
   ImageRepository,
   ImageStore,
+  NodeImageRepository,
   OperationRepository,
   OperationQueueRepository,
   // services
@@ -81,6 +84,7 @@ const PROVIDERS: Provider[] = [
   PartitionsService,
   ImagesService,
   ImagePolicy,
+  NodeImageInventory,
   PlacementService,
   NodeCache,
   ConsoleService,

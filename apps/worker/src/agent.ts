@@ -11,7 +11,8 @@ import { ConsoleSessions } from './console-sessions';
 import type { PartitionDriver } from './drivers/driver';
 import { QemuDriver } from './drivers/qemu/qemu.driver';
 import { SimulatedDriver } from './drivers/simulated/simulated.driver';
-import { collectInventory } from './inventory';
+import { ImageTransfers } from './image-transfers';
+import { collectInventory, imageInfosOf } from './inventory';
 import { lockDataDir } from './node-files';
 import { PartitionStore } from './partition-store';
 import { Reconciler } from './reconciler';
@@ -43,7 +44,12 @@ export class NodeAgent {
   readonly reconciler: Reconciler;
   readonly client: AgentClient;
   readonly consoles: ConsoleSessions;
+  readonly transfers: ImageTransfers;
   private release: (() => Promise<void>) | undefined;
+  private unwatch: (() => void) | undefined;
+  /** The image list last sent (Register or ImageInventory), as JSON, to send only changes. */
+  private reportedImages = '';
+  private reporting: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: NodeAgentOptions) {
     const { driver, log } = options;
@@ -60,6 +66,7 @@ export class NodeAgent {
       defaultGraceMs: options.defaultGraceMs,
     });
     this.consoles = new ConsoleSessions(driver, (consoleOutput) => void send({ consoleOutput }), log);
+    this.transfers = new ImageTransfers({ store: driver.imageStore, client: options.client, log, onStoreChanged: () => this.reportImages() });
     client = new AgentClient({
       nodeName: options.nodeName,
       address: options.address,
@@ -68,7 +75,12 @@ export class NodeAgent {
       client: options.client,
       reconciler: this.reconciler,
       consoles: () => this.consoles,
-      inventory: () => collectInventory(driver, options.dataDir, options.labels),
+      inventory: async () => {
+        const inventory = await collectInventory(driver, options.dataDir, options.labels);
+        this.reportedImages = JSON.stringify(inventory.images);
+        return inventory;
+      },
+      transfers: this.transfers,
       log,
       backoff: options.backoff,
       registerTimeoutMs: options.registerTimeoutMs,
@@ -76,10 +88,16 @@ export class NodeAgent {
     this.client = client;
   }
 
-  /** Locks the data dir, re-attaches to surviving guests, then connects. */
+  /**
+   * Locks the data dir, removes fetches a crash left half done, re-attaches to surviving guests,
+   * then connects and watches the image store.
+   */
   async start(): Promise<void> {
     this.release = await lockDataDir(this.options.dataDir);
     try {
+      const store = this.options.driver.imageStore;
+      const swept = store ? await store.sweepPartialFetches() : 0;
+      if (swept) this.options.log.warn({ files: swept }, 'removed image fetches an earlier agent left unfinished');
       await this.reconciler.init();
     } catch (error) {
       await this.release();
@@ -87,10 +105,35 @@ export class NodeAgent {
     }
     await this.client.start();
     this.options.ticker.add(this.client);
+    this.unwatch = this.options.driver.imageStore?.watch(() => this.reportImages());
+  }
+
+  /**
+   * Rescans the image store and, when the list differs from what the control plane last heard,
+   * sends it (ImageInventory). Scans run one at a time.
+   */
+  reportImages(): Promise<void> {
+    this.reporting = this.reporting.then(async () => {
+      if (this.client.phase !== 'ready') return; // the next Register carries the list anyway
+      try {
+        const images = imageInfosOf(await this.options.driver.listImages());
+        const json = JSON.stringify(images);
+        if (json === this.reportedImages) return;
+        if (this.client.send({ images: { images } })) {
+          this.reportedImages = json;
+          this.options.log.info({ images: images.length, rejected: images.filter((i) => i.rejectedReason).length }, 'image store changed: reported');
+        }
+      } catch (error) {
+        this.options.log.warn({ err: error }, 'cannot scan the image store');
+      }
+    });
+    return this.reporting;
   }
 
   /** Closes the stream and lets go of the guests; they keep running. */
   async stop(): Promise<void> {
+    this.unwatch?.();
+    this.unwatch = undefined;
     this.options.ticker.remove(this.client);
     await this.client.close();
     await this.options.driver.close();

@@ -1,5 +1,6 @@
 /** A partition as the agent keeps it: the spec it acted on and what it observed. */
 import type { agentV1 } from '@hyperplane/proto';
+import type { GuestSpec } from './drivers/driver';
 
 /** States the agent reports (agent.proto `PartitionStatus.state`). */
 export type ReportedState = 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'absent';
@@ -18,6 +19,8 @@ export interface SpecRecord {
   image: string;
   desired: DesiredState;
   generation: number;
+  /** The library image the disk is based on (agent.proto `PartitionSpec.library_image_id`); absent for a store image. */
+  libraryImageId?: string;
 }
 
 /** What `state.json` holds for one partition. */
@@ -50,6 +53,20 @@ export function specFromWire(p: agentV1.PartitionSpec__Output | agentV1.Partitio
     image: p.image ?? '',
     desired: (p.desired ?? '') as DesiredState,
     generation: Number(p.generation ?? 0),
+    ...(p.libraryImageId ? { libraryImageId: p.libraryImageId } : {}),
+  };
+}
+
+/** The part of a spec a driver needs to start the guest. */
+export function guestSpecOf(spec: SpecRecord): GuestSpec {
+  return {
+    id: spec.id,
+    name: spec.name,
+    vcpus: spec.vcpus,
+    memoryMiB: spec.memoryMiB,
+    diskGiB: spec.diskGiB,
+    image: spec.image,
+    ...(spec.libraryImageId ? { libraryImageId: spec.libraryImageId } : {}),
   };
 }
 

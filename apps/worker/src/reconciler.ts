@@ -23,7 +23,7 @@
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
 import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
-import { isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
+import { guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
 
 /** Grace of a stop the control plane asked for through `desired = stopped` alone. */
@@ -360,7 +360,7 @@ export class Reconciler {
         const result = await this.queued(commandId, e, async () => {
           this.setState(e, 'starting', INCOMING_REASON);
           const target = await this.driver.migrationPrepareTarget(
-            { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
+            guestSpecOf(spec),
             {
               host: body.host || this.deps.address || '127.0.0.1',
               port: Number(body.port ?? 0),
@@ -498,7 +498,7 @@ export class Reconciler {
       this.entries.set(spec.id, e);
       const result = await this.queued(commandId, e, async () => {
         const receiver = await this.driver.coldMigrationPrepareTarget(
-          { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
+          guestSpecOf(spec),
           { host: body.host || this.deps.address || '127.0.0.1', port: Number(body.port ?? 0), ...(Number(body.timeoutMs ?? 0) > 0 ? { timeoutMs: Number(body.timeoutMs) } : {}) },
         );
         this.setState(e, 'starting', 'incoming cold migration');
@@ -601,7 +601,7 @@ export class Reconciler {
     this.setState(e, 'starting', '');
     await this.settle(e);
     try {
-      const guest = await this.driver.start({ id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image });
+      const guest = await this.driver.start(guestSpecOf(spec));
       e.pid = guest.pid;
       this.setState(e, 'running', '');
     } catch (error) {

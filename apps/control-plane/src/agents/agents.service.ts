@@ -9,6 +9,7 @@ import { NodeRepository, NodeRow } from '../nodes/node.repository';
 import { nodeView } from '../nodes/nodes.service';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { partitionEvent, partitionView } from '../partitions/partition-view';
+import { NodeImageInventory, parseImageReports, usableByName } from '../images/node-image-inventory';
 import { AgentSessions, AgentStreamWriter } from './agent-sessions';
 import { ConsoleSessions } from './console-sessions';
 
@@ -54,6 +55,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     private readonly events: EventBus,
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly log: Logger,
+    private readonly nodeImages: NodeImageInventory,
   ) {}
 
   onApplicationBootstrap(): void {
@@ -85,6 +87,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       if (fresh) throw new AgentRejectedError(`node name ${msg.nodeName} is in use by another connected node`);
       id = byName.id;
     }
+    const imageReports = parseImageReports(inv.images);
     const row = await this.nodes.upsertRegistration({
       id,
       name: msg.nodeName,
@@ -95,12 +98,13 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       cpuFlags: inv.cpuFlags ?? [],
       machineTypes: inv.machineTypes ?? [],
       labels: inv.labels ?? {},
-      images: (inv.images ?? []).map((i) => ({ name: i.name ?? '', format: i.format ?? '', sizeBytes: Number(i.sizeBytes ?? 0), virtualSizeBytes: Number(i.virtualSizeBytes ?? 0) })),
+      images: usableByName(imageReports),
       vcpus: inv.cpus ?? 0,
       memoryMiB: Number(inv.memoryMib),
       diskBytes: Number(inv.diskBytes),
       connectedTo: this.sessions.replicaId,
     });
+    await this.nodeImages.recordRegistration(id, imageReports);
     await this.sessions.attach(id, writer);
     writer.write({ registered: { nodeId: id, heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS } });
     for (const s of msg.partitions ?? []) await this.onStatus(id, s);
@@ -141,6 +145,11 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     const state = impliedState(row, observed);
     const updated = await this.partitions.observe(row.id, observed, Number(s.generation ?? 0), state, state ? s.reason ?? '' : '');
     if (updated) await this.publishPartition(updated);
+  }
+
+  /** The node's image store changed (ImageInventory): its record and placement follow. */
+  onImages(nodeId: string, m: agentV1.ImageInventory__Output): Promise<void> {
+    return this.nodeImages.recordChange(nodeId, m.images);
   }
 
   /** A command's result, for whoever waits on it. */

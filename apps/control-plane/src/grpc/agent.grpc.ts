@@ -50,6 +50,8 @@ export class AgentGrpcApi {
           return this.agents.onGuestEvent(nodeId, m.event!);
         case 'consoleOutput':
           return this.agents.onConsoleOutput(m.consoleOutput!);
+        case 'images':
+          return this.agents.onImages(nodeId, m.images!);
         case 'register':
           throw new AgentRejectedError('register sent twice on one stream');
       }

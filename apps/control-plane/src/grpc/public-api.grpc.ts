@@ -18,10 +18,11 @@ import { AuthService } from '../projects/auth.service';
 import { CreateProjectInput, CreateTokenInput, UpdateProjectInput } from '../projects/projects.dto';
 import { ProjectsService } from '../projects/projects.service';
 import { toGrpcError } from './grpc-errors';
-import { eventMsg, imageMsg, nodeMsg, operationMsg, partitionMsg, projectMsg, tokenMsg } from './grpc-mappers';
+import { eventMsg, imageMsg, nodeMsg, nodeStoreImageMsg, operationMsg, partitionMsg, projectMsg, tokenMsg } from './grpc-mappers';
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { ImagesService } from '../images/images.service';
+import { NodeImageInventory } from '../images/node-image-inventory';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
@@ -46,6 +47,7 @@ export class PublicGrpcApi {
     private readonly events: EventsService,
     private readonly consoles: ConsoleService,
     private readonly images: ImagesService,
+    private readonly nodeImages: NodeImageInventory,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
 
@@ -115,6 +117,7 @@ export class PublicGrpcApi {
           const out = await this.nodes.drain(p, r.node ?? '', { ...opts(r.requestId), requestId: rid });
           return { node: nodeMsg(out.node), operation: operationMsg(out.operation) };
         }),
+        ListNodeImages: this.unary<v1.GetNodeRequest__Output, v1.ListNodeImagesResponse>(async (p, r) => ({ items: (await this.nodeImages.list(p, r.node ?? '')).items.map(nodeStoreImageMsg) })),
       },
       PartitionService: {
         CreatePartition: this.unary<v1.CreatePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) => {

@@ -30,11 +30,13 @@ import type {
   GuestSpec,
   HostFacts,
   ImageEntry,
+  ImageFormat,
   MigrationOptions,
   MigrationProgress,
   MigrationResult,
   MigrationTarget,
   MigrationTargetOptions,
+  NodeImageStore,
   PartitionDriver,
   RecoveredGuest,
   RunningGuest,
@@ -130,6 +132,14 @@ const DEFAULT_START_TIMEOUT_MS = 20_000;
 const DEFAULT_QUIT_TIMEOUT_MS = 5_000;
 const KILL_TIMEOUT_MS = 5_000;
 
+/** What `validate` found: the base image (format pinned), the disk size and the accelerator. */
+interface LaunchPlan {
+  imagePath: string;
+  imageFormat: ImageFormat;
+  diskBytes: number;
+  accel: 'kvm' | 'tcg';
+}
+
 /** Runs partitions as QEMU processes. See the file comment for the start sequence. */
 export class QemuDriver implements PartitionDriver {
   readonly kind = 'qemu' as const;
@@ -180,6 +190,11 @@ export class QemuDriver implements PartitionDriver {
 
   listImages(): Promise<ImageEntry[]> {
     return this.images.list();
+  }
+
+  /** The node's image store (the same object as `images`), for image transfers. */
+  get imageStore(): NodeImageStore {
+    return this.images;
   }
 
   isRunning(id: string): boolean {
@@ -277,7 +292,7 @@ export class QemuDriver implements PartitionDriver {
   }
 
   /** Every check that needs no side effect; returns what the launch needs. */
-  private async validate(spec: GuestSpec, dir: string): Promise<{ imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' }> {
+  private async validate(spec: GuestSpec, dir: string): Promise<LaunchPlan> {
     const errors: { field: string; message: string }[] = [];
     if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 255) errors.push({ field: 'vcpus', message: `must be 1-255 (got ${spec.vcpus})` });
     const hostMiB = Math.floor(totalmem() / 2 ** 20);
@@ -292,27 +307,25 @@ export class QemuDriver implements PartitionDriver {
       if (Buffer.byteLength(path) > MAX_SOCKET_PATH) errors.push({ field: 'dataDir', message: `socket path ${path} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter data dir` });
     }
     if (errors.length) throw new ValidationError(errors);
-    const imagePath = this.images.pathOf(spec.image);
-    const imageStat = await stat(imagePath).catch(() => undefined);
-    if (!imageStat?.isFile()) throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not in this node's store (${this.images.dir})`);
+    const image = spec.libraryImageId ? await this.images.resolveLibrary(spec.libraryImageId) : await this.images.resolve(spec.image);
     let virtualSize: number;
     try {
-      virtualSize = await this.images.virtualSize(imagePath);
+      virtualSize = await this.images.virtualSize(image.path, image.format);
     } catch (error) {
-      throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not a readable qcow2 file: ${(error as Error).message}`);
+      throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not a readable ${image.format} file: ${(error as Error).message}`);
     }
     const stalePid = await readPidFile(join(dir, RUNTIME_FILES.pid));
     if (stalePid !== undefined && pidAlive(stalePid) && cmdlineContains(stalePid, spec.id)) {
       throw new FailedPreconditionError(`a qemu process (pid ${stalePid}) already runs for partition ${spec.name || spec.id}`);
     }
     const accel = (await this.hostFacts()).accelerator as 'kvm' | 'tcg';
-    return { imagePath, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel };
+    return { imagePath: image.path, imageFormat: image.format, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel };
   }
 
   private async launch(
     spec: GuestSpec,
     dir: string,
-    plan: { imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' },
+    plan: LaunchPlan,
     log: Logger,
     incoming?: MigrationTargetOptions & { nbdPort: number },
   ): Promise<Instance> {
@@ -332,7 +345,7 @@ export class QemuDriver implements PartitionDriver {
         await link(incoming.sharedDiskPath!, disk);
         reverter.add(() => unlink(disk));
       } else if (!(await exists(disk))) {
-        await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes);
+        await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes, plan.imageFormat);
         reverter.add(() => unlink(disk));
       }
       for (const file of [RUNTIME_FILES.qemuLog, RUNTIME_FILES.consoleLog]) {
@@ -1024,7 +1037,7 @@ export class QemuDriver implements PartitionDriver {
             await out.close();
           }
           // The overlay names its base by absolute path on the source: point it at this node's copy of the same image.
-          await run(this.qemuImg, ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', plan.imagePath, part]);
+          await run(this.qemuImg, ['rebase', '-u', '-f', 'qcow2', '-F', plan.imageFormat, '-b', plan.imagePath, part]);
           await run(this.qemuImg, ['check', '-q', '-f', 'qcow2', part]);
           await rename(part, join(dir, RUNTIME_FILES.disk));
           socket.end('ok\n');
