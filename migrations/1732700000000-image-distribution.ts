@@ -8,7 +8,7 @@ import { MigrationInterface, QueryRunner } from 'typeorm';
  * - partitions.image_id: the library image a partition's disk is based on (null for a file of a
  *   node's own store, such as `sample`);
  * - node_images: what each node's agent last reported of its store (metadata read from inside the
- *   files, rejected files with the reason, copies of library images);
+ *   files, rejected files with the reason, copies of library images), and nodes.image_store_dir;
  * - transfers: one-time tokens for the agent's FetchFile / SendFile calls, and their progress.
  */
 export class ImageDistribution1732700000000 implements MigrationInterface {
@@ -44,6 +44,7 @@ export class ImageDistribution1732700000000 implements MigrationInterface {
         reported_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (node_id, path)
       )`);
+    await q.query(`ALTER TABLE nodes ADD COLUMN image_store_dir text NOT NULL DEFAULT ''`);
     await q.query(`CREATE INDEX node_images_library ON node_images (library_image_id, node_id) WHERE library_image_id IS NOT NULL`);
     await q.query(`
       CREATE TABLE transfers (
@@ -67,6 +68,7 @@ export class ImageDistribution1732700000000 implements MigrationInterface {
   async down(q: QueryRunner): Promise<void> {
     await q.query(`DROP TABLE transfers`);
     await q.query(`DROP TABLE node_images`);
+    await q.query(`ALTER TABLE nodes DROP COLUMN image_store_dir`);
     await q.query(`DROP INDEX partitions_image_id`);
     await q.query(`ALTER TABLE partitions DROP COLUMN image_id`);
     await q.query(`DROP TABLE image_digests`);

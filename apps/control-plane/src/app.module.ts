@@ -19,6 +19,9 @@ import { EventsService } from './events/events.service';
 import { AgentGrpcApi } from './grpc/agent.grpc';
 import { GrpcServer } from './grpc/grpc-server';
 import { PublicGrpcApi } from './grpc/public-api.grpc';
+import { TransferGrpcApi } from './grpc/transfer.grpc';
+import { TransferRepository } from './transfers/transfer.repository';
+import { TransfersService } from './transfers/transfers.service';
 import { HealthController } from './health/health.controller';
 import { HealthService } from './health/health.service';
 import { ImagePolicy } from './images/image-policy';
@@ -27,6 +30,12 @@ import { ImageStore } from './images/image-store';
 import { ImagesController } from './images/images.controller';
 import { ImagesService } from './images/images.service';
 import { NodeImageInventory } from './images/node-image-inventory';
+import { ImageDistribution } from './images/image-distribution';
+import { ImageHistory } from './images/image-history';
+import { ImageImports } from './images/image-imports';
+import { ImageIntake } from './images/image-intake';
+import { ImageWriter } from './images/image-writer';
+import { PartitionImages } from './images/partition-images';
 import { NodeImageRepository } from './images/node-image.repository';
 import { NodeRepository } from './nodes/node.repository';
 import { NodesController } from './nodes/nodes.controller';
@@ -71,6 +80,7 @@ const PROVIDERS: Provider[] = [
   ImageRepository,
   ImageStore,
   NodeImageRepository,
+  TransferRepository,
   OperationRepository,
   OperationQueueRepository,
   // services
@@ -83,8 +93,15 @@ const PROVIDERS: Provider[] = [
   OperationRunner,
   PartitionsService,
   ImagesService,
+  ImageWriter,
+  ImageIntake,
+  ImageHistory,
+  ImageImports,
+  ImageDistribution,
+  PartitionImages,
   ImagePolicy,
   NodeImageInventory,
+  TransfersService,
   PlacementService,
   NodeCache,
   ConsoleService,
@@ -99,6 +116,7 @@ const PROVIDERS: Provider[] = [
   // adapters
   PublicGrpcApi,
   AgentGrpcApi,
+  TransferGrpcApi,
   GrpcServer,
   { provide: APP_GUARD, useClass: AuthGuard },
   { provide: APP_PIPE, useClass: InputPipe },

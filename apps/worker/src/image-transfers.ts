@@ -110,15 +110,15 @@ export class ImageTransfers {
         transform(m: agentV1.FileData__Output, _enc, done) {
           armStall();
           const data = m.data ? Buffer.from(m.data) : Buffer.alloc(0);
-          if (digest.bytes + data.length > size) return done(coded('DATA_LOSS', `library image ${id}: the control plane sent more than the ${size} bytes recorded`));
+          if (digest.bytes + data.length > size) return done(coded('UNAVAILABLE', `library image ${id}: the control plane sent more than the ${size} bytes recorded`));
           digest.update(data);
           done(null, data);
         },
       });
       await pipeline(call, take, createWriteStream(target.path, { flags: 'wx', mode: 0o600 }));
       const got = digest.finish();
-      if (got.bytes !== size) throw coded('DATA_LOSS', `library image ${id}: received ${got.bytes} of ${size} bytes`);
-      if (got.digest !== expected) throw coded('DATA_LOSS', `library image ${id}: digest ${got.digest} does not match the recorded ${expected}`);
+      if (got.bytes !== size) throw coded('UNAVAILABLE', `library image ${id}: received ${got.bytes} of ${size} bytes`);
+      if (got.digest !== expected) throw coded('UNAVAILABLE', `library image ${id}: digest ${got.digest} does not match the recorded ${expected}`);
       const path = await target.commit();
       log.info({ imageId: id, bytes: size, ms: Date.now() - started, path }, 'library image fetched');
       this.options.onStoreChanged();
@@ -163,7 +163,7 @@ export class ImageTransfers {
       })();
     });
     const sent = digest.bytes;
-    if (Number(result.bytes) !== sent) throw coded('DATA_LOSS', `sent ${sent} bytes of ${path} but the control plane received ${result.bytes}`);
+    if (Number(result.bytes) !== sent) throw coded('UNAVAILABLE', `sent ${sent} bytes of ${path} but the control plane received ${result.bytes}`);
     if (body.removeAfter && allowStaging) await store.removeStaged(path);
     log.info({ path, bytes: sent, ms: Date.now() - started }, 'image file sent to the control plane');
     return JSON.stringify({ bytes: sent, ms: Date.now() - started, digest: result.digest, path });

@@ -127,12 +127,12 @@ export const nodeSelector: Filter = {
   },
 };
 
-/** The image must already be in the node's store. */
+/** The image must be in the node's store, unless it is a library image the node can fetch. */
 export const image: Filter = {
   name: 'image',
   reasons: ['image-missing'],
   check: (node, req) =>
-    node.images.includes(req.image) ? null : { reason: 'image-missing', message: `image '${req.image}' not in the node's store` },
+    req.imageFetchable || node.images.includes(req.image) ? null : { reason: 'image-missing', message: `image '${req.image}' not in the node's store` },
 };
 
 /** Hard anti-affinity: no node may hold two partitions of the group. */

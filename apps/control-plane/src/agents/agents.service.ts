@@ -34,6 +34,7 @@ export function specOf(r: PartitionRow): agentV1.PartitionSpec {
     image: r.image,
     desired: r.desired,
     generation: Number(r.generation),
+    libraryImageId: r.image_id ?? '',
   };
 }
 
@@ -104,7 +105,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       diskBytes: Number(inv.diskBytes),
       connectedTo: this.sessions.replicaId,
     });
-    await this.nodeImages.recordRegistration(id, imageReports);
+    await this.nodeImages.recordRegistration(id, imageReports, inv.imageStoreDir ?? '');
     await this.sessions.attach(id, writer);
     writer.write({ registered: { nodeId: id, heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS } });
     for (const s of msg.partitions ?? []) await this.onStatus(id, s);

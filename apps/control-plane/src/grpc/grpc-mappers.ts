@@ -62,6 +62,6 @@ export function nodeStoreImageMsg(i: NodeStoreImageView): v1.NodeStoreImage {
 
 /** Image view → proto (metadata as its JSON text). */
 export function imageMsg(i: ImageView): v1.Image {
-  const { metadata, expiresAt, ...rest } = i;
-  return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '' };
+  const { metadata, expiresAt, digest, ...rest } = i;
+  return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '', digest: digest ?? '' };
 }

@@ -9,6 +9,7 @@ import { LOGGER } from '../common/tokens';
 import { HealthService } from '../health/health.service';
 import { AgentGrpcApi } from './agent.grpc';
 import { PublicGrpcApi } from './public-api.grpc';
+import { TransferGrpcApi } from './transfer.grpc';
 
 /** Names of the public services, as health checks and reflection list them. */
 const PUBLIC_SERVICES = ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService'];
@@ -26,6 +27,7 @@ export class GrpcServer implements OnModuleDestroy {
     private readonly api: PublicGrpcApi,
     private readonly agents: AgentGrpcApi,
     private readonly health: HealthService,
+    private readonly transfers: TransferGrpcApi,
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
@@ -40,7 +42,7 @@ export class GrpcServer implements OnModuleDestroy {
       const def = publicDef[`hyperplane.v1.${name}`] as grpc.ServiceDefinition;
       server.addService(def, impls[name]!);
     }
-    server.addService(agentDef['hyperplane.agent.v1.AgentService'] as grpc.ServiceDefinition, this.agents.service());
+    server.addService(agentDef['hyperplane.agent.v1.AgentService'] as grpc.ServiceDefinition, { ...this.agents.service(), ...this.transfers.service() });
 
     const serving = Object.fromEntries(['', ...PUBLIC_SERVICES.map((s) => `hyperplane.v1.${s}`), 'hyperplane.agent.v1.AgentService'].map((s) => [s, 'NOT_SERVING' as const]));
     const health = new HealthImplementation(serving);

@@ -233,6 +233,10 @@ export class PublicGrpcApi {
         }
         return imageMsg(await this.images.putMetadata(p, await this.project(p, md), r.id ?? '', doc, opts(undefined, r.etag)));
       }),
+      ImportImage: this.unary<v1.ImportImageRequest__Output, v1.ImageOperation>(async (p, r, md, rid) => {
+        const started = await this.images.startImport(p, await this.project(p, md), pick({ name: r.name || undefined, node: r.node || undefined, path: r.path || undefined }), { ...opts(r.requestId), requestId: rid });
+        return { image: imageMsg(started.image), operation: operationMsg(started.operation) };
+      }),
       DownloadImage: (call: grpc.ServerWritableStream<v1.GetImageRequest__Output, v1.FileChunk>) => {
         void (async () => {
           try {

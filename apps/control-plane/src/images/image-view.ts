@@ -15,6 +15,8 @@ export interface ImageView {
   metadata: Record<string, unknown>;
   expiresAt: string | null;
   expired: boolean;
+  /** `sha256-64m:<hex>`: SHA-256 over the SHA-256 of each 64 MiB block of the file, current after every write; null when unknown. */
+  digest: string | null;
   etag: string;
   createdAt: string;
   updatedAt: string;
@@ -33,6 +35,7 @@ export function imageView(r: ImageRow, now = Date.now()): ImageView {
     metadata: r.metadata,
     expiresAt: r.expires_at ? r.expires_at.toISOString() : null,
     expired: r.expires_at !== null && r.expires_at.getTime() <= now,
+    digest: r.digest ?? null,
     etag: etagOf(r.version),
     createdAt: r.created_at.toISOString(),
     updatedAt: r.updated_at.toISOString(),

@@ -103,9 +103,15 @@ export class NodeImageInventory {
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
   ) {}
 
-  /** Records the report that came with a registration (nodes.images is written by the registration itself). */
-  async recordRegistration(nodeId: string, reports: NodeImageReport[]): Promise<void> {
-    await inTransaction(this.ds, (tx) => this.repo.replace(tx, nodeId, reports));
+  /**
+   * Records the report that came with a registration (nodes.images is written by the registration
+   * itself) and where the node's store is (`storeDir`, absolute; imports name files in it).
+   */
+  async recordRegistration(nodeId: string, reports: NodeImageReport[], storeDir: string): Promise<void> {
+    await inTransaction(this.ds, async (tx) => {
+      await this.repo.replace(tx, nodeId, reports);
+      await this.repo.setStoreDir(tx, nodeId, storeDir.startsWith('/') ? storeDir.slice(0, 4096) : '');
+    });
   }
 
   /** Records a store change reported on the stream; the node's record and placement see it at once. */

@@ -60,6 +60,11 @@ export class NodeImageRepository {
     );
   }
 
+  /** Records where a node's image store is. */
+  async setStoreDir(tx: Db, nodeId: string, dir: string): Promise<void> {
+    await tx.query(`UPDATE nodes SET image_store_dir = $2 WHERE id = $1 AND image_store_dir IS DISTINCT FROM $2`, [nodeId, dir]);
+  }
+
   /** A node's reported files, by path. */
   list(nodeId: string): Promise<NodeImageRow[]> {
     return rows(this.ds, `SELECT * FROM node_images WHERE node_id = $1 ORDER BY path`, [nodeId]);

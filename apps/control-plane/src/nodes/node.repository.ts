@@ -38,6 +38,8 @@ export interface NodeRow {
   cpu_allocation_ratio: number;
   memory_allocation_ratio: number;
   connected_to: string | null;
+  /** Absolute path of the node's image store, as its agent reported it ('' when unknown). */
+  image_store_dir?: string;
   last_heartbeat_at: Date | null;
   version: number;
   created_at: Date;

@@ -9,6 +9,7 @@ import { EventBus } from '../events/event-bus';
 import { NodeRepository } from '../nodes/node.repository';
 import { OperationContext, OperationRunner } from '../operations/operation-runner';
 import { OperationRow } from '../operations/operation.repository';
+import { PartitionImages } from '../images/partition-images';
 import { PartitionRepository, PartitionRow } from './partition.repository';
 import { partitionEvent, partitionView } from './partition-view';
 
@@ -30,6 +31,7 @@ export class PartitionOperations implements OnModuleInit {
     private readonly events: EventBus,
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
     @Inject(CONFIG) private readonly config: Config,
+    private readonly images: PartitionImages,
   ) {}
 
   onModuleInit(): void {
@@ -45,6 +47,7 @@ export class PartitionOperations implements OnModuleInit {
     let row = await this.mustGet(op);
     if (row.state === 'running' && row.observed_state === 'running') return;
     if (row.state === 'deleting') throw new CancelledError(`partition ${row.name} is being deleted`);
+    await this.images.beforeStart(op, row, ctx);
     await ctx.progress('starting', 10);
     if (row.desired !== 'running' || (row.state !== 'starting' && row.state !== 'running')) {
       row = (await this.partitions.setDesired(this.ds.manager, row.id, 'running', 'starting')) ?? row;
@@ -126,6 +129,7 @@ export class PartitionOperations implements OnModuleInit {
       return deleted;
     });
     if (gone) await this.events.publish(partitionEvent('partition.deleted', partitionView(gone)));
+    if (gone) await this.images.afterDelete(op, gone);
   }
 
   private async mustGet(op: OperationRow): Promise<PartitionRow> {

@@ -26,6 +26,8 @@ export interface PartitionRow {
   memory_mib: string | number;
   disk_gib: number;
   image: string;
+  /** The library image the disk is based on; null for a file of the node's own store. */
+  image_id: string | null;
   labels: Record<string, string>;
   placement: PlacementSpecRow;
   placement_group: string | null;
@@ -49,6 +51,8 @@ export interface NewPartition {
   memoryMiB: number;
   diskGiB: number;
   image: string;
+  /** The library image's id when `image` names one (see ImagePolicy.admit). */
+  imageId?: string | null;
   labels: Record<string, string>;
   placement?: PlacementSpecRow;
 }
@@ -72,12 +76,12 @@ export class PartitionRepository {
   async insertMany(tx: Db, base: Omit<NewPartition, 'id' | 'name' | 'nodeId'>, each: Array<{ id: string; name: string; nodeId: string }>): Promise<PartitionRow[]> {
     try {
       return await rows<PartitionRow>(tx,
-        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group)
-         SELECT u.id, $4, u.name, $5, $6, u.node_id, $7, $8, $9, $10, $11, $12, $13
+        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group, image_id)
+         SELECT u.id, $4, u.name, $5, $6, u.node_id, $7, $8, $9, $10, $11, $12, $13, $14
          FROM unnest($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS u(id, name, node_id, ord)
          ORDER BY u.ord RETURNING *`,
         [each.map((e) => e.id), each.map((e) => e.name), each.map((e) => e.nodeId), base.projectId, base.description, base.state, base.vcpus, base.memoryMiB, base.diskGiB, base.image,
-          JSON.stringify(base.labels), JSON.stringify(base.placement ?? {}), base.placement?.group ?? null],
+          JSON.stringify(base.labels), JSON.stringify(base.placement ?? {}), base.placement?.group ?? null, base.imageId ?? null],
       );
     } catch (e) {
       if (isUniqueViolation(e)) throw new AlreadyExistsError('partition', each[0]?.name ?? '');

@@ -90,7 +90,7 @@ export class PartitionsService {
         );
         const rowsIn = await this.partitions.insertMany(
           db,
-          { projectId, description: input.description ?? '', state: 'scheduled', vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, labels: input.labels ?? {}, placement: spec as PlacementSpecRow },
+          { projectId, description: input.description ?? '', state: 'scheduled', vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, imageId: terms.imageId ?? null, labels: input.labels ?? {}, placement: spec as PlacementSpecRow },
           names.map((name, i) => ({ id: uuidv7(), name, nodeId: nodeIds[i]! })),
         );
         const ops = await this.ops.insertMany(

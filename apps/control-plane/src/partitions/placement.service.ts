@@ -113,6 +113,7 @@ export class PlacementService {
       group,
       strategy: spec.strategy,
       imageRequirements: d.imageRequirements,
+      imageFetchable: d.imageInLibrary,
     }));
 
     for (let attempt = 1; ; attempt++) {

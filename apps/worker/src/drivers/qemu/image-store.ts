@@ -13,8 +13,8 @@
 import { randomUUID } from 'node:crypto';
 import { watch as fsWatch, type FSWatcher } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
-import { isAbsolute, join, normalize, relative, sep } from 'node:path';
-import { ValidationError } from '@hyperplane/domain';
+import { join, relative, sep } from 'node:path';
+import { ValidationError, isInsideDir, storeFilePath } from '@hyperplane/domain';
 import { DiskFormatError, ImageRejectedError, inspectImage } from '@hyperplane/disk-formats';
 import type { FetchTarget, ImageEntry, ImageFormat, NodeImageStore } from '../driver';
 import { run } from './host-tools';
@@ -56,25 +56,7 @@ export function formatOfName(file: string): ImageFormat | undefined {
   return (FORMATS as readonly string[]).includes(ext) ? (ext as ImageFormat) : undefined;
 }
 
-/**
- * Checks a path given for image_send against the store, lexically (before touching the disk): not
- * empty, no NUL, no `..` segment, and an absolute path must lie in the store. Returns the absolute
- * lexical path. Pure; `resolveSendPath` also resolves symlinks.
- */
-export function lexicalSendPath(storeDir: string, path: unknown): string {
-  if (typeof path !== 'string' || path === '') throw ValidationError.field('path', 'is required: a file of the node\'s image store');
-  if (path.length > 4096 || path.includes('\0')) throw ValidationError.field('path', 'must be a file path of at most 4096 characters');
-  if (path.split(/[\\/]+/).includes('..')) throw ValidationError.field('path', `must not contain '..' (got ${JSON.stringify(path)})`);
-  const abs = normalize(isAbsolute(path) ? path : join(storeDir, path));
-  if (!isInside(storeDir, abs)) throw ValidationError.field('path', `${JSON.stringify(path)} is outside the node's image store (${storeDir})`);
-  return abs;
-}
-
-/** True when `child` is strictly inside `dir` (both absolute and normalized). */
-function isInside(dir: string, child: string): boolean {
-  const rel = relative(dir, child);
-  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
-}
+const isInside = isInsideDir;
 
 /** The image store of one node. Paths are absolute. */
 export class ImageStore implements NodeImageStore {
@@ -237,7 +219,7 @@ export class ImageStore implements NodeImageStore {
 
   async resolveSendPath(path: string, options: { allowStaging: boolean }): Promise<string> {
     const storeDir = await realpath(this.dir).catch(() => this.dir);
-    const lexical = lexicalSendPath(this.dir, path);
+    const lexical = storeFilePath(this.dir, path);
     let real: string;
     try {
       real = await realpath(lexical);
