@@ -106,7 +106,7 @@ export class ImageDistribution implements OnApplicationBootstrap {
             snapshotKey = transferId;
             return this.store.snapshot(img.storage_path, transferId);
           });
-          await ctx.progress('fetching-image 0%', 2);
+          await ctx.progress(`fetching-image 0% (0.0 of ${mib(pinned!.sizeBytes)} MiB)`, 2);
           return snap;
         },
         command: (t) => ({ imageFetch: { transferId: t.id, token: t.token, imageId, format: pinned!.format, sizeBytes: pinned!.sizeBytes, digest: pinned!.digest } }),

@@ -72,11 +72,12 @@ export class ImageHistory {
   }
 
   private async append(find: (db: Db) => Promise<ImageRow | undefined>, r: HistoryRecord): Promise<ImageView | null> {
-    const { operationId, at, by, ...rest } = r;
+    const { operationId, at, by, operation, ...rest } = r;
     const entry: HistoryEntry = {
-      ...rest,
       at: at ?? new Date().toISOString(),
+      operation,
       by: by ?? 'control-plane',
+      ...rest,
       ...(operationId ? { details: { ...(rest.details ?? {}), operationId } } : {}),
     };
     const updated = await inTransaction(this.ds, async (db) => {

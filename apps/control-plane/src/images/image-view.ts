@@ -6,7 +6,7 @@ export interface ImageView {
   id: string;
   projectId: string;
   name: string;
-  /** Detected from the file's magic bytes at intake; QEMU is always told this format. */
+  /** Detected from the file's magic bytes at intake; QEMU is always told this format. '' while importing. */
   format: string;
   state: string;
   sizeBytes: number;
@@ -28,7 +28,7 @@ export function imageView(r: ImageRow, now = Date.now()): ImageView {
     id: r.id,
     projectId: r.project_id,
     name: r.name,
-    format: r.format,
+    format: r.state === 'importing' ? '' : r.format,
     state: r.state,
     sizeBytes: Number(r.size_bytes),
     virtualSizeBytes: Number(r.virtual_size_bytes),
