@@ -20,6 +20,7 @@ import { AgentGrpcApi } from './grpc/agent.grpc';
 import { GrpcServer } from './grpc/grpc-server';
 import { PublicGrpcApi } from './grpc/public-api.grpc';
 import { TransferGrpcApi } from './grpc/transfer.grpc';
+import { TransferFiles } from './transfers/transfer-files';
 import { TransferRepository } from './transfers/transfer.repository';
 import { TransfersService } from './transfers/transfers.service';
 import { HealthController } from './health/health.controller';
@@ -81,6 +82,7 @@ const PROVIDERS: Provider[] = [
   ImageStore,
   NodeImageRepository,
   TransferRepository,
+  TransferFiles,
   OperationRepository,
   OperationQueueRepository,
   // services

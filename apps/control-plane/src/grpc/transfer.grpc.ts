@@ -1,4 +1,3 @@
-import { createReadStream } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { Inject, Injectable } from '@nestjs/common';
 import { ValidationError } from '@hyperplane/domain';
@@ -42,7 +41,7 @@ export class TransferGrpcApi {
       const t = await this.transfers.openFetch(id, call.request.token ?? '');
       claimed = true;
       let last = Date.now();
-      const file = createReadStream(t.path, { highWaterMark: CHUNK_BYTES });
+      const file = this.transfers.readFile(t, CHUNK_BYTES);
       try {
         for await (const chunk of file) {
           if (gone) throw new Error('the node closed the stream');

@@ -4,7 +4,6 @@ import {
   AlreadyExistsError,
   FailedPreconditionError,
   NotFoundError,
-  PayloadTooLargeError,
   Principal,
   UUID_RE,
   ValidationError,
@@ -196,7 +195,10 @@ export class ImagesService {
     const view = await this.tx.run({ scope: `project:${projectId}`, name: 'images.metadata', input: { id, input } }, async (db) => {
       if (!UUID_RE.test(id)) throw new NotFoundError('image', id);
       const row = await this.images.lock(db, projectId, id);
-      if (!row) throw new NotFoundError('image', id);
+      if (!row) {
+        if ((await this.images.get(projectId, id, db))?.state === 'importing') throw new FailedPreconditionError(`image ${id} is being imported`);
+        throw new NotFoundError('image', id);
+      }
       checkIfMatch('image', id, opts.ifMatch, row.version);
       if (row.format === 'raw') throw new FailedPreconditionError(`image ${row.name} is raw: raw images cannot hold metadata`);
       // The history is the control plane's record of what was done: a PUT keeps the file's, and adds to it.

@@ -93,8 +93,16 @@ export class TransferRepository {
     return new Set(found.map((r) => r.id));
   }
 
-  /** Forgets final transfers older than `olderThanMs`. */
-  async prune(olderThanMs: number): Promise<void> {
+  /**
+   * Fails transfers nobody has moved a byte of for `abandonedMs` (their replica died mid-stream),
+   * and forgets final ones older than `olderThanMs`.
+   */
+  async prune(olderThanMs: number, abandonedMs: number): Promise<void> {
+    await this.ds.query(
+      `UPDATE transfers SET state = 'failed', error = 'abandoned: no progress recorded', updated_at = now()
+       WHERE state IN ('issued', 'streaming') AND updated_at < now() - make_interval(secs => $1::float / 1000) AND expires_at < now()`,
+      [abandonedMs],
+    );
     await this.ds.query(`DELETE FROM transfers WHERE state IN ('done', 'failed', 'cancelled') AND updated_at < now() - make_interval(secs => $1::float / 1000)`, [olderThanMs]);
   }
 }

@@ -1,6 +1,4 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { open, rm } from 'node:fs/promises';
 import { Inject, Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
 import {
   CancelledError,
@@ -20,6 +18,7 @@ import { BlockDigest } from '@hyperplane/disk-formats';
 import { Logger } from 'pino';
 import { AgentSessions, CommandBody } from '../agents/agent-sessions';
 import { LOGGER } from '../common/tokens';
+import { TransferFiles } from './transfer-files';
 import { TransferDirection, TransferRepository, TransferRow } from './transfer.repository';
 
 /** A transfer as the node gets it in its command: the id and the one-time token. */
@@ -66,6 +65,8 @@ const POLL_MS = 500;
 const DEFAULT_STALL_MS = 60_000;
 /** Final transfers are forgotten after a day. */
 const PRUNE_AFTER_MS = 24 * 3600_000;
+/** A live transfer without progress for this long lost its replica (the waiting operation gave up long before). */
+const ABANDONED_AFTER_MS = 3600_000;
 
 const hashToken = (token: string) => createHash('sha256').update(token).digest('hex');
 
@@ -108,12 +109,13 @@ export class TransfersService implements OnModuleInit, OnModuleDestroy {
 
   constructor(
     private readonly repo: TransferRepository,
+    private readonly files: TransferFiles,
     private readonly sessions: AgentSessions,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
 
   onModuleInit(): void {
-    this.pruneTimer = setInterval(() => void this.repo.prune(PRUNE_AFTER_MS).catch(() => undefined), 3600_000);
+    this.pruneTimer = setInterval(() => void this.repo.prune(PRUNE_AFTER_MS, ABANDONED_AFTER_MS).catch(() => undefined), 600_000);
     this.pruneTimer.unref();
   }
 
@@ -217,27 +219,22 @@ export class TransfersService implements OnModuleInit, OnModuleDestroy {
     const digest = new BlockDigest();
     let senderDigest = '';
     let lastReport = 0;
-    const out = createWriteStream(t.path, { flags: 'wx', mode: 0o600 });
-    const opened = new Promise<void>((resolve, reject) => {
-      out.once('open', () => resolve());
-      out.once('error', reject);
-    });
+    let out: Awaited<ReturnType<TransferFiles['create']>> | undefined;
     try {
-      await opened;
+      out = await this.files.create(t.path);
       if (announcedBytes > max) throw new PayloadTooLargeError(`the file is ${announcedBytes} bytes, more than the ${max} allowed (HYPERPLANE_MAX_IMAGE_BYTES)`);
       for await (const c of chunks) {
         if (c.digest) senderDigest = c.digest;
         if (!c.data?.length) continue;
         if (digest.bytes + c.data.length > max) throw new PayloadTooLargeError(`the file is larger than the ${max} bytes allowed (HYPERPLANE_MAX_IMAGE_BYTES)`);
         digest.update(c.data);
-        if (!out.write(c.data)) await new Promise<void>((r) => out.once('drain', () => r()));
+        await this.files.write(out, c.data);
         if (Date.now() - lastReport > POLL_MS) {
           lastReport = Date.now();
           if (!(await this.progress(id, digest.bytes))) throw new CancelledError(`transfer ${id} was cancelled`);
         }
       }
-      await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
-      await fsync(t.path);
+      await this.files.close(out, t.path);
       const got = digest.finish();
       if (got.bytes !== announcedBytes) throw new UnavailableError(`the node announced ${announcedBytes} bytes but sent ${got.bytes}`);
       if (senderDigest !== got.digest) throw new UnavailableError(`the node's digest ${senderDigest || '(none)'} does not match what arrived (${got.digest})`);
@@ -245,12 +242,16 @@ export class TransfersService implements OnModuleInit, OnModuleDestroy {
       if (!done) throw new CancelledError(`transfer ${id} was cancelled`);
       return { bytes: got.bytes, digest: got.digest };
     } catch (e) {
-      out.destroy();
-      await rm(t.path, { force: true });
+      await this.files.discard(out, t.path);
       await this.repo.finish(id, e instanceof CancelledError ? 'cancelled' : 'failed', { bytes: digest.bytes, error: (e as Error).message }).catch(() => undefined);
       this.log.warn({ transferId: id, err: e }, 'file from a node not received');
       throw e;
     }
+  }
+
+  /** The file a FetchFile call streams, in chunks. */
+  readFile(t: TransferRow, chunkBytes: number) {
+    return this.files.read(t.path, chunkBytes);
   }
 
   /** Ids of transfers still in progress among `ids` (for sweeping files they use). */
@@ -278,13 +279,4 @@ function sleep(ms: number): Promise<void> {
 function abortOf(signal: AbortSignal | undefined): Promise<void> {
   if (!signal) return new Promise(() => undefined);
   return new Promise((r) => (signal.aborted ? r() : signal.addEventListener('abort', () => r(), { once: true })));
-}
-
-async function fsync(path: string): Promise<void> {
-  const h = await open(path, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
 }
