@@ -43,16 +43,31 @@ export class PartitionImages {
       }
       throw e;
     }
-    if (op.kind === 'partition.create') {
-      const node = await this.nodes.findByIdOrName(row.node_id);
-      await this.history.recordQuietly(row.image_id, { operation: 'partition-created', partition: row.id, node: node?.name ?? row.node_id, operationId: op.id, details: { name: row.name } });
-    }
+    if (op.kind === 'partition.create') await this.record(op, row, 'partition-created');
+  }
+
+  /**
+   * For a migration: the target node gets the partition's library image before it prepares the
+   * incoming guest (its spec carries library_image_id; the overlay's base is that copy). No-op for
+   * node-store images, and when the node has the copy.
+   */
+  async ensureOnNode(row: PartitionRow, nodeId: string, ctx: OperationContext): Promise<void> {
+    await this.distribution.ensureOnNode({ imageId: row.image_id, nodeId }, ctx);
+  }
+
+  /**
+   * Records an operation on `row`'s disk (`snapshotted`, `migrated`, `exported`...) in the history
+   * of the library image it is based on, once per operation; nothing for node-store images. Never
+   * throws (the history must not fail the operation); `node` defaults to the partition's node.
+   */
+  async record(op: OperationRow, row: PartitionRow, operation: string, extra: { node?: string; details?: Record<string, string | number | boolean | null> } = {}): Promise<void> {
+    if (!row.image_id) return;
+    const node = extra.node ?? (row.node_id ? (await this.nodes.findByIdOrName(row.node_id))?.name : undefined);
+    await this.history.recordQuietly(row.image_id, { operation, partition: row.id, ...(node ? { node } : {}), operationId: op.id, details: { name: row.name, ...(extra.details ?? {}) } });
   }
 
   /** After `row` was deleted: `partition-deleted` in its image's history (once per operation). */
   async afterDelete(op: OperationRow, row: PartitionRow): Promise<void> {
-    if (!row.image_id) return;
-    const node = row.node_id ? await this.nodes.findByIdOrName(row.node_id) : undefined;
-    await this.history.recordQuietly(row.image_id, { operation: 'partition-deleted', partition: row.id, ...(node ? { node: node.name } : {}), operationId: op.id, details: { name: row.name } });
+    await this.record(op, row, 'partition-deleted');
   }
 }
