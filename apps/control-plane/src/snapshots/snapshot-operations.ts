@@ -55,7 +55,7 @@ export class SnapshotOperations implements OnModuleInit {
     let entry: SnapshotEntry | undefined;
     try {
       // A re-run after a crash: the node may have finished it already.
-      entry = (await this.list(node, partition)).find((e) => e.tag === snap.id);
+      if (op.attempts > 1) entry = (await this.list(node, partition)).find((e) => e.tag === snap.id);
       if (!entry) {
         const r = await this.sessions.command(node, { snapshotCreate: { partitionId: partition.id, tag: snap.id, withMemory: snap.with_memory } }, SNAPSHOT_TIMEOUT_MS);
         if (r.ok) entry = JSON.parse(r.payload || '{}') as SnapshotEntry;

@@ -46,7 +46,7 @@ import { readTail } from './console-log';
 import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnections, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
-import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob } from './qemu-jobs';
+import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, untilEvent, waitJob } from './qemu-jobs';
 import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
 
 /** Settings of a QEMU driver; paths are made absolute. */
@@ -150,6 +150,8 @@ export class QemuDriver implements PartitionDriver {
   private readonly busy = new Set<string>();
   /** Cold-migration receivers waiting for a disk, by partition id: how to give up on one. */
   private readonly coldReceivers = new Map<string, { abort: (error: Error) => void; received: Promise<void> }>();
+  /** Sources of completed migrations whose QEMU is quitting and files going (see retireSource). */
+  private readonly retiring = new Map<string, Promise<void>>();
   private listener: DriverListener = { onExit: () => undefined, onEvent: () => undefined };
   private facts: Promise<HostFacts> | undefined;
   private closed = false;
@@ -723,6 +725,7 @@ export class QemuDriver implements PartitionDriver {
     if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw ValidationError.field('port', `must be 1-65535 (got ${options.port})`);
     const nbdPort = options.nbdPort ?? options.port + 1;
     if (options.storage === 'shared' && !options.sharedDiskPath) throw ValidationError.field('sharedDiskPath', 'shared storage needs the disk path');
+    await this.retired(spec.id);
     return this.exclusive(spec.id, 'receive', async () => {
       if (this.instances.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
       if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
@@ -739,8 +742,8 @@ export class QemuDriver implements PartitionDriver {
     const qmp = inst.qmp;
     // The source may see `completed` a moment before this side finished loading the state.
     let info = await qmp.queryMigrate();
-    for (let waited = 0; waited < 30_000 && info.status && ['setup', 'active', 'device'].includes(info.status); waited += 50) {
-      await sleep(50);
+    for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
+      await untilEvent(qmp, 'MIGRATION', 50);
       info = await qmp.queryMigrate();
     }
     if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
@@ -851,7 +854,7 @@ export class QemuDriver implements PartitionDriver {
             await this.breakConnections(target, log);
             throw new InternalError(`copying the disk stalled for ${stallMs} ms`);
           }
-          await sleep(MIGRATION_POLL_MS);
+          await untilEvent(qmp, 'BLOCK_JOB_READY', MIGRATION_POLL_MS);
         }
         storageMs = Date.now() - started;
         log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
@@ -890,7 +893,8 @@ export class QemuDriver implements PartitionDriver {
             run.postcopy = true;
           }
         }
-        await sleep(MIGRATION_POLL_MS);
+        // Progress every poll; a status change (completed, failed) wakes the loop at once.
+        await untilEvent(qmp, 'MIGRATION', MIGRATION_POLL_MS);
       }
     } catch (error) {
       if (run.postcopy) {
@@ -907,7 +911,9 @@ export class QemuDriver implements PartitionDriver {
       throw error;
     }
     // Completed: the guest is paused here (postmigrate) and whole on the destination, which stays
-    // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror), quit.
+    // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror);
+    // the paused QEMU quits and its files go while the destination takes over (as libvirt's
+    // confirm step runs after the destination resumed): nobody resumes a postmigrate guest here.
     await this.cleanupSource(inst, log, false);
     const result: MigrationResult = {
       totalTimeMs: Date.now() - started,
@@ -917,15 +923,29 @@ export class QemuDriver implements PartitionDriver {
       postcopy: run.postcopy,
     };
     inst.stopRequested = true;
-    await qmp.quit().catch(() => undefined);
+    const retire = this.retireSource(inst, log).finally(() => {
+      if (this.retiring.get(inst.id) === retire) this.retiring.delete(inst.id);
+    });
+    this.retiring.set(inst.id, retire);
+    log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU quits and its files go');
+    return result;
+  }
+
+  /** Quits the source QEMU of a completed migration and removes the partition's files here. */
+  private async retireSource(inst: Instance & { qmp: QmpClient }, log: Logger): Promise<void> {
+    await inst.qmp.quit().catch(() => undefined);
     if (!(await this.waitGone(inst, this.options.quitTimeoutMs ?? DEFAULT_QUIT_TIMEOUT_MS))) {
       if (inst.child) inst.child.kill('SIGKILL');
       else signalPid(inst.pid, 'SIGKILL');
       await this.waitGone(inst, KILL_TIMEOUT_MS);
     }
     await rm(inst.dir, { recursive: true, force: true });
-    log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU and files are gone');
-    return result;
+    log.debug('source QEMU gone, files removed');
+  }
+
+  /** Waits until a partition that migrated away is gone from here (its QEMU quit, its files removed). */
+  private async retired(id: string): Promise<void> {
+    await this.retiring.get(id)?.catch(() => undefined);
   }
 
   /**
@@ -982,6 +1002,7 @@ export class QemuDriver implements PartitionDriver {
   async coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver> {
     const dir = this.dirOf(spec.id);
     const log = this.log.child({ partition: spec.id, migration: 'cold-incoming' });
+    await this.retired(spec.id);
     if (this.instances.has(spec.id) || this.busy.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
     if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
     const plan = await this.validate(spec, dir);
@@ -1104,6 +1125,8 @@ export class QemuDriver implements PartitionDriver {
   }
 
   async close(): Promise<void> {
+    // A source that migrated away quits first: no paused copy of a guest stays behind.
+    await Promise.all([...this.retiring.values()].map((p) => p.catch(() => undefined)));
     this.closed = true;
     const all = [...this.instances.values()];
     this.instances.clear();
@@ -1151,3 +1174,4 @@ async function withTimeout(promise: Promise<unknown>, ms: number): Promise<void>
   await Promise.race([promise.catch(() => undefined), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, ms))))]);
   clearTimeout(timer);
 }
+
