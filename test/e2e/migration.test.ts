@@ -287,6 +287,20 @@ d('migration end to end', () => {
     ]);
   });
 
+  it('a source worker restarted mid-migration cancels the migration nobody drives; the guest stays on the source', async () => {
+    const id = (await api.get('/v1/partitions?pageSize=10')).body.items.find((p: any) => p.name === 'live-vm').id;
+    const opId = await slowMigration(id, 'b');
+    const worker = workers.a!;
+    const guest = qemuPids('a', id);
+    worker.proc.kill('SIGKILL'); // the agent only: its guests outlive it
+    if (worker.proc.exitCode === null && worker.proc.signalCode === null) await new Promise((r) => worker.proc.once('exit', r));
+    startWorker('a');
+    const op = await api.waitOperation(opId, 120);
+    expect(op.status).toBe('failed');
+    expect(qemuPids('a', id)).toEqual(guest); // the same QEMU, adopted
+    await expectOnlyOn('a', id);
+  });
+
   it('a control plane SIGKILLed mid-migration is taken up by the next one; the guest ends on exactly one node', async () => {
     const id = (await api.get('/v1/partitions?pageSize=10')).body.items.find((p: any) => p.name === 'live-vm').id;
     const opId = await slowMigration(id, 'b', 3);
