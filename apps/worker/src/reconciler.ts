@@ -266,6 +266,7 @@ export class Reconciler {
         case 'snapshotRevert':
         case 'snapshotDelete':
         case 'snapshotList':
+        case 'snapshotExport':
           return await this.snapshotCommand(cmd);
         case 'migrationPrepareTarget':
         case 'migrationStart':
@@ -325,7 +326,7 @@ export class Reconciler {
 
   private async snapshotCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
     const commandId = cmd.id ?? '';
-    const body = cmd.snapshotCreate ?? cmd.snapshotRevert ?? cmd.snapshotDelete ?? cmd.snapshotList;
+    const body = cmd.snapshotCreate ?? cmd.snapshotRevert ?? cmd.snapshotDelete ?? cmd.snapshotList ?? cmd.snapshotExport;
     const id = body?.partitionId ?? '';
     const e = this.entries.get(id);
     if (!e || e.incoming) {
@@ -337,6 +338,12 @@ export class Reconciler {
           const entry = await this.driver.snapshotCreate(id, { tag: cmd.snapshotCreate?.tag ?? '', withMemory: Boolean(cmd.snapshotCreate?.withMemory) });
           this.log.info({ partition: id, tag: entry.tag, withMemory: entry.vmStateBytes > 0 }, 'snapshot created');
           return JSON.stringify(entry);
+        }
+        case 'snapshotExport': {
+          if (!this.driver.snapshotExport) throw Object.assign(new Error(`the ${this.driver.kind} driver cannot export snapshots`), { code: 'FAILED_PRECONDITION' });
+          const out = await this.driver.snapshotExport(id, cmd.snapshotExport?.tag ?? '', cmd.snapshotExport?.fileName ?? '');
+          this.log.info({ partition: id, tag: cmd.snapshotExport?.tag, file: out.path, bytes: out.sizeBytes }, 'snapshot exported');
+          return JSON.stringify(out);
         }
         case 'snapshotRevert':
           await this.driver.snapshotRevert(id, cmd.snapshotRevert?.tag ?? '');

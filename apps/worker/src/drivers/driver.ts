@@ -258,6 +258,12 @@ export interface PartitionDriver {
   /** The snapshots of a partition's disk (running or stopped), oldest first. */
   snapshotList(id: string): Promise<SnapshotEntry[]>;
   /**
+   * Writes snapshot `tag` of the partition's disk as a standalone qcow2 image `fileName` in this
+   * node's image store (its backing image flattened in), while the guest runs or not. Drivers
+   * without real disks leave it out. Returns the file's path relative to the store and its size.
+   */
+  snapshotExport?(id: string, tag: string, fileName: string): Promise<{ path: string; sizeBytes: number }>;
+  /**
    * On the destination: prepares to receive `spec` (its disk and a QEMU waiting for the incoming
    * stream, paused). The guest runs here only after `migrationFinishTarget`.
    */

@@ -127,6 +127,8 @@ const MIG = { mirrorJob: 'mig-mirror', nbdNode: 'mig-nbd', exportId: 'mig-export
 
 /** Default limits of snapshot jobs and migrations. */
 const SNAPSHOT_JOB_TIMEOUT_MS = 300_000;
+/** Longest a snapshot export (qemu-img convert of the whole disk) may take. */
+const EXPORT_TIMEOUT_MS = 30 * 60_000;
 const DEFAULT_MAX_DOWNTIME_MS = 300;
 const DEFAULT_POSTCOPY_AFTER_MS = 10_000;
 const DEFAULT_STALL_TIMEOUT_MS = 30_000;
@@ -659,6 +661,31 @@ export class QemuDriver implements PartitionDriver {
       if (!entry) throw new InternalError(`snapshot ${options.tag} of partition ${id} is not listed after it was saved`);
       log.info({ ms: Date.now() - started, vmStateBytes: entry.vmStateBytes }, 'snapshot saved');
       return entry;
+    });
+  }
+
+  async snapshotExport(id: string, tag: string, fileName: string): Promise<{ path: string; sizeBytes: number }> {
+    checkTag(tag);
+    if (!/^[a-z0-9][a-z0-9._-]{0,120}\.qcow2$/.test(fileName)) throw ValidationError.field('fileName', `must be a plain file name ending in .qcow2 (got ${JSON.stringify(fileName)})`);
+    return this.exclusive(id, 'export a snapshot of', async () => {
+      if (!(await this.snapshotList(id)).some((s) => s.tag === tag)) throw new NotFoundError('snapshot', tag);
+      const disk = this.instances.get(id) ? join(this.dirOf(id), RUNTIME_FILES.disk) : await this.offlineDisk(id);
+      const out = join(this.images.dir, fileName);
+      if (await exists(out)) throw new FailedPreconditionError(`the image store already has ${fileName}`);
+      const part = `${out}.part`;
+      const started = Date.now();
+      try {
+        // A snapshot's clusters never change while it exists (and this partition's queue keeps it
+        // from being deleted meanwhile), so reading it next to the running QEMU (-U) is safe.
+        await run(this.qemuImg, ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${tag}`, disk, part], EXPORT_TIMEOUT_MS);
+        await rename(part, out);
+      } catch (error) {
+        await rm(part, { force: true });
+        throw new InternalError(`exporting snapshot ${tag} of partition ${id} failed: ${(error as Error).message}`);
+      }
+      const { size } = await stat(out);
+      this.log.info({ partition: id, tag, file: out, bytes: size, ms: Date.now() - started }, 'snapshot exported');
+      return { path: fileName, sizeBytes: size };
     });
   }
 
