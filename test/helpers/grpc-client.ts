@@ -13,8 +13,9 @@ export class GrpcApi {
     readonly token?: string,
   ) {
     const { tree } = loadGrpcObject<{ hyperplane: { v1: Record<string, Ctor> } }>(PUBLIC_PROTO_FILES);
-    for (const name of ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService']) {
-      this.clients[name] = new tree.hyperplane.v1[name]!(address, grpc.credentials.createInsecure());
+    // Every service of the public API (a client per service, as a user's code would have).
+    for (const [name, ctor] of Object.entries(tree.hyperplane.v1)) {
+      if (typeof ctor === 'function' && name.endsWith('Service') && 'service' in ctor) this.clients[name] = new ctor(address, grpc.credentials.createInsecure());
     }
   }
 

@@ -60,6 +60,13 @@ import { ProjectRepository } from './projects/project.repository';
 import { TokenRepository } from './projects/token.repository';
 import { ProjectsController } from './projects/projects.controller';
 import { ProjectsService } from './projects/projects.service';
+import { MigrationController } from './migration/migration.controller';
+import { MigrationOperations } from './migration/migration-operations';
+import { MigrationService } from './migration/migration.service';
+import { SnapshotOperations } from './snapshots/snapshot-operations';
+import { SnapshotRepository } from './snapshots/snapshot.repository';
+import { SnapshotsController } from './snapshots/snapshots.controller';
+import { SnapshotsService } from './snapshots/snapshots.service';
 
 /** Infrastructure handed in by the entrypoint (already connected and migrated). */
 export interface Infrastructure {
@@ -78,6 +85,7 @@ const PROVIDERS: Provider[] = [
   TokenRepository,
   NodeRepository,
   PartitionRepository,
+  SnapshotRepository,
   ImageRepository,
   ImageStore,
   NodeImageRepository,
@@ -109,6 +117,10 @@ const PROVIDERS: Provider[] = [
   ConsoleService,
   ConsoleWebSocket,
   PartitionOperations,
+  SnapshotsService,
+  SnapshotOperations,
+  MigrationService,
+  MigrationOperations,
   NodeOperations,
   AgentSessions,
   ConsoleSessions,
@@ -131,7 +143,7 @@ export class AppModule {
   static with(infra: Infrastructure): DynamicModule {
     return {
       module: AppModule,
-      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController],
+      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController, SnapshotsController, MigrationController],
       providers: [
         { provide: CONFIG, useValue: infra.config },
         { provide: DATA_SOURCE, useValue: infra.dataSource },

@@ -165,7 +165,7 @@ export async function startWorker(config: WorkerConfig, root: Logger, overrides:
       if (config.driver === 'simulated') {
         driver = new SimulatedDriver({ startMs: config.simStartMs, failRate: config.simFailRate });
       } else {
-        const qemu = new QemuDriver({ dataDir: node.dataDir, accel: config.accel, log });
+        const qemu = new QemuDriver({ dataDir: node.dataDir, accel: config.accel, log, ...(config.tlsDir ? { tlsDir: config.tlsDir } : {}) });
         const seeded = await qemu.images.seed(config.guestDir);
         if (seeded === 'no-source') log.warn({ guestDir: config.guestDir, store: qemu.images.dir }, 'no sample image to seed the store with (run npm run guest:build)');
         else if (seeded !== 'present') log.info({ how: seeded, store: qemu.images.dir }, 'seeded the image store with sample.qcow2');

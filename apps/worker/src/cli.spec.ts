@@ -1,5 +1,7 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { CliError, parseCli } from './cli';
+import { CliError, TLS_FILES, parseCli } from './cli';
 
 const env = { HYPERPLANE_DATA_DIR: '/var/hp' };
 
@@ -46,9 +48,23 @@ describe('parseCli', () => {
     [['--node', 'n2', '--address', '127.0.0.2', '--control-plane', 'nohost'], '--control-plane "nohost"'],
     [['--node', 'n2', '--address', '127.0.0.2', '--label', 'oops'], '--label "oops"'],
     [['--node', 'n2', '--address', '127.0.0.2', '--frobnicate'], "Unknown option '--frobnicate'"],
+    [['--node', 'n2', '--address', '127.0.0.2', '--tls-dir', '/nonexistent'], '--tls-dir "/nonexistent" lacks ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem'],
+    [['--node', 'n2', '--address', '127.0.0.2', '--driver', 'simulated', '--tls-dir', '/tmp'], '--tls-dir needs --driver qemu'],
   ])('%j is refused naming the culprit', (argv, message) => {
     expect(() => parseCli(argv, env)).toThrow(CliError);
     expect(() => parseCli(argv, env)).toThrow(message);
+  });
+
+  it('--tls-dir (or HYPERPLANE_TLS_DIR) names a directory with the five credential files', () => {
+    const tls = mkdtempSync(join(tmpdir(), 'hp-tls-'));
+    try {
+      for (const f of TLS_FILES) writeFileSync(join(tls, f), 'x');
+      expect(parseCli(['--node', 'n2', '--address', '127.0.0.2', '--tls-dir', tls], env).tlsDir).toBe(tls);
+      expect(parseCli(['--node', 'n2', '--address', '127.0.0.2'], { ...env, HYPERPLANE_TLS_DIR: tls }).tlsDir).toBe(tls);
+      expect(parseCli(['--node', 'n2', '--address', '127.0.0.2'], env).tlsDir).toBe('');
+    } finally {
+      rmSync(tls, { recursive: true, force: true });
+    }
   });
 
   it('a bad environment variable is named', () => {

@@ -3,6 +3,7 @@
  * bad value is a {@link CliError} whose message names the flag or variable (main prints it on one
  * line and exits 2).
  */
+import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -37,6 +38,8 @@ export interface WorkerConfig {
   guestDir: string;
   labels: Record<string, string>;
   logLevel: string;
+  /** x509 credentials for encrypted migration (QEMU tls-creds-x509 layout); '' when the node has none. */
+  tlsDir: string;
 }
 
 /** Usage text for --help. */
@@ -54,10 +57,14 @@ export const USAGE = `Usage: node apps/worker/dist/main.js --node NAME --address
   --sim-start-ms MS       simulated start latency (default 200)
   --sim-fail-rate R       simulated share of failed starts, 0..1 (default 0)
   --label KEY=VALUE       inventory label (repeatable)
+  --tls-dir DIR           TLS credentials for encrypted live migration (env HYPERPLANE_TLS_DIR):
+                          ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem,
+                          client-key.pem; the server certificate names this node (--node)
   --help                  this text
 
 Environment: HYPERPLANE_DATA_DIR (default .hyperplane), HYPERPLANE_CONTROL_PLANE,
-HYPERPLANE_GRPC_PORT, HYPERPLANE_JOIN_TOKEN, HYPERPLANE_GUEST_DIR, HYPERPLANE_LOG_LEVEL.
+HYPERPLANE_GRPC_PORT, HYPERPLANE_JOIN_TOKEN, HYPERPLANE_GUEST_DIR, HYPERPLANE_LOG_LEVEL,
+HYPERPLANE_TLS_DIR.
 `;
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -97,6 +104,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
         'sim-start-ms': { type: 'string' },
         'sim-fail-rate': { type: 'string' },
         label: { type: 'string', multiple: true },
+        'tls-dir': { type: 'string' },
         help: { type: 'boolean' },
       },
     }));
@@ -115,6 +123,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     guestDir: '',
     labels: {},
     logLevel: 'info',
+    tlsDir: '',
   };
   if (base.help) return { ...base, nodeName: '', nodes: [], address: '' };
 
@@ -171,6 +180,15 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     labels[m[1]!] = m[2]!;
   }
 
+  const tlsFlag = str('tls-dir') ?? (env.HYPERPLANE_TLS_DIR || undefined);
+  let tlsDir = '';
+  if (tlsFlag !== undefined) {
+    if (driver !== 'qemu') throw new CliError('--tls-dir needs --driver qemu');
+    tlsDir = resolve(tlsFlag);
+    const missing = TLS_FILES.filter((f) => !existsSync(join(tlsDir, f)));
+    if (missing.length) throw new CliError(`--tls-dir ${JSON.stringify(tlsFlag)} lacks ${missing.join(', ')}`);
+  }
+
   const logLevel = env.HYPERPLANE_LOG_LEVEL || 'info';
   if (!LOG_LEVELS.includes(logLevel)) throw new CliError(`HYPERPLANE_LOG_LEVEL=${JSON.stringify(logLevel)} must be one of ${LOG_LEVELS.join(', ')}`);
 
@@ -187,5 +205,9 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     guestDir: env.HYPERPLANE_GUEST_DIR ? resolve(env.HYPERPLANE_GUEST_DIR) : join(dataRoot, 'guest'),
     labels,
     logLevel,
+    tlsDir,
   };
 }
+
+/** The files QEMU's tls-creds-x509 reads from a TLS directory, for both ends of a migration. */
+export const TLS_FILES = ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem'];

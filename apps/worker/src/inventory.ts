@@ -41,6 +41,7 @@ export async function collectInventory(driver: PartitionDriver, dataDir: string,
     driver: driver.kind,
     agentVersion: AGENT_VERSION,
     imageStoreDir: driver.imageStore?.dir ?? '',
+    tls: facts.tls ?? false,
   };
 }
 

@@ -22,6 +22,7 @@
  */
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
+import { freePortPair } from './ports';
 import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
 import { guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
@@ -265,6 +266,7 @@ export class Reconciler {
         case 'snapshotRevert':
         case 'snapshotDelete':
         case 'snapshotList':
+        case 'snapshotExport':
           return await this.snapshotCommand(cmd);
         case 'migrationPrepareTarget':
         case 'migrationStart':
@@ -275,6 +277,18 @@ export class Reconciler {
         case 'coldMigrationPrepareTarget':
         case 'coldMigrationSend':
           return await this.coldMigrationCommand(cmd);
+        case 'migrationOutcome': {
+          const id = cmd.migrationOutcome?.partitionId ?? '';
+          const gone = JSON.stringify({ present: false, state: 'absent', reason: '' });
+          const e = this.entries.get(id);
+          if (!e || e.incoming) return { commandId, ok: true, errorCode: '', errorMessage: '', payload: gone };
+          // Behind whatever runs in the partition's queue (a migration): then it is here or not.
+          let payload = gone;
+          await this.enqueue(e, async () => {
+            payload = JSON.stringify({ present: true, state: e.state, reason: e.reason, ...(this.driver.diskPath ? { diskPath: this.driver.diskPath(id) } : {}) });
+          });
+          return { commandId, ok: true, errorCode: '', errorMessage: '', payload };
+        }
         default:
           return fail('INVALID_ARGUMENT', `unknown command ${JSON.stringify(cmd.body ?? '')}`);
       }
@@ -312,7 +326,7 @@ export class Reconciler {
 
   private async snapshotCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
     const commandId = cmd.id ?? '';
-    const body = cmd.snapshotCreate ?? cmd.snapshotRevert ?? cmd.snapshotDelete ?? cmd.snapshotList;
+    const body = cmd.snapshotCreate ?? cmd.snapshotRevert ?? cmd.snapshotDelete ?? cmd.snapshotList ?? cmd.snapshotExport;
     const id = body?.partitionId ?? '';
     const e = this.entries.get(id);
     if (!e || e.incoming) {
@@ -324,6 +338,12 @@ export class Reconciler {
           const entry = await this.driver.snapshotCreate(id, { tag: cmd.snapshotCreate?.tag ?? '', withMemory: Boolean(cmd.snapshotCreate?.withMemory) });
           this.log.info({ partition: id, tag: entry.tag, withMemory: entry.vmStateBytes > 0 }, 'snapshot created');
           return JSON.stringify(entry);
+        }
+        case 'snapshotExport': {
+          if (!this.driver.snapshotExport) throw Object.assign(new Error(`the ${this.driver.kind} driver cannot export snapshots`), { code: 'FAILED_PRECONDITION' });
+          const out = await this.driver.snapshotExport(id, cmd.snapshotExport?.tag ?? '', cmd.snapshotExport?.fileName ?? '');
+          this.log.info({ partition: id, tag: cmd.snapshotExport?.tag, file: out.path, bytes: out.sizeBytes }, 'snapshot exported');
+          return JSON.stringify(out);
         }
         case 'snapshotRevert':
           await this.driver.snapshotRevert(id, cmd.snapshotRevert?.tag ?? '');
@@ -359,15 +379,17 @@ export class Reconciler {
         const storage: MigrationStorage = body.storage === 'shared' ? 'shared' : 'copy';
         const result = await this.queued(commandId, e, async () => {
           this.setState(e, 'starting', INCOMING_REASON);
+          const host = body.host || this.deps.address || '127.0.0.1';
           const target = await this.driver.migrationPrepareTarget(
             guestSpecOf(spec),
             {
-              host: body.host || this.deps.address || '127.0.0.1',
-              port: Number(body.port ?? 0),
+              host,
+              port: Number(body.port ?? 0) || (await freePortPair(host)),
               ...(body.nbdPort ? { nbdPort: Number(body.nbdPort) } : {}),
               storage,
               ...(body.sharedDiskPath ? { sharedDiskPath: body.sharedDiskPath } : {}),
               postcopy: Boolean(body.postcopy),
+              ...(body.tls ? { tls: true } : {}),
             },
           );
           e.pid = 0;
@@ -391,6 +413,7 @@ export class Reconciler {
           storage: body.storage === 'shared' ? 'shared' : 'copy',
           ...(body.targetNbdPort ? { nbdPort: Number(body.targetNbdPort) } : {}),
           ...(body.exportName ? { exportName: body.exportName } : {}),
+          ...(body.tls ? { tls: true, ...(body.tlsHostname ? { tlsHostname: body.tlsHostname } : {}) } : {}),
         };
         const o = body.options;
         const positive = (v: unknown) => (Number(v ?? 0) > 0 ? Number(v) : undefined);
@@ -499,7 +522,7 @@ export class Reconciler {
       const result = await this.queued(commandId, e, async () => {
         const receiver = await this.driver.coldMigrationPrepareTarget(
           guestSpecOf(spec),
-          { host: body.host || this.deps.address || '127.0.0.1', port: Number(body.port ?? 0), ...(Number(body.timeoutMs ?? 0) > 0 ? { timeoutMs: Number(body.timeoutMs) } : {}) },
+          { host: body.host || this.deps.address || '127.0.0.1', port: Number(body.port ?? 0), ...(Number(body.timeoutMs ?? 0) > 0 ? { timeoutMs: Number(body.timeoutMs) } : {}) }, // port 0: the system picks one
         );
         this.setState(e, 'starting', 'incoming cold migration');
         this.report(e);

@@ -3,7 +3,8 @@ import { FailedPreconditionError } from './errors';
 /**
  * The partition lifecycle. The happy path is
  * pending → scheduled → starting → running → stopping → stopped, with `failed` reachable from any
- * live state and `deleting` the last state before the record goes away.
+ * live state and `deleting` the last state before the record goes away. A running or stopped
+ * partition is `migrating` while it moves to another node, and goes back to running or stopped.
  */
 export const PARTITION_STATES = [
   'pending',
@@ -14,13 +15,14 @@ export const PARTITION_STATES = [
   'stopped',
   'failed',
   'deleting',
+  'migrating',
 ] as const;
 
 /** One state of {@link PARTITION_STATES}. */
 export type PartitionState = (typeof PARTITION_STATES)[number];
 
 /** A user-visible action on a partition. */
-export type PartitionAction = 'start' | 'stop' | 'reboot' | 'delete' | 'console' | 'update';
+export type PartitionAction = 'start' | 'stop' | 'reboot' | 'delete' | 'console' | 'update' | 'snapshot' | 'revert' | 'delete snapshots of' | 'migrate';
 
 /** Which state each action is allowed from; the single source for 409 answers. */
 const ALLOWED: Record<PartitionAction, readonly PartitionState[]> = {
@@ -28,8 +30,12 @@ const ALLOWED: Record<PartitionAction, readonly PartitionState[]> = {
   stop: ['running', 'starting', 'stopping'],
   reboot: ['running'],
   delete: ['pending', 'scheduled', 'starting', 'running', 'stopping', 'stopped', 'failed'],
-  console: ['starting', 'running', 'stopping', 'stopped', 'failed'],
-  update: ['pending', 'scheduled', 'starting', 'running', 'stopping', 'stopped', 'failed'],
+  console: ['starting', 'running', 'stopping', 'stopped', 'failed', 'migrating'],
+  update: ['pending', 'scheduled', 'starting', 'running', 'stopping', 'stopped', 'failed', 'migrating'],
+  snapshot: ['running', 'stopped'],
+  revert: ['running', 'stopped'],
+  'delete snapshots of': ['running', 'stopped', 'failed'],
+  migrate: ['running', 'stopped'],
 };
 
 /** Internal transitions the control plane itself performs (agent reports, operations). */
@@ -37,11 +43,12 @@ const TRANSITIONS: Record<PartitionState, readonly PartitionState[]> = {
   pending: ['scheduled', 'failed', 'deleting'],
   scheduled: ['starting', 'stopped', 'failed', 'deleting'],
   starting: ['running', 'stopping', 'stopped', 'failed', 'deleting'],
-  running: ['stopping', 'starting', 'stopped', 'failed', 'deleting'],
+  running: ['stopping', 'starting', 'stopped', 'failed', 'deleting', 'migrating'],
   stopping: ['stopped', 'running', 'failed', 'deleting'],
-  stopped: ['starting', 'scheduled', 'failed', 'deleting'],
+  stopped: ['starting', 'scheduled', 'failed', 'deleting', 'migrating'],
   failed: ['starting', 'stopped', 'scheduled', 'deleting'],
   deleting: ['failed'],
+  migrating: ['running', 'stopped', 'failed'],
 };
 
 /** True when `action` may be requested while the partition is in `state`. */
@@ -73,7 +80,7 @@ export function assertTransition(name: string, from: PartitionState, to: Partiti
 
 /** True for states in which a guest process may exist on a node. */
 export function isActive(state: PartitionState): boolean {
-  return state === 'starting' || state === 'running' || state === 'stopping';
+  return state === 'starting' || state === 'running' || state === 'stopping' || state === 'migrating';
 }
 
 /** The action is not allowed in the partition's current state (409 / FAILED_PRECONDITION). */

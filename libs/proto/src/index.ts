@@ -38,6 +38,8 @@ export const PUBLIC_PROTO_FILES = [
   'hyperplane/v1/partitions.proto',
   'hyperplane/v1/events.proto',
   'hyperplane/v1/images.proto',
+  'hyperplane/v1/snapshots.proto',
+  'hyperplane/v1/migration.proto',
 ];
 
 /** The agent protocol's proto file, relative to {@link protoRoot}. */

@@ -11,6 +11,11 @@ const GiB = 1024 ** 3;
 type Row = [string, NodeOverrides, Partial<PlacementRequest>, Rejection | null, NodeOverrides[]?];
 
 const tables: Array<[Filter, Row[]]> = [
+  [f.notAvoided, [
+    ['nothing avoided', {}, {}, null],
+    ['another node avoided', { id: 'n1' }, { avoidNodes: ['n2'] }, null],
+    ['the node a migration leaves', { id: 'n1' }, { avoidNodes: ['n2', 'n1'] }, { reason: 'current-node', message: 'the partition is there already' }],
+  ]],
   [f.nodeState, [
     ['ready', {}, {}, null],
     ['cordoned', { state: 'cordoned' }, {}, { reason: 'cordoned', message: 'cordoned' }],

@@ -46,6 +46,15 @@ const STATE_REJECTIONS: Record<string, Rejection> = {
   unreachable: { reason: 'unreachable', message: 'unreachable' },
 };
 
+const CURRENT_NODE: Rejection = { reason: 'current-node', message: 'the partition is there already' };
+
+/** A partition that moves (migration) never goes back to the node it leaves. */
+export const notAvoided: Filter = {
+  name: 'notAvoided',
+  reasons: ['current-node'],
+  check: (node, req) => (req.avoidNodes?.includes(node.id) ? CURRENT_NODE : null),
+};
+
 /** Only ready nodes take new partitions; the reason is the node's state. */
 export const nodeState: Filter = {
   name: 'nodeState',

@@ -10,7 +10,7 @@
  * - Filters stop at a node's first failure and only that failure is counted (as Nomad does), so
  *   their order decides what the user is told and how much work a node costs. Node state comes
  *   first: the cheapest test and the truest answer ("cordoned" says more than "not enough
- *   memory" about a cordoned node). Then what a node is and will stay (accelerator, machine
+ *   memory" about a cordoned node). Before it, only the node a migrating partition leaves. Then what a node is and will stay (accelerator, machine
  *   type, CPU, image hardware, labels, image store), scalar checks before list scans; then
  *   placement groups; capacity last, because it changes from minute to minute and so is worth
  *   reporting only for nodes that would otherwise fit.
@@ -32,6 +32,7 @@ import type { NodeCandidate, PlacementRequest, ProjectQuota, ProjectUsage, Sched
 
 /** Feasibility filters in the order they run (see the comment at the top of this file). */
 export const FILTERS: readonly Filter[] = [
+  f.notAvoided,
   f.nodeState,
   f.accelerator,
   f.machineType,

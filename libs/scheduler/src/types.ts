@@ -80,6 +80,8 @@ export interface PlacementRequest {
   image: string;
   /** Pin to one node, by id or name: the only candidate is that node. */
   node?: string;
+  /** Node ids that must not be chosen (the node a migrating partition leaves). */
+  avoidNodes?: string[];
   accelerator?: 'kvm' | 'tcg';
   /** Host CPU features the partition's CPU profile needs (QEMU or `/proc/cpuinfo` spelling). */
   cpuFeatures?: string[];

@@ -36,6 +36,8 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
   readonly replicaId = randomUUID();
   private readonly local = new Map<string, AgentStreamWriter>();
   private readonly pending = new Map<string, Pending>();
+  /** Commands written down a local stream and not yet answered (wire command id → node), failed when the stream goes. */
+  private readonly unanswered = new Map<string, string>();
   private readonly prefix: string;
   private pushSpec: (nodeId: string, partitionId: string) => Promise<void> = async () => undefined;
   private readonly onMessage = (channel: string, message: string) => void this.route(channel, message);
@@ -79,6 +81,11 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
     if (this.local.get(nodeId) !== writer) return;
     this.local.delete(nodeId);
     await this.sub.unsubscribe(this.nodeChannel(nodeId)).catch(() => undefined);
+    // Results of commands sent down that stream will never come: their waiters learn it now.
+    for (const [commandId, n] of [...this.unanswered]) {
+      if (n !== nodeId) continue;
+      await this.resolveResult({ commandId, ok: false, errorCode: 'UNAVAILABLE', errorMessage: `node ${nodeId} disconnected before it answered`, payload: '' });
+    }
   }
 
   /** True when this replica holds the node's stream. */
@@ -119,6 +126,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
         reject(e);
       };
       if (this.local.has(nodeId)) {
+        this.unanswered.set(requestId, nodeId);
         this.send(nodeId, { command: { id: requestId, ...body } });
         return;
       }
@@ -132,6 +140,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
 
   /** Delivers an agent's command result to whoever waits for it, here or on another replica. */
   async resolveResult(result: agentV1.CommandResult__Output): Promise<void> {
+    this.unanswered.delete(result.commandId ?? '');
     const [requestId = '', replyTo] = (result.commandId ?? '').split('@');
     if (replyTo && replyTo !== this.replicaId) {
       await this.redis.publish(this.replyChannel(replyTo), JSON.stringify({ ...result, commandId: requestId }));
@@ -159,7 +168,10 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
       if (!this.local.has(nodeId)) return;
       const m = JSON.parse(message) as Routed;
       if (m.type === 'sync') await this.pushSpec(nodeId, m.partitionId);
-      else this.send(nodeId, { command: { id: `${m.requestId}@${m.replyTo}`, ...m.body } });
+      else {
+        this.unanswered.set(`${m.requestId}@${m.replyTo}`, nodeId);
+        this.send(nodeId, { command: { id: `${m.requestId}@${m.replyTo}`, ...m.body } });
+      }
     } catch (err) {
       this.log.warn({ err, channel }, 'could not route an agent message');
     }

@@ -10,6 +10,8 @@ import { nodeView } from '../nodes/nodes.service';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { partitionEvent, partitionView } from '../partitions/partition-view';
 import { NodeImageInventory, parseImageReports, usableByName } from '../images/node-image-inventory';
+import { OperationRepository } from '../operations/operation.repository';
+import { OperationsService } from '../operations/operations.service';
 import { AgentSessions, AgentStreamWriter } from './agent-sessions';
 import { ConsoleSessions } from './console-sessions';
 
@@ -54,6 +56,8 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     private readonly sessions: AgentSessions,
     private readonly consoles: ConsoleSessions,
     private readonly events: EventBus,
+    private readonly ops: OperationRepository,
+    private readonly operations: OperationsService,
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly log: Logger,
     private readonly nodeImages: NodeImageInventory,
@@ -106,10 +110,13 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       connectedTo: this.sessions.replicaId,
     });
     await this.nodeImages.recordRegistration(id, imageReports, inv.imageStoreDir ?? '');
+    if (Boolean(inv.tls) !== row.tls) await this.nodes.setTls(id, Boolean(inv.tls));
     await this.sessions.attach(id, writer);
     writer.write({ registered: { nodeId: id, heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS } });
     for (const s of msg.partitions ?? []) await this.onStatus(id, s);
-    const desired = await this.partitions.forNode(id);
+    // A migrating partition the source no longer lists has moved away: never start it here again.
+    const listed = new Set((msg.partitions ?? []).map((p) => p.id));
+    const desired = (await this.partitions.forNode(id)).filter((p) => p.state !== 'migrating' || listed.has(p.id));
     writer.write({ desired: { partitions: desired.map(specOf) } });
     await this.publishNode(row);
     this.log.info({ nodeId: id, node: msg.nodeName, address: msg.address, running: msg.partitions?.length ?? 0 }, 'node registered');
@@ -138,13 +145,15 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     if (!s.id || !UUID_RE.test(s.id)) return;
     const observed = s.state ?? '';
     const row = await this.partitions.getById(s.id);
+    // The destination of a migration reports the partition it receives: that is the migration's business.
+    if (row && row.target_node_id === nodeId) return;
     if (!row || row.node_id !== nodeId) {
       // Unknown here (deleted while the node was away, or placed elsewhere): the node must drop it.
       if (observed !== 'absent') this.sessions.send(nodeId, { upsert: { id: s.id, desired: 'absent', generation: Number(s.generation) + 1 } });
       return;
     }
     const state = impliedState(row, observed);
-    const updated = await this.partitions.observe(row.id, observed, Number(s.generation ?? 0), state, state ? s.reason ?? '' : '');
+    const updated = await this.partitions.observe(row.id, observed, Number(s.generation ?? 0), state, s.reason ?? '', nodeId);
     if (updated) await this.publishPartition(updated);
   }
 
@@ -175,6 +184,40 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       data = e.dataJson;
     }
     await this.events.publish({ type: 'partition.guest-event', resourceType: 'partition', resourceId: row.id, projectId: row.project_id, data: { event: e.event, data, at: e.at } });
+  }
+
+  /**
+   * A source node's progress of a live migration: recorded on the operation (its id is the
+   * migration id) and so shown on it and in the event stream, whichever replica runs the handler.
+   */
+  async onMigrationProgress(nodeId: string, m: agentV1.MigrationProgress__Output): Promise<void> {
+    if (!m.migrationId || !UUID_RE.test(m.migrationId)) return;
+    const phase = m.phase ?? '';
+    const total = Number(m.bytesTotal ?? 0);
+    const transferred = Number(m.bytesTransferred ?? 0);
+    const remaining = Number(m.bytesRemaining ?? 0);
+    const share = phase === 'storage' ? (total > 0 ? transferred / total : 0) : transferred + remaining > 0 ? transferred / (transferred + remaining) : 0;
+    const progress = phase === 'storage' ? 10 + 30 * share : phase === 'memory' ? 40 + 50 * share : phase === 'postcopy' || phase === 'switchover' ? 90 : undefined;
+    const label: Record<string, string> = { storage: 'copying the disk', memory: 'copying memory', postcopy: 'post-copy', switchover: 'switching over' };
+    if (!label[phase]) return; // completed, failed, cancelled: the handler records the end
+    const r = await this.ops.mergeMetadata(
+      m.migrationId,
+      {
+        migration: {
+          phase,
+          bytesRemaining: remaining,
+          bytesTransferred: transferred,
+          bytesTotal: total,
+          dirtyRateBytesPerSec: Number(m.dirtyRateBytesPerSec ?? 0),
+          expectedDowntimeMs: Number(m.expectedDowntimeMs ?? 0),
+          cpuThrottlePercent: Number(m.cpuThrottlePercent ?? 0),
+        },
+      },
+      label[phase],
+      progress,
+    );
+    if (r) await this.operations.publish(r);
+    else this.log.debug({ nodeId, migrationId: m.migrationId }, 'progress of a migration that is not running');
   }
 
   /** The stream closed: the node is unreachable until it reconnects. Its guests keep running. */
@@ -219,10 +262,12 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
 
 /**
  * The partition state a node's report implies, or null to leave the state alone. A partition
- * being deleted stays `deleting`; a stop in progress stays `stopping` while the guest still runs.
+ * being deleted stays `deleting` and a migrating one `migrating`; a stop in progress stays
+ * `stopping` while the guest still runs.
  */
 export function impliedState(row: Pick<PartitionRow, 'state' | 'desired'>, observed: string): PartitionState | null {
-  if (row.state === 'deleting') return null;
+  // A migration decides the state of a migrating partition; its reports are only recorded.
+  if (row.state === 'deleting' || row.state === 'migrating') return null;
   switch (observed) {
     case 'starting':
       return row.desired === 'running' ? 'starting' : null;

@@ -11,7 +11,7 @@ export interface HpEvent {
   id: string;
   /** `<resourceType>.<verb>`: partition.created, partition.updated, partition.deleted, operation.updated, node.updated. */
   type: string;
-  resourceType: 'partition' | 'operation' | 'node' | 'project' | 'image';
+  resourceType: 'partition' | 'operation' | 'node' | 'project' | 'image' | 'snapshot';
   resourceId: string;
   /** Null for cluster-level resources (nodes), seen only by cluster admins. */
   projectId: string | null;

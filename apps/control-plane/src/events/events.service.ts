@@ -9,7 +9,7 @@ export interface EventFilter {
   types: Set<string> | null;
 }
 
-const RESOURCE_TYPES = ['partition', 'operation', 'node', 'project'];
+const RESOURCE_TYPES = ['partition', 'operation', 'node', 'project', 'image', 'snapshot'];
 
 /** The event stream, scoped to the caller's project; shared by SSE and gRPC Watch. */
 @Injectable()

@@ -52,6 +52,8 @@ export class AgentGrpcApi {
           return this.agents.onConsoleOutput(m.consoleOutput!);
         case 'images':
           return this.agents.onImages(nodeId, m.images!);
+        case 'migrationProgress':
+          return this.agents.onMigrationProgress(nodeId, m.migrationProgress!);
         case 'register':
           throw new AgentRejectedError('register sent twice on one stream');
       }

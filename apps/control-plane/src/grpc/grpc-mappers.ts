@@ -1,4 +1,5 @@
 /** Maps service views (the REST JSON) to proto messages where names differ (`memoryMiB` → `memoryMib`). */
+import type { SnapshotView } from '../snapshots/snapshot-view';
 import { v1 } from '@hyperplane/proto';
 import { NodeView } from '../nodes/nodes.service';
 import { OperationView } from '../operations/operations.service';
@@ -64,4 +65,9 @@ export function nodeStoreImageMsg(i: NodeStoreImageView): v1.NodeStoreImage {
 export function imageMsg(i: ImageView): v1.Image {
   const { metadata, expiresAt, digest, ...rest } = i;
   return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '', digest: digest ?? '' };
+}
+
+/** Snapshot view → proto. */
+export function snapshotMsg(s: SnapshotView): v1.Snapshot {
+  return { ...s, parentId: s.parentId ?? '' };
 }

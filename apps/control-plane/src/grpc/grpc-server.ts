@@ -12,7 +12,7 @@ import { PublicGrpcApi } from './public-api.grpc';
 import { TransferGrpcApi } from './transfer.grpc';
 
 /** Names of the public services, as health checks and reflection list them. */
-const PUBLIC_SERVICES = ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService'];
+const PUBLIC_SERVICES = ['ProjectService', 'NodeService', 'PartitionService', 'OperationService', 'EventService', 'ImageService', 'SnapshotService', 'MigrationService'];
 
 /**
  * The gRPC server on HYPERPLANE_GRPC_PORT: the public API (hyperplane.v1), the agent protocol

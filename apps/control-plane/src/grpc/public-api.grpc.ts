@@ -2,12 +2,13 @@ import * as grpc from '@grpc/grpc-js';
 import { Inject, Injectable } from '@nestjs/common';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { Principal, ValidationError } from '@hyperplane/domain';
+import { Principal, UnavailableError, ValidationError } from '@hyperplane/domain';
 import { v1 } from '@hyperplane/proto';
 import { parseIfMatch } from '../common/etag';
 import { MutationOptions } from '../common/transactions';
 import { validateInput } from '../common/validation';
 import { EventsService } from '../events/events.service';
+import { DrainNodeInput } from '../nodes/nodes.dto';
 import { NodesService } from '../nodes/nodes.service';
 import { OperationsService } from '../operations/operations.service';
 import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from '../partitions/partitions.dto';
@@ -18,11 +19,15 @@ import { AuthService } from '../projects/auth.service';
 import { CreateProjectInput, CreateTokenInput, UpdateProjectInput } from '../projects/projects.dto';
 import { ProjectsService } from '../projects/projects.service';
 import { toGrpcError } from './grpc-errors';
-import { eventMsg, imageMsg, nodeMsg, nodeStoreImageMsg, operationMsg, partitionMsg, projectMsg, tokenMsg } from './grpc-mappers';
+import { eventMsg, imageMsg, nodeMsg, nodeStoreImageMsg, operationMsg, partitionMsg, projectMsg, snapshotMsg, tokenMsg } from './grpc-mappers';
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { ImagesService } from '../images/images.service';
 import { NodeImageInventory } from '../images/node-image-inventory';
+import { MigratePartitionInput } from '../migration/migration.dto';
+import { MigrationService } from '../migration/migration.service';
+import { CreateSnapshotInput } from '../snapshots/snapshots.dto';
+import { SnapshotOperationView, SnapshotsService } from '../snapshots/snapshots.service';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
@@ -48,6 +53,8 @@ export class PublicGrpcApi {
     private readonly consoles: ConsoleService,
     private readonly images: ImagesService,
     private readonly nodeImages: NodeImageInventory,
+    private readonly snapshots: SnapshotsService,
+    private readonly migration: MigrationService,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
 
@@ -114,7 +121,7 @@ export class PublicGrpcApi {
         CordonNode: this.unary<v1.NodeActionRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.setCordoned(p, r.node ?? '', true))),
         UncordonNode: this.unary<v1.NodeActionRequest__Output, v1.Node>(async (p, r) => nodeMsg(await this.nodes.setCordoned(p, r.node ?? '', false))),
         DrainNode: this.unary<v1.NodeActionRequest__Output, v1.NodeOperation>(async (p, r, _md, rid) => {
-          const out = await this.nodes.drain(p, r.node ?? '', { ...opts(r.requestId), requestId: rid });
+          const out = await this.nodes.drain(p, r.node ?? '', validateInput(DrainNodeInput, pick({ mode: r.mode || undefined })), { ...opts(r.requestId), requestId: rid });
           return { node: nodeMsg(out.node), operation: operationMsg(out.operation) };
         }),
         ListNodeImages: this.unary<v1.GetNodeRequest__Output, v1.ListNodeImagesResponse>(async (p, r) => ({ items: (await this.nodeImages.list(p, r.node ?? '')).items.map(nodeStoreImageMsg) })),
@@ -172,6 +179,16 @@ export class PublicGrpcApi {
         GetConsole: this.unary<v1.GetConsoleRequest__Output, v1.ConsoleOutput>(async (p, r, md) => this.partitions.console(p, await this.project(p, md), r.id ?? '', r.tailBytes)),
       },
       ImageService: this.imageService(),
+      SnapshotService: this.snapshotService(),
+      MigrationService: {
+        MigratePartition: this.unary<v1.MigratePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) => {
+          const input = validateInput(MigratePartitionInput, pick({
+            targetNode: r.targetNode || undefined, live: r.live, storage: r.storage, maxDowntimeMs: r.maxDowntimeMs, bandwidthBytesPerSec: r.bandwidthBytesPerSec,
+            autoConverge: r.autoConverge, postcopy: r.postcopy, postcopyAfterMs: r.postcopyAfterMs, discardSnapshots: r.discardSnapshots,
+          }));
+          return this.pair(await this.migration.migrate(p, await this.project(p, md), r.id ?? '', input, { ...opts(r.requestId, r.etag), requestId: rid }));
+        }),
+      },
       OperationService: {
         GetOperation: this.unary<v1.GetOperationRequest__Output, v1.Operation>(async (p, r, md) => operationMsg(await this.operations.get(p, await this.projectOrAll(p, md), r.id ?? ''))),
         ListOperations: this.unary<v1.ListOperationsRequest__Output, v1.ListOperationsResponse>(async (p, r, md) => {
@@ -200,6 +217,29 @@ export class PublicGrpcApi {
           })();
         },
       },
+    };
+  }
+
+  /** SnapshotService: the same service calls as /v1/partitions/{id}/snapshots. */
+  private snapshotService(): grpc.UntypedServiceImplementation {
+    const answer = (r: SnapshotOperationView): v1.SnapshotOperation => ({ snapshot: snapshotMsg(r.snapshot), operation: operationMsg(r.operation) });
+    return {
+      CreateSnapshot: this.unary<v1.CreateSnapshotRequest__Output, v1.SnapshotOperation>(async (p, r, md, rid) => {
+        const input = validateInput(CreateSnapshotInput, pick({ name: r.name ?? '', description: r.description, memory: r.memory }));
+        return answer(await this.snapshots.create(p, await this.project(p, md), r.partitionId ?? '', input, { ...opts(r.requestId), requestId: rid }));
+      }),
+      ListSnapshots: this.unary<v1.ListSnapshotsRequest__Output, v1.ListSnapshotsResponse>(async (p, r, md) => {
+        const page = await this.snapshots.list(p, await this.project(p, md), r.partitionId ?? '', { pageSize: r.pageSize, pageToken: r.pageToken });
+        return { items: page.items.map(snapshotMsg), nextPageToken: page.nextPageToken };
+      }),
+      GetSnapshot: this.unary<v1.SnapshotRequest__Output, v1.Snapshot>(async (p, r, md) => snapshotMsg(await this.snapshots.get(p, await this.project(p, md), r.partitionId ?? '', r.id ?? ''))),
+      DeleteSnapshot: this.unary<v1.SnapshotActionRequest__Output, v1.SnapshotOperation>(async (p, r, md, rid) =>
+        answer(await this.snapshots.delete(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
+      RevertSnapshot: this.unary<v1.SnapshotActionRequest__Output, v1.SnapshotOperation>(async (p, r, md, rid) =>
+        answer(await this.snapshots.revert(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
+      ExportSnapshot: this.unary<v1.ExportSnapshotRequest__Output, v1.SnapshotOperation>(async () => {
+        throw new UnavailableError('snapshot export is not available yet');
+      }),
     };
   }
 

@@ -83,4 +83,15 @@ export class ImagePolicy {
     if (refusal) throw refusal;
     return { inLibrary: true, imageId: row.id, requirements: imageRequirementsOf(m) };
   }
+
+  /**
+   * The hardware an existing partition's image asks of a node it moves to. No refusal: expiry and
+   * usage rules govern new partitions and starts, not a running one changing nodes (a drain must
+   * be able to move it).
+   */
+  async requirements(db: Db, projectId: string, image: string): Promise<ImageTerms> {
+    const row = await this.images.getByName(db, projectId, image);
+    if (!row) return { inLibrary: false };
+    return { inLibrary: true, requirements: imageRequirementsOf(row.metadata as Partial<ImageMetadata>) };
+  }
 }

@@ -41,6 +41,8 @@ export interface NodeRow {
   /** Absolute path of the node's image store, as its agent reported it ('' when unknown). */
   image_store_dir?: string;
   last_heartbeat_at: Date | null;
+  /** The node has TLS credentials: it can take part in encrypted migrations. */
+  tls: boolean;
   version: number;
   created_at: Date;
   updated_at: Date;
@@ -96,6 +98,12 @@ export class NodeRepository {
       [r.id, r.name, r.address, r.driver, r.accelerator, r.qemuVersion, r.cpuFlags, r.machineTypes, JSON.stringify(r.labels), JSON.stringify(r.images), r.vcpus, r.memoryMiB, r.diskBytes, r.connectedTo],
     );
     return found[0]!;
+  }
+
+  /** Records whether the node has TLS credentials (from its inventory). */
+  async setTls(id: string, tls: boolean): Promise<NodeRow | undefined> {
+    const found = await rows<NodeRow>(this.ds, `UPDATE nodes SET tls = $2, version = version + 1, updated_at = now() WHERE id = $1 AND tls <> $2 RETURNING *`, [id, tls]);
+    return found[0];
   }
 
   /**

@@ -1,10 +1,11 @@
-import { Controller, Get, HttpCode, Param, Post, Query, Res } from '@nestjs/common';
+import { Body, Controller, Get, HttpCode, Param, Post, Query, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { Mutation } from '../common/rest';
 import { MutationOptions } from '../common/transactions';
 import { ApiBearerAuth, ApiTags } from '@nestjs/swagger';
 import { Principal } from '@hyperplane/domain';
 import { Caller } from '../common/auth';
+import { DrainNodeInput } from './nodes.dto';
 import { NodesService } from './nodes.service';
 import { NodeImageInventory } from '../images/node-image-inventory';
 
@@ -42,8 +43,8 @@ export class NodesController {
 
   @Post(':id/drain')
   @HttpCode(202)
-  async drain(@Caller() p: Principal, @Param('id') id: string, @Mutation() m: MutationOptions, @Res({ passthrough: true }) res: FastifyReply) {
-    const r = await this.nodes.drain(p, id, m);
+  async drain(@Caller() p: Principal, @Param('id') id: string, @Body() body: DrainNodeInput, @Mutation() m: MutationOptions, @Res({ passthrough: true }) res: FastifyReply) {
+    const r = await this.nodes.drain(p, id, body ?? {}, m);
     void res.header('location', `/v1/operations/${r.operation.id}`);
     return r;
   }

@@ -3,6 +3,7 @@ import { FailedPreconditionError, NotFoundError, Principal, ValidationError, req
 import { MutationOptions, TransactionRunner } from '../common/transactions';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
 import { OperationRepository } from '../operations/operation.repository';
+import { DrainNodeInput } from './nodes.dto';
 import { OperationView, operationView } from '../operations/operations.service';
 import { etagOf } from '../common/etag';
 import { Page, parsePage, toPage } from '../common/pagination';
@@ -102,16 +103,20 @@ export class NodesService {
     return nodeView(r);
   }
 
-  /** Drains a node: cordons it and stops every partition on it, as an operation (the migration issue turns this into live migration). */
-  async drain(principal: Principal, ref: string, opts: MutationOptions = {}): Promise<{ node: NodeView; operation: OperationView }> {
+  /**
+   * Drains a node, as an operation: it takes no new partitions, and its partitions move to other
+   * nodes (running ones live, stopped ones cold), or with mode `stop` are stopped where they are.
+   */
+  async drain(principal: Principal, ref: string, input: DrainNodeInput = {}, opts: MutationOptions = {}): Promise<{ node: NodeView; operation: OperationView }> {
     requireRole(principal, 'cluster-admin', 'drain nodes');
     const found = await this.nodes.findByIdOrName(ref);
     if (!found) throw new NotFoundError('node', ref);
-    const out = await this.tx.run({ scope: principal.tokenId, name: 'nodes.drain', input: found.id, key: opts.idempotencyKey }, async (db) => {
+    const mode = input.mode ?? 'migrate';
+    const out = await this.tx.run({ scope: principal.tokenId, name: 'nodes.drain', input: { node: found.id, mode }, key: opts.idempotencyKey }, async (db) => {
       const live = await this.ops.liveForTarget(db, found.id);
       if (live) throw new FailedPreconditionError(`cannot drain node ${found.name}: operation ${live.id} (${live.kind}) is in progress`);
       const row = await this.nodes.setDraining(db, found.id);
-      const op = await this.ops.insert(db, { id: uuidv7(), projectId: null, kind: 'node.drain', targetType: 'node', targetId: found.id, requestId: opts.requestId });
+      const op = await this.ops.insert(db, { id: uuidv7(), projectId: null, kind: 'node.drain', targetType: 'node', targetId: found.id, params: { mode }, requestId: opts.requestId });
       return { node: nodeView(row!), operation: operationView(op) };
     });
     await this.queue.enqueue(out.operation.id, out.operation.kind).catch(() => undefined);

@@ -26,6 +26,8 @@ export interface OperationRow {
   params: Record<string, unknown>;
   error: OperationError | null;
   cancel_requested: boolean;
+  /** Kind-specific state shown on the operation (`migration`: progress and result). */
+  metadata: OperationMetadata;
   request_id: string;
   attempts: number;
   version: number;
@@ -33,6 +35,33 @@ export interface OperationRow {
   started_at: Date | null;
   finished_at: Date | null;
   updated_at: Date;
+}
+
+/** A migration's progress and outcome, as the operation shows it (`migration`). */
+export interface MigrationMetadata {
+  sourceNode?: string;
+  targetNode?: string;
+  mode?: 'live' | 'cold';
+  storage?: 'copy' | 'shared';
+  phase?: string;
+  bytesRemaining?: number;
+  bytesTransferred?: number;
+  bytesTotal?: number;
+  dirtyRateBytesPerSec?: number;
+  expectedDowntimeMs?: number;
+  cpuThrottlePercent?: number;
+  totalTimeMs?: number;
+  downtimeMs?: number;
+  postcopy?: boolean;
+}
+
+/** The `metadata` column: what the handler and the nodes record while the operation runs. */
+export interface OperationMetadata {
+  migration?: MigrationMetadata;
+  /** Internal: how far a handler got, for its re-run after a crash (not shown). */
+  stage?: string;
+  /** Internal: what a handler must remember across a crash (not shown). */
+  saved?: Record<string, unknown>;
 }
 
 /** What a new operation is. */
@@ -104,6 +133,22 @@ export class OperationRepository {
       `UPDATE operations SET phase = $2, progress = $3, version = version + 1, updated_at = now()
        WHERE id = $1 AND status = 'running' RETURNING *`,
       [id, phase, Math.max(0, Math.min(100, Math.round(progress)))],
+    );
+    return found[0];
+  }
+
+  /**
+   * Merges `patch` into a running operation's metadata (the `migration` object is merged key by
+   * key), and sets phase and progress when given. Returns the row when it is still running.
+   */
+  async mergeMetadata(id: string, patch: OperationMetadata, phase?: string, progress?: number): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds,
+      `UPDATE operations SET
+         metadata = (metadata || ($2::jsonb - 'migration')) || CASE WHEN $2::jsonb ? 'migration'
+           THEN jsonb_build_object('migration', COALESCE(metadata -> 'migration', '{}'::jsonb) || ($2::jsonb -> 'migration')) ELSE '{}'::jsonb END,
+         phase = COALESCE($3, phase), progress = COALESCE($4, progress), version = version + 1, updated_at = now()
+       WHERE id = $1 AND status = 'running' RETURNING *`,
+      [id, JSON.stringify(patch), phase ?? null, progress === undefined ? null : Math.max(0, Math.min(100, Math.round(progress)))],
     );
     return found[0];
   }

@@ -3,7 +3,7 @@ import { FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUI
 import { Page, parsePage, toPage } from '../common/pagination';
 import { EventBus } from '../events/event-bus';
 import { OperationQueueRepository } from './operation-queue.repository';
-import { OperationError, OperationRepository, OperationRow } from './operation.repository';
+import { MigrationMetadata, OperationError, OperationRepository, OperationRow } from './operation.repository';
 
 /** An operation as both APIs show it (API.md, Operations). */
 export interface OperationView {
@@ -18,6 +18,8 @@ export interface OperationView {
   startedAt: string | null;
   finishedAt: string | null;
   projectId: string | null;
+  /** partition.migrate: where it goes, how far it got, how it ended. */
+  migration?: MigrationMetadata;
 }
 
 /** Maps an operation row to its view. */
@@ -34,6 +36,7 @@ export function operationView(r: OperationRow): OperationView {
     startedAt: r.started_at ? r.started_at.toISOString() : null,
     finishedAt: r.finished_at ? r.finished_at.toISOString() : null,
     projectId: r.project_id,
+    ...(r.metadata?.migration ? { migration: r.metadata.migration } : {}),
   };
 }
 

@@ -31,6 +31,12 @@ export interface PartitionRow {
   labels: Record<string, string>;
   placement: PlacementSpecRow;
   placement_group: string | null;
+  /** The destination while the partition is `migrating`. */
+  target_node_id: string | null;
+  /** The reason its node last reported with its state ("migrating to ...", "migrated away"). */
+  observed_reason: string;
+  /** The snapshot its current state descends from: the parent of the next snapshot. */
+  current_snapshot_id: string | null;
   version: number;
   created_at: Date;
   updated_at: Date;
@@ -159,16 +165,51 @@ export class PartitionRepository {
     return found[0];
   }
 
-  /** Records what the node reports, and the state it implies; returns the row when anything changed. */
-  async observe(id: string, observed: string, generation: number, state: PartitionState | null, reason: string): Promise<PartitionRow | undefined> {
+  /**
+   * Records what the node reports, and the state it implies; returns the row when anything changed.
+   * `nodeId` is the reporting node: the report counts only while the partition is placed there.
+   */
+  async observe(id: string, observed: string, generation: number, state: PartitionState | null, reason: string, nodeId?: string): Promise<PartitionRow | undefined> {
     const found = await rows<PartitionRow>(this.ds, 
-      `UPDATE partitions SET observed_state = $2, observed_generation = $3,
+      `UPDATE partitions SET observed_state = $2, observed_generation = $3, observed_reason = $5,
          state = COALESCE($4, state), state_reason = CASE WHEN $4::text IS NULL THEN state_reason ELSE $5 END,
          version = version + 1, updated_at = now()
-       WHERE id = $1 AND (observed_state <> $2 OR observed_generation <> $3 OR ($4::text IS NOT NULL AND (state <> $4 OR state_reason <> $5)))
+       WHERE id = $1 AND ($6::uuid IS NULL OR node_id = $6)
+         AND (observed_state <> $2 OR observed_generation <> $3 OR observed_reason <> $5 OR ($4::text IS NOT NULL AND (state <> $4 OR state_reason <> $5)))
        RETURNING *`,
-      [id, observed, generation, state, reason],
+      [id, observed, generation, state, reason, nodeId ?? null],
     );
+    return found[0];
+  }
+
+  /** Sets the snapshot the partition's state now descends from. */
+  async setCurrentSnapshot(db: Db, id: string, snapshotId: string | null): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(db,
+      `UPDATE partitions SET current_snapshot_id = $2, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`, [id, snapshotId]);
+    return found[0];
+  }
+
+  /** Marks a partition `migrating` to `targetNodeId` (its state before is kept in the operation). */
+  async beginMigration(db: Db, id: string, targetNodeId: string, reason: string): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(db,
+      `UPDATE partitions SET state = 'migrating', state_reason = $3, target_node_id = $2, version = version + 1, updated_at = now()
+       WHERE id = $1 RETURNING *`, [id, targetNodeId, reason]);
+    return found[0];
+  }
+
+  /**
+   * Ends a migration. `moved`: the partition is now on the target (node_id switches; what the
+   * source reported is forgotten). Otherwise it stays on the source. Either way it goes back to
+   * `state` and has no target any more. Only a partition still migrating changes.
+   */
+  async endMigration(db: Db, id: string, moved: boolean, state: PartitionState, reason: string): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(db,
+      `UPDATE partitions SET state = $3, state_reason = $4,
+         node_id = CASE WHEN $2 THEN target_node_id ELSE node_id END,
+         observed_state = CASE WHEN $2 THEN '' ELSE observed_state END,
+         observed_reason = CASE WHEN $2 THEN '' ELSE observed_reason END,
+         target_node_id = NULL, version = version + 1, updated_at = now()
+       WHERE id = $1 AND state = 'migrating' RETURNING *`, [id, moved, state, reason]);
     return found[0];
   }
 
@@ -189,5 +230,10 @@ export class PartitionRepository {
   /** Every partition placed on a node (what the node should know about). */
   forNode(nodeId: string): Promise<PartitionRow[]> {
     return rows(this.ds, `SELECT * FROM partitions WHERE node_id = $1 ORDER BY id`, [nodeId]);
+  }
+
+  /** Partitions migrating to a node. */
+  incomingTo(nodeId: string): Promise<PartitionRow[]> {
+    return rows(this.ds, `SELECT * FROM partitions WHERE target_node_id = $1 ORDER BY id`, [nodeId]);
   }
 }

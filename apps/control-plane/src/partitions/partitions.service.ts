@@ -222,7 +222,7 @@ export class PartitionsService {
     return row;
   }
 
-  /** Common shape of start/stop/reboot/delete: lock, check state, If-Match and in-flight work, record the operation. */
+  /** Common shape of start/stop/reboot/delete: see {@link PartitionsService.act}. */
   private action(
     principal: Principal,
     projectId: string,
@@ -233,6 +233,27 @@ export class PartitionsService {
     opts: MutationOptions,
     prepare?: (db: Db, row: PartitionRow) => Promise<PartitionRow | undefined>,
   ): Promise<PartitionOperationView> {
+    return this.act(principal, projectId, id, action, kind, params, opts, prepare && (async (db, row) => ({ row: await prepare(db, row) }))).then(({ partition, operation }) => ({ partition, operation }));
+  }
+
+  /**
+   * Records an action on a partition as an operation, in one transaction: lock the partition,
+   * check If-Match, the state ({@link assertCanPerform}) and that no other operation is in
+   * flight (delete supersedes it), let `prepare` check and change more (it may return the
+   * changed row, the operation's params and an `extra` result), insert the operation; after the
+   * commit, queue its job and publish. Used by partitions, snapshots and migration.
+   */
+  act<X = undefined>(
+    principal: Principal,
+    projectId: string,
+    id: string,
+    action: PartitionAction,
+    kind: string,
+    params: Record<string, unknown>,
+    opts: MutationOptions,
+    prepare?: (db: Db, row: PartitionRow) => Promise<{ row?: PartitionRow; params?: Record<string, unknown>; extra?: X }>,
+    afterCommit?: (r: { partition: PartitionView; operation: OperationView; extra?: X }) => Promise<void>,
+  ): Promise<{ partition: PartitionView; operation: OperationView; extra?: X }> {
     requireRole(principal, 'operator', `${action} partitions`);
     return this.tx.run(
       { scope: `project:${projectId}`, name: `partitions.${action}`, input: { id, params }, key: opts.idempotencyKey },
@@ -244,15 +265,17 @@ export class PartitionsService {
         if (live && action !== 'delete') {
           throw new FailedPreconditionError(`cannot ${action} partition ${row.name}: operation ${live.id} (${live.kind}) is in progress; wait for it or cancel it`);
         }
-        if (prepare) row = (await prepare(db, row)) ?? row;
-        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind, targetType: 'partition', targetId: row.id, params, requestId: opts.requestId });
-        return { partition: partitionView(row), operation: operationView(op), superseded: live?.id };
+        const prepared = prepare ? await prepare(db, row) : {};
+        row = prepared.row ?? row;
+        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind, targetType: 'partition', targetId: row.id, params: prepared.params ?? params, requestId: opts.requestId });
+        return { partition: partitionView(row), operation: operationView(op), superseded: live?.id, extra: prepared.extra };
       },
       async (r) => {
         if (r.superseded) await this.ops.requestCancel(r.superseded).then((o) => o && this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: o.id, projectId, data: operationView(o) }));
         await this.launched(r, 'partition.updated');
+        if (afterCommit) await afterCommit(r);
       },
-    ).then(({ partition, operation }) => ({ partition, operation }));
+    ).then(({ partition, operation, extra }) => ({ partition, operation, extra }));
   }
 
   /** After commit: queue the operation's job and tell the event streams. */

@@ -36,6 +36,14 @@ export interface PlacementDemand {
   imageInLibrary?: boolean;
 }
 
+/** How a placement differs for a partition that already exists and moves (migration). */
+export interface PlaceOptions {
+  /** Node ids not to choose: the node the partition leaves. */
+  avoidNodes?: string[];
+  /** The partition exists already: the project's quota does not change, so it is not checked. */
+  moving?: boolean;
+}
+
 /** A snapshot younger than this is current enough to refuse a placement on. */
 const FRESH_MS = 100;
 
@@ -81,7 +89,7 @@ export class PlacementService {
    * Chooses a node for every demand (all or nothing) and reserves the capacity; returns node ids
    * in order. Throws the scheduler's 422 errors with reasons, or a 400 for an unknown pinned node.
    */
-  async place(db: Db, projectId: string, demands: PlacementDemand[]): Promise<string[]> {
+  async place(db: Db, projectId: string, demands: PlacementDemand[], opts: PlaceOptions = {}): Promise<string[]> {
     const spec = demands[0]!.spec;
     let pinnedId: string | undefined;
     if (spec.node) {
@@ -96,7 +104,7 @@ export class PlacementService {
       await lockForTransaction(db, `group:${groupKey(projectId, group.name)}`);
       groupCounts = await this.nodes.groupCounts(db, projectId, group.name);
     }
-    const quota = await this.quotaOf(db, projectId);
+    const quota = opts.moving ? undefined : await this.quotaOf(db, projectId);
     const usage = quota ? await this.partitions.usage(db, projectId) : undefined;
     const reqs: PlacementRequest[] = demands.map((d) => ({
       requestId: d.requestId,
@@ -106,6 +114,7 @@ export class PlacementService {
       diskBytes: d.diskGiB * 1024 ** 3,
       image: d.image,
       node: pinnedId,
+      avoidNodes: opts.avoidNodes,
       accelerator: spec.accelerator,
       cpuFeatures: spec.cpuFeatures,
       machineType: spec.machineType,

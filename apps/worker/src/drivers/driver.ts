@@ -65,6 +65,8 @@ export interface HostFacts {
   /** Overrides of the host's real figures (hollow nodes advertise what the benchmark asks). */
   cpus?: number;
   memoryMiB?: number;
+  /** The node has TLS credentials, so it can send and receive encrypted migrations. */
+  tls?: boolean;
 }
 
 /** Disk formats an image store holds. A file's format is detected from its bytes, then pinned. */
@@ -165,6 +167,8 @@ export interface MigrationTargetOptions {
   sharedDiskPath?: string;
   /** Must match the source's `postcopy` option (the capability is set on both sides). */
   postcopy?: boolean;
+  /** Encrypt the memory stream and the NBD disk copy with this node's TLS credentials (server side). */
+  tls?: boolean;
 }
 
 /** Where the source sends memory and disk, as returned by `migrationPrepareTarget`. */
@@ -175,6 +179,10 @@ export interface MigrationTarget {
   /** For `copy` storage: the NBD server and the export name of the destination's disk. */
   nbdPort?: number;
   exportName?: string;
+  /** The destination listens with TLS: the source connects with its client credentials. */
+  tls?: boolean;
+  /** The name the destination's certificate must carry (default: `host`). */
+  tlsHostname?: string;
 }
 
 /** Tuning of one live migration. Every field is optional. */
@@ -259,6 +267,8 @@ export interface PartitionDriver {
   listImages(): Promise<ImageEntry[]>;
   /** The image store, when the driver has one (QEMU); transfers of images go through it. */
   readonly imageStore?: NodeImageStore;
+  /** Where a partition's disk file is on this node (drivers with real disks), for shared-storage migration. */
+  diskPath?(id: string): string;
   /**
    * Finds guests left by an earlier agent process: adopts the live ones (they keep running) and
    * cleans the runtime files of dead ones. Call once, before anything else touches guests.
@@ -300,6 +310,12 @@ export interface PartitionDriver {
   snapshotDelete(id: string, tag: string): Promise<void>;
   /** The snapshots of a partition's disk (running or stopped), oldest first. */
   snapshotList(id: string): Promise<SnapshotEntry[]>;
+  /**
+   * Writes snapshot `tag` of the partition's disk as a standalone qcow2 image `fileName` in this
+   * node's image store (its backing image flattened in), while the guest runs or not. Drivers
+   * without real disks leave it out. Returns the file's path relative to the store and its size.
+   */
+  snapshotExport?(id: string, tag: string, fileName: string): Promise<{ path: string; sizeBytes: number }>;
   /**
    * On the destination: prepares to receive `spec` (its disk and a QEMU waiting for the incoming
    * stream, paused). The guest runs here only after `migrationFinishTarget`.

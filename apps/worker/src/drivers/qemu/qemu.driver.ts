@@ -13,7 +13,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, createReadStream, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { chmod, link, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
+import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -48,7 +48,7 @@ import { readTail } from './console-log';
 import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnections, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
-import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob } from './qemu-jobs';
+import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, untilEvent, waitJob } from './qemu-jobs';
 import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
 
 /** Settings of a QEMU driver; paths are made absolute. */
@@ -62,6 +62,12 @@ export interface QemuDriverOptions {
   qemuBinary?: string;
   /** Defaults to `qemu-img` on PATH. */
   qemuImgBinary?: string;
+  /**
+   * The node's x509 credentials for encrypted migration (QEMU `tls-creds-x509` layout:
+   * ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem). Unset: the
+   * node cannot send or receive encrypted migrations.
+   */
+  tlsDir?: string;
   /** How long QEMU may take from spawn to a QMP answer. Default 20 s. */
   startTimeoutMs?: number;
   /** How long to wait after `quit` (or SIGTERM) before SIGKILL. Default 5 s. */
@@ -119,10 +125,12 @@ interface MigrationRun {
 }
 
 /** Ids of the QMP objects a migration adds on the source and the destination. */
-const MIG = { mirrorJob: 'mig-mirror', nbdNode: 'mig-nbd', exportId: 'mig-export' } as const;
+const MIG = { mirrorJob: 'mig-mirror', nbdNode: 'mig-nbd', exportId: 'mig-export', tlsServer: 'mig-tls-server', tlsClient: 'mig-tls-client' } as const;
 
 /** Default limits of snapshot jobs and migrations. */
 const SNAPSHOT_JOB_TIMEOUT_MS = 300_000;
+/** Longest a snapshot export (qemu-img convert of the whole disk) may take. */
+const EXPORT_TIMEOUT_MS = 30 * 60_000;
 const DEFAULT_MAX_DOWNTIME_MS = 300;
 const DEFAULT_POSTCOPY_AFTER_MS = 10_000;
 const DEFAULT_STALL_TIMEOUT_MS = 30_000;
@@ -154,6 +162,8 @@ export class QemuDriver implements PartitionDriver {
   private readonly busy = new Set<string>();
   /** Cold-migration receivers waiting for a disk, by partition id: how to give up on one. */
   private readonly coldReceivers = new Map<string, { abort: (error: Error) => void; received: Promise<void> }>();
+  /** Sources of completed migrations whose QEMU is quitting and files going (see retireSource). */
+  private readonly retiring = new Map<string, Promise<void>>();
   private listener: DriverListener = { onExit: () => undefined, onEvent: () => undefined };
   private facts: Promise<HostFacts> | undefined;
   private closed = false;
@@ -175,6 +185,10 @@ export class QemuDriver implements PartitionDriver {
     this.listener = listener;
   }
 
+  diskPath(id: string): string {
+    return join(this.dirOf(id), RUNTIME_FILES.disk);
+  }
+
   hostFacts(): Promise<HostFacts> {
     this.facts ??= (async () => {
       const flags = await cpuFlags();
@@ -183,7 +197,7 @@ export class QemuDriver implements PartitionDriver {
         qemuMachineTypes(this.qemu).catch(() => []),
         chooseAccelerator(this.options.accel, flags),
       ]);
-      return { accelerator: accel, qemuVersion: version, cpuFlags: flags, machineTypes: machines };
+      return { accelerator: accel, qemuVersion: version, cpuFlags: flags, machineTypes: machines, tls: Boolean(this.options.tlsDir) };
     })();
     return this.facts;
   }
@@ -388,9 +402,13 @@ export class QemuDriver implements PartitionDriver {
         // return-path: the destination tells the source whether it loaded the state, so the source
         // reports `completed` only once the destination has the guest (and resumes it otherwise).
         await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'postcopy-ram': Boolean(incoming.postcopy) });
+        if (incoming.tls) {
+          await qmp.objectAdd({ 'qom-type': 'tls-creds-x509', id: MIG.tlsServer, dir: this.requireTlsDir(), endpoint: 'server', 'verify-peer': true });
+          await qmp.migrateSetParameters({ 'tls-creds': MIG.tlsServer });
+        }
         await qmp.migrateIncoming(`tcp:${incoming.host}:${incoming.port}`);
         if (incoming.storage === 'copy') {
-          await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort });
+          await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort }, incoming.tls ? { 'tls-creds': MIG.tlsServer } : {});
           await qmp.blockExportAdd({ type: 'nbd', id: MIG.exportId, 'node-name': DISK_NODE, name: DISK_NODE, writable: true });
         }
         await writeFile(join(dir, RUNTIME_FILES.incoming), JSON.stringify({ storage: incoming.storage, host: incoming.host, port: incoming.port }), { mode: 0o600 });
@@ -659,6 +677,31 @@ export class QemuDriver implements PartitionDriver {
     });
   }
 
+  async snapshotExport(id: string, tag: string, fileName: string): Promise<{ path: string; sizeBytes: number }> {
+    checkTag(tag);
+    if (!/^[a-z0-9][a-z0-9._-]{0,120}\.qcow2$/.test(fileName)) throw ValidationError.field('fileName', `must be a plain file name ending in .qcow2 (got ${JSON.stringify(fileName)})`);
+    return this.exclusive(id, 'export a snapshot of', async () => {
+      if (!(await this.snapshotList(id)).some((s) => s.tag === tag)) throw new NotFoundError('snapshot', tag);
+      const disk = this.instances.get(id) ? join(this.dirOf(id), RUNTIME_FILES.disk) : await this.offlineDisk(id);
+      const out = join(this.images.dir, fileName);
+      if (await exists(out)) throw new FailedPreconditionError(`the image store already has ${fileName}`);
+      const part = `${out}.part`;
+      const started = Date.now();
+      try {
+        // A snapshot's clusters never change while it exists (and this partition's queue keeps it
+        // from being deleted meanwhile), so reading it next to the running QEMU (-U) is safe.
+        await run(this.qemuImg, ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${tag}`, disk, part], EXPORT_TIMEOUT_MS);
+        await rename(part, out);
+      } catch (error) {
+        await rm(part, { force: true });
+        throw new InternalError(`exporting snapshot ${tag} of partition ${id} failed: ${(error as Error).message}`);
+      }
+      const { size } = await stat(out);
+      this.log.info({ partition: id, tag, file: out, bytes: size, ms: Date.now() - started }, 'snapshot exported');
+      return { path: fileName, sizeBytes: size };
+    });
+  }
+
   /** After a failed save: the guest runs again as before, and no snapshot `tag` is left. */
   private async undoSnapshot(qmp: QmpClient, tag: string, wasRunning: boolean, log: Logger): Promise<void> {
     try {
@@ -718,16 +761,18 @@ export class QemuDriver implements PartitionDriver {
     if (this.closed) throw new FailedPreconditionError('the QEMU driver is closed');
     const dir = this.dirOf(spec.id);
     const log = this.log.child({ partition: spec.id, migration: 'incoming' });
+    if (options.tls) this.requireTlsDir();
     if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw ValidationError.field('port', `must be 1-65535 (got ${options.port})`);
     const nbdPort = options.nbdPort ?? options.port + 1;
     if (options.storage === 'shared' && !options.sharedDiskPath) throw ValidationError.field('sharedDiskPath', 'shared storage needs the disk path');
+    await this.retired(spec.id);
     return this.exclusive(spec.id, 'receive', async () => {
       if (this.instances.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
       if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
       const plan = await this.validate(spec, dir);
       const inst = await this.launch(spec, dir, plan, log, { ...options, nbdPort });
       log.info({ qemuPid: inst.pid, port: options.port, nbdPort, storage: options.storage }, 'waiting for an incoming migration');
-      return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}) };
+      return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}), ...(options.tls ? { tls: true } : {}) };
     });
   }
 
@@ -737,8 +782,8 @@ export class QemuDriver implements PartitionDriver {
     const qmp = inst.qmp;
     // The source may see `completed` a moment before this side finished loading the state.
     let info = await qmp.queryMigrate();
-    for (let waited = 0; waited < 30_000 && info.status && ['setup', 'active', 'device'].includes(info.status); waited += 50) {
-      await sleep(50);
+    for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
+      await untilEvent(qmp, 'MIGRATION', 50);
       info = await qmp.queryMigrate();
     }
     if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
@@ -818,14 +863,19 @@ export class QemuDriver implements PartitionDriver {
     };
     let storageMs = 0;
     let info: MigrationInfo = {};
+    const tls = target.tls ? { 'tls-creds': MIG.tlsClient, 'tls-hostname': target.tlsHostname ?? target.host } : undefined;
     try {
+      if (tls) {
+        await qmp.objectDel(MIG.tlsClient).catch(() => undefined); // left by an earlier attempt
+        await qmp.objectAdd({ 'qom-type': 'tls-creds-x509', id: MIG.tlsClient, dir: this.requireTlsDir(), endpoint: 'client' });
+      }
       if (target.storage === 'copy') {
         if (!target.nbdPort) throw ValidationError.field('target.nbdPort', 'copy storage needs the destination NBD port');
         const snapshots = await this.snapshotList(inst.id);
         if (snapshots.length > 0 && !options.discardSnapshots) {
           throw new FailedPreconditionError(`partition ${inst.id} has ${snapshots.length} snapshot(s); a live migration that copies the disk does not carry them (migrate with shared storage or cold, or allow discarding them)`);
         }
-        await qmp.blockdevAdd({ driver: 'nbd', 'node-name': MIG.nbdNode, server: { type: 'inet', host: target.host, port: String(target.nbdPort) }, export: target.exportName ?? DISK_NODE });
+        await qmp.blockdevAdd({ driver: 'nbd', 'node-name': MIG.nbdNode, server: { type: 'inet', host: target.host, port: String(target.nbdPort) }, export: target.exportName ?? DISK_NODE, ...(tls ?? {}) });
         // `top`: only what the overlay holds; the base image is the same file on both nodes here.
         await qmp.blockdevMirror({ 'job-id': MIG.mirrorJob, device: DISK_NODE, target: MIG.nbdNode, sync: 'top', 'copy-mode': 'write-blocking', 'auto-dismiss': false, ...(bandwidth ? { speed: bandwidth } : {}) });
         let lastOffset = -1;
@@ -844,14 +894,15 @@ export class QemuDriver implements PartitionDriver {
             await this.breakConnections(target, log);
             throw new InternalError(`copying the disk stalled for ${stallMs} ms`);
           }
-          await sleep(MIGRATION_POLL_MS);
+          await untilEvent(qmp, 'BLOCK_JOB_READY', MIGRATION_POLL_MS);
         }
         storageMs = Date.now() - started;
         log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
       }
       checkCancel();
       await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) });
-      await qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40 });
+      // tls-creds '' turns encryption off again after an earlier encrypted attempt.
+      await qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40, ...(tls ?? { 'tls-creds': '' }) });
       await qmp.migrate(`tcp:${target.host}:${target.port}`);
       const memoryStarted = Date.now();
       let lastTransferred = -1;
@@ -882,7 +933,8 @@ export class QemuDriver implements PartitionDriver {
             run.postcopy = true;
           }
         }
-        await sleep(MIGRATION_POLL_MS);
+        // Progress every poll; a status change (completed, failed) wakes the loop at once.
+        await untilEvent(qmp, 'MIGRATION', MIGRATION_POLL_MS);
       }
     } catch (error) {
       if (run.postcopy) {
@@ -890,12 +942,18 @@ export class QemuDriver implements PartitionDriver {
         throw new InternalError(`post-copy migration of partition ${inst.id} failed: ${(error as Error).message}`);
       }
       await this.cleanupSource(inst, log, true, target);
+      if (tls) {
+        await qmp.migrateSetParameters({ 'tls-creds': '' }).catch(() => undefined);
+        await qmp.objectDel(MIG.tlsClient).catch(() => undefined);
+      }
       onProgress({ phase: run.cancelRequested ? 'cancelled' : 'failed', bytesRemaining: 0, bytesTransferred: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, expectedDowntimeMs: 0, cpuThrottlePercent: 0, status: run.cancelRequested ? 'cancelled' : 'failed' });
       if (run.cancelRequested) throw new CancelledError(`the migration of partition ${inst.id} was cancelled; it keeps running here`);
       throw error;
     }
     // Completed: the guest is paused here (postmigrate) and whole on the destination, which stays
-    // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror), quit.
+    // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror);
+    // the paused QEMU quits and its files go while the destination takes over (as libvirt's
+    // confirm step runs after the destination resumed): nobody resumes a postmigrate guest here.
     await this.cleanupSource(inst, log, false);
     const result: MigrationResult = {
       totalTimeMs: Date.now() - started,
@@ -905,15 +963,29 @@ export class QemuDriver implements PartitionDriver {
       postcopy: run.postcopy,
     };
     inst.stopRequested = true;
-    await qmp.quit().catch(() => undefined);
+    const retire = this.retireSource(inst, log).finally(() => {
+      if (this.retiring.get(inst.id) === retire) this.retiring.delete(inst.id);
+    });
+    this.retiring.set(inst.id, retire);
+    log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU quits and its files go');
+    return result;
+  }
+
+  /** Quits the source QEMU of a completed migration and removes the partition's files here. */
+  private async retireSource(inst: Instance & { qmp: QmpClient }, log: Logger): Promise<void> {
+    await inst.qmp.quit().catch(() => undefined);
     if (!(await this.waitGone(inst, this.options.quitTimeoutMs ?? DEFAULT_QUIT_TIMEOUT_MS))) {
       if (inst.child) inst.child.kill('SIGKILL');
       else signalPid(inst.pid, 'SIGKILL');
       await this.waitGone(inst, KILL_TIMEOUT_MS);
     }
     await rm(inst.dir, { recursive: true, force: true });
-    log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU and files are gone');
-    return result;
+    log.debug('source QEMU gone, files removed');
+  }
+
+  /** Waits until a partition that migrated away is gone from here (its QEMU quit, its files removed). */
+  private async retired(id: string): Promise<void> {
+    await this.retiring.get(id)?.catch(() => undefined);
   }
 
   /**
@@ -954,6 +1026,12 @@ export class QemuDriver implements PartitionDriver {
     }
   }
 
+  /** The node's TLS credentials directory; a node without one cannot take part in an encrypted migration. */
+  private requireTlsDir(): string {
+    if (!this.options.tlsDir) throw new FailedPreconditionError('this node has no TLS credentials for encrypted migration (start the worker with --tls-dir)');
+    return this.options.tlsDir;
+  }
+
   /** Aborts this host's connections to the destination's migration and NBD ports (see `killTcpConnections`). */
   private async breakConnections(target: MigrationTarget, log: Logger): Promise<void> {
     const ports = [target.port, ...(target.nbdPort ? [target.nbdPort] : [])];
@@ -964,6 +1042,7 @@ export class QemuDriver implements PartitionDriver {
   async coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver> {
     const dir = this.dirOf(spec.id);
     const log = this.log.child({ partition: spec.id, migration: 'cold-incoming' });
+    await this.retired(spec.id);
     if (this.instances.has(spec.id) || this.busy.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
     if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
     const plan = await this.validate(spec, dir);
@@ -1055,7 +1134,7 @@ export class QemuDriver implements PartitionDriver {
     });
     received.catch(() => undefined);
     this.coldReceivers.set(spec.id, { abort: abortReceive, received });
-    return { target: { host: options.host, port: options.port }, received };
+    return { target: { host: options.host, port: (server.address() as AddressInfo).port }, received };
   }
 
   async coldMigrationSend(id: string, target: ColdMigrationTarget): Promise<{ bytes: number; ms: number }> {
@@ -1086,6 +1165,8 @@ export class QemuDriver implements PartitionDriver {
   }
 
   async close(): Promise<void> {
+    // A source that migrated away quits first: no paused copy of a guest stays behind.
+    await Promise.all([...this.retiring.values()].map((p) => p.catch(() => undefined)));
     this.closed = true;
     const all = [...this.instances.values()];
     this.instances.clear();
@@ -1133,3 +1214,4 @@ async function withTimeout(promise: Promise<unknown>, ms: number): Promise<void>
   await Promise.race([promise.catch(() => undefined), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, ms))))]);
   clearTimeout(timer);
 }
+

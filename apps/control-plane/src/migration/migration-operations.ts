@@ -1,0 +1,285 @@
+import { Inject, Injectable, OnModuleInit } from '@nestjs/common';
+import { CancelledError, DeadlineExceededError, DomainError, FailedPreconditionError, InternalError, PartitionState, UnavailableError } from '@hyperplane/domain';
+import { agentV1 } from '@hyperplane/proto';
+import { Logger } from 'pino';
+import { DataSource } from 'typeorm';
+import { AgentSessions, CommandBody } from '../agents/agent-sessions';
+import { agentFailure } from '../agents/agent-errors';
+import { specOf } from '../agents/agents.service';
+import { PartitionImages } from '../images/partition-images';
+import { Config, CONFIG } from '../config';
+import { DATA_SOURCE, LOGGER } from '../common/tokens';
+import { inTransaction } from '../database/database';
+import { EventBus } from '../events/event-bus';
+import { NodeRepository } from '../nodes/node.repository';
+import { OperationContext, OperationRunner } from '../operations/operation-runner';
+import { MigrationMetadata, OperationRepository, OperationRow } from '../operations/operation.repository';
+import { OperationsService } from '../operations/operations.service';
+import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
+import { partitionEvent, partitionView } from '../partitions/partition-view';
+import { SnapshotRepository } from '../snapshots/snapshot.repository';
+import { MigrateParams } from './migration.service';
+
+/** How long a node may take to get a destination ready (QEMU started, listening). */
+const PREPARE_TIMEOUT_MS = 60_000;
+/** How long a live migration may run before the control plane asks where the guest is. */
+const MIGRATE_TIMEOUT_MS = 60 * 60_000;
+/** Wait between attempts to reach a node that is away (reconnecting, restarting). */
+const RETRY_MS = 2000;
+
+/** Where the guest is once a migration attempt ended. */
+type Outcome = 'moved' | 'stayed';
+
+/** The result the source sends when a live migration completed (MigrationStart in agent.proto). */
+interface MigrationResult {
+  totalTimeMs: number;
+  downtimeMs: number;
+  storageMs: number;
+  ramTransferredBytes: number;
+  postcopy: boolean;
+}
+
+/**
+ * The `partition.migrate` handler. The order keeps the guest on exactly one node:
+ *
+ *   prepare the destination (paused QEMU waiting, or a listener for a cold disk)
+ *   → start on the source (answered when it ended: the source's QEMU is gone only if it moved)
+ *   → moved: finish on the destination (the guest runs there now), then the record follows
+ *     stayed: abort the destination, the record stays.
+ *
+ * When the answer of the start is lost (the control plane restarted, the source's stream broke),
+ * the source is asked with `migration_outcome`, which answers once the partition's queue on the
+ * source is idle: the partition is there (it stayed) or not (it moved). `stage` in the
+ * operation's metadata tells a re-run after a crash how far it got.
+ */
+@Injectable()
+export class MigrationOperations implements OnModuleInit {
+  constructor(
+    private readonly runner: OperationRunner,
+    private readonly partitions: PartitionRepository,
+    private readonly nodes: NodeRepository,
+    private readonly snapshots: SnapshotRepository,
+    private readonly ops: OperationRepository,
+    private readonly operations: OperationsService,
+    private readonly sessions: AgentSessions,
+    private readonly events: EventBus,
+    @Inject(DATA_SOURCE) private readonly ds: DataSource,
+    @Inject(CONFIG) private readonly config: Config,
+    @Inject(LOGGER) private readonly log: Logger,
+    private readonly images: PartitionImages,
+  ) {}
+
+  onModuleInit(): void {
+    this.runner.register('partition.migrate', (op, ctx) => this.handleMigrate(op, ctx));
+  }
+
+  /** partition.migrate: see the class comment for the order of steps. */
+  async handleMigrate(op: OperationRow, ctx: OperationContext): Promise<void> {
+    const p = op.params as unknown as MigrateParams;
+    const row = await this.partitions.getById(op.target_id);
+    if (!row) throw new CancelledError(`partition ${op.target_id} no longer exists`);
+    if (row.state !== 'migrating' || row.target_node_id !== p.targetNodeId) {
+      // Ended already: a re-run after a crash between the record and the operation's end.
+      if (row.node_id === p.targetNodeId) return;
+      throw new FailedPreconditionError(`the migration of partition ${row.name} ended without moving it`);
+    }
+    const [source, target] = await Promise.all([this.nodes.findByIdOrName(p.sourceNodeId), this.nodes.findByIdOrName(p.targetNodeId)]);
+    const names = { sourceNode: source?.name ?? p.sourceNodeId, targetNode: target?.name ?? p.targetNodeId };
+    const log = this.log.child({ operationId: op.id, partition: row.name, from: names.sourceNode, to: names.targetNode });
+    let stage = op.metadata?.stage ?? 'new';
+
+    let outcome: Outcome | undefined;
+    let failure: DomainError | undefined;
+    let result: MigrationResult | undefined;
+    if (stage === 'started') {
+      log.info('re-run of a migration whose start was sent: asking the source where the guest is');
+      outcome = await this.outcomeFromSource(row, p, ctx);
+    } else {
+      if (stage === 'preparing') await this.abortTarget(row, p, log); // a re-run: what the last attempt prepared goes first
+      await this.record(op, 'preparing', 'preparing the destination', 5, { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' });
+      let targetInfo: Record<string, unknown>;
+      try {
+        await this.images.ensureOnNode(row, p.targetNodeId, ctx); // a library image the destination lacks is fetched first
+        targetInfo = await this.prepare(row, p);
+      } catch (e) {
+        await this.abortTarget(row, p, log);
+        await this.end(row, 'stayed', p, `migration to node ${names.targetNode} failed: ${(e as Error).message}`);
+        throw e;
+      }
+      if (ctx.signal.aborted) {
+        await this.abortTarget(row, p, log);
+        await this.end(row, 'stayed', p, '');
+        throw new CancelledError(`migration of partition ${row.name} cancelled before it started`);
+      }
+      stage = 'started';
+      await this.record(op, 'started', p.live ? 'migrating' : 'copying the disk', 10, { phase: p.live ? 'memory' : 'storage' });
+      const sent = await this.start(op, row, p, targetInfo, ctx, log);
+      outcome = sent.outcome;
+      failure = sent.failure;
+      result = sent.result;
+      if (!outcome) outcome = await this.outcomeFromSource(row, p, ctx);
+    }
+
+    if (outcome === 'stayed') {
+      await this.abortTarget(row, p, log);
+      const cancelled = ctx.signal.aborted || failure instanceof CancelledError;
+      await this.end(row, 'stayed', p, cancelled ? '' : `migration to node ${names.targetNode} failed: ${failure?.message ?? 'it ended without moving the guest'}`);
+      await this.record(op, 'ended', cancelled ? 'cancelled' : 'failed', undefined, { phase: cancelled ? 'cancelled' : 'failed' });
+      if (cancelled) throw new CancelledError(`migration of partition ${row.name} cancelled; it keeps running on node ${names.sourceNode}`);
+      throw failure ?? new InternalError(`migration of partition ${row.name} ended without moving it; it stays on node ${names.sourceNode}`);
+    }
+
+    // Moved: the destination holds the guest's only copy. Let it run there, then the record follows.
+    await this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) });
+    if (p.live) {
+      const finished = await this.untilAnswered(p.targetNodeId, { migrationFinishTarget: { partitionId: row.id } }, PREPARE_TIMEOUT_MS, ctx, 'finish on the destination');
+      if (!finished.ok) {
+        const lost = `the guest moved to node ${names.targetNode} but could not be resumed there: ${finished.errorMessage}`;
+        await this.end(row, 'moved', p, lost, 'failed');
+        throw new InternalError(`migration of partition ${row.name}: ${lost}`);
+      }
+    }
+    await this.end(row, 'moved', p, '');
+    await this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
+    await this.record(op, 'done', 'done', 100, { phase: 'completed' });
+    log.info({ ...result }, 'partition migrated');
+  }
+
+  /** Prepares the destination; returns what the source needs to reach it. */
+  private async prepare(row: PartitionRow, p: MigrateParams): Promise<Record<string, unknown>> {
+    const spec = specOf(row);
+    const body: CommandBody = p.live
+      ? { migrationPrepareTarget: { spec: { ...spec, desired: 'running' }, storage: p.storage, postcopy: Boolean(p.options.postcopy), tls: p.tls, ...(p.storage === 'shared' ? { sharedDiskPath: await this.sharedDiskPath(row, p) } : {}) } }
+      : { coldMigrationPrepareTarget: { spec: { ...spec, desired: 'stopped' } } };
+    const r = await this.sessions.command(p.targetNodeId, body, PREPARE_TIMEOUT_MS);
+    if (!r.ok) throw agentFailure(r, `preparing node ${p.targetNodeName} to receive partition ${row.name}`);
+    return JSON.parse(r.payload || '{}') as Record<string, unknown>;
+  }
+
+  /**
+   * Sends the start to the source and waits for its answer. Cancel is passed on (pre-copy only:
+   * the guest stays on the source). Returns no outcome when the answer was lost.
+   */
+  private async start(
+    op: OperationRow,
+    row: PartitionRow,
+    p: MigrateParams,
+    t: Record<string, unknown>,
+    ctx: OperationContext,
+    log: Logger,
+  ): Promise<{ outcome?: Outcome; failure?: DomainError; result?: MigrationResult }> {
+    const body: CommandBody = p.live
+      ? {
+          migrationStart: {
+            partitionId: row.id,
+            targetHost: String(t.host ?? ''),
+            targetPort: Number(t.port ?? 0),
+            targetNbdPort: Number(t.nbdPort ?? 0),
+            storage: p.storage,
+            exportName: String(t.exportName ?? ''),
+            migrationId: op.id,
+            tls: p.tls,
+            tlsHostname: p.tls ? p.targetNodeName : '',
+            options: { ...p.options, discardSnapshots: p.discardSnapshots },
+          },
+        }
+      : { coldMigrationSend: { partitionId: row.id, targetHost: String(t.host ?? ''), targetPort: Number(t.port ?? 0) } };
+    const onAbort = () => {
+      if (!p.live) return; // a disk file in flight is not cancelled halfway; it ends soon
+      log.info('cancel requested: cancelling the migration on the source');
+      void this.sessions.command(p.sourceNodeId, { migrationCancel: { partitionId: row.id } }, 30_000).then(
+        (r) => { if (!r.ok) log.warn({ error: r.errorMessage }, 'the source did not cancel the migration'); },
+        () => undefined,
+      );
+    };
+    ctx.signal.addEventListener('abort', onAbort);
+    try {
+      const r = await this.sessions.command(p.sourceNodeId, body, MIGRATE_TIMEOUT_MS);
+      if (r.ok) return { outcome: 'moved', result: p.live ? (JSON.parse(r.payload || '{}') as MigrationResult) : undefined };
+      if (r.errorCode === 'UNAVAILABLE') return {};
+      return { outcome: 'stayed', failure: agentFailure(r, `migration of partition ${row.name}`) };
+    } catch (e) {
+      if (e instanceof UnavailableError || e instanceof DeadlineExceededError) return {};
+      throw e;
+    } finally {
+      ctx.signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Asks the source until it answers whether the partition is still there (see MigrationOutcome). */
+  private async outcomeFromSource(row: PartitionRow, p: MigrateParams, ctx: OperationContext): Promise<Outcome> {
+    const r = await this.untilAnswered(p.sourceNodeId, { migrationOutcome: { partitionId: row.id } }, MIGRATE_TIMEOUT_MS, ctx, 'asking the source where the guest is', () => {
+      if (p.live) void this.sessions.command(p.sourceNodeId, { migrationCancel: { partitionId: row.id } }, 30_000).catch(() => undefined);
+    });
+    if (!r.ok) throw agentFailure(r, `asking node ${p.sourceNodeId} about partition ${row.name}`);
+    const answer = JSON.parse(r.payload || '{}') as { present?: boolean };
+    return answer.present ? 'stayed' : 'moved';
+  }
+
+  /**
+   * Sends a command until the node answers (it may be away for a while: reconnecting, its agent
+   * restarting); a node's failure answer is returned, not thrown. `onAbort` runs once on cancel.
+   */
+  private async untilAnswered(nodeId: string, body: CommandBody, timeoutMs: number, ctx: OperationContext, what: string, onAbort?: () => void): Promise<agentV1.CommandResult__Output> {
+    let told = false;
+    const deadline = Date.now() + Math.max(timeoutMs, this.config.operationTimeoutMs);
+    for (;;) {
+      if (ctx.signal.aborted && onAbort && !told) {
+        told = true;
+        onAbort();
+      }
+      try {
+        const r = await this.sessions.command(nodeId, body, timeoutMs);
+        if (r.errorCode !== 'UNAVAILABLE') return r;
+      } catch (e) {
+        if (!(e instanceof UnavailableError || e instanceof DeadlineExceededError)) throw e;
+      }
+      if (Date.now() > deadline) throw new UnavailableError(`${what}: node ${nodeId} did not answer for ${Math.round((Date.now() - deadline + timeoutMs) / 1000)} s; the partition stays migrating until it does`);
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+    }
+  }
+
+  /** Removes what the destination prepared (best effort: a node that is away drops it when it re-registers). */
+  private async abortTarget(row: PartitionRow, p: MigrateParams, log: Logger): Promise<void> {
+    try {
+      const r = await this.sessions.command(p.targetNodeId, { migrationAbortTarget: { partitionId: row.id } }, 30_000);
+      if (!r.ok) log.warn({ error: r.errorMessage }, 'the destination did not abort the incoming migration');
+    } catch (e) {
+      log.warn({ err: e }, 'could not reach the destination to abort the incoming migration; it drops it when it reconnects');
+    }
+  }
+
+  /**
+   * Ends the migration in one transaction: the record names the node the guest is on, and the
+   * capacity of the other node is given back. With copy storage, snapshots the copy did not carry go.
+   */
+  private async end(row: PartitionRow, outcome: Outcome, p: MigrateParams, reason: string, state?: PartitionState): Promise<void> {
+    const moved = outcome === 'moved';
+    const out = await inTransaction(this.ds, async (tx) => {
+      const ended = await this.partitions.endMigration(tx, row.id, moved, state ?? p.previousState, reason);
+      if (!ended) return undefined;
+      const freed = moved ? p.sourceNodeId : p.targetNodeId;
+      await this.nodes.reserve(tx, freed, { vcpus: -row.vcpus, memoryMiB: -Number(row.memory_mib), diskBytes: -row.disk_gib * 1024 ** 3 });
+      if (moved && p.live && p.storage === 'copy') {
+        const dropped = await this.snapshots.removeAll(tx, row.id);
+        if (dropped.length) return (await this.partitions.setCurrentSnapshot(tx, row.id, null)) ?? ended;
+      }
+      return ended;
+    });
+    if (out) await this.events.publish(partitionEvent('partition.updated', partitionView(out)));
+  }
+
+  /** Records the handler's stage and the migration's progress on the operation. */
+  private async record(op: OperationRow, stage: string, phase: string, progress: number | undefined, migration: MigrationMetadata): Promise<void> {
+    const r = await this.ops.mergeMetadata(op.id, { stage, migration }, phase, progress);
+    if (r) await this.operations.publish(r);
+  }
+
+  /** Shared storage: the path of the source's disk file, which the destination sees at the same path. */
+  private async sharedDiskPath(row: PartitionRow, p: MigrateParams): Promise<string> {
+    const r = await this.sessions.command(p.sourceNodeId, { migrationOutcome: { partitionId: row.id } }, 30_000);
+    const disk = (JSON.parse(r.payload || '{}') as { diskPath?: string }).diskPath;
+    if (!disk) throw new FailedPreconditionError(`node ${p.sourceNodeId} did not say where the disk of partition ${row.name} is, which shared storage needs`);
+    return disk;
+  }
+}

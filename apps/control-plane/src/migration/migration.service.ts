@@ -1,0 +1,114 @@
+import { Injectable } from '@nestjs/common';
+import { FailedPreconditionError, Principal, ValidationError, uuidv7 } from '@hyperplane/domain';
+import { MutationOptions } from '../common/transactions';
+import { ImagePolicy } from '../images/image-policy';
+import { NodeRepository } from '../nodes/node.repository';
+import { PartitionRepository } from '../partitions/partition.repository';
+import { PartitionOperationView, PartitionsService } from '../partitions/partitions.service';
+import { PlacementService, PlacementSpec } from '../partitions/placement.service';
+import { SnapshotRepository } from '../snapshots/snapshot.repository';
+import { MigratePartitionInput } from './migration.dto';
+
+/** What a `partition.migrate` operation carries (its params). */
+export interface MigrateParams {
+  sourceNodeId: string;
+  targetNodeId: string;
+  live: boolean;
+  storage: 'copy' | 'shared';
+  tls: boolean;
+  /** The destination's node name: its TLS certificate must carry it. */
+  targetNodeName: string;
+  /** running or stopped: what the partition goes back to. */
+  previousState: 'running' | 'stopped';
+  discardSnapshots: boolean;
+  options: {
+    maxDowntimeMs?: number;
+    bandwidthBytesPerSec?: number;
+    autoConverge?: boolean;
+    postcopy?: boolean;
+    postcopyAfterMs?: number;
+  };
+}
+
+/**
+ * Moving partitions between nodes. The request is checked and the destination chosen and
+ * reserved synchronously, in the transaction that marks the partition `migrating` (so "no node
+ * fits" is a 422 that changes nothing, and both nodes' capacity is held until it ends); the
+ * `partition.migrate` operation then does the work (MigrationOperations).
+ */
+@Injectable()
+export class MigrationService {
+  constructor(
+    private readonly partitionsService: PartitionsService,
+    private readonly partitions: PartitionRepository,
+    private readonly nodes: NodeRepository,
+    private readonly snapshots: SnapshotRepository,
+    private readonly placement: PlacementService,
+    private readonly imagePolicy: ImagePolicy,
+  ) {}
+
+  /**
+   * Migrates a partition: live when it runs (the default), cold when it is stopped; to the named
+   * node or one the scheduler chooses among the others under the partition's placement rules.
+   */
+  migrate(principal: Principal, projectId: string, id: string, input: MigratePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView> {
+    return this.partitionsService.act(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row) => {
+      const running = row.state === 'running';
+      const live = input.live ?? running;
+      if (live && !running) throw new FailedPreconditionError(`cannot migrate partition ${row.name} live: it is ${row.state} (a stopped partition migrates cold: leave live unset or false)`);
+      if (!live && running) throw new FailedPreconditionError(`cannot migrate running partition ${row.name} cold: stop it first, or migrate it live`);
+      if (!live && input.storage === 'shared') throw ValidationError.field('storage', 'a cold migration moves the disk file; shared storage is for live migration');
+      if (!live && input.postcopy) throw ValidationError.field('postcopy', 'post-copy is a live migration option');
+      const storage = input.storage ?? 'copy';
+      if (live && storage === 'copy' && !input.discardSnapshots) {
+        const n = await this.snapshots.count(db, row.id);
+        if (n > 0) {
+          throw new FailedPreconditionError(
+            `cannot migrate partition ${row.name} live with copy storage: it has ${n} snapshot(s), which the disk copy does not carry ` +
+              '(set discardSnapshots to drop them, use shared storage, or stop it and migrate it cold: a cold migration keeps them)',
+          );
+        }
+      }
+      const source = (await this.nodes.findByIdOrName(row.node_id!, db))!;
+      let pinned: string | undefined;
+      if (input.targetNode !== undefined) {
+        const t = await this.nodes.findByIdOrName(input.targetNode, db);
+        if (!t) throw ValidationError.field('targetNode', `node '${input.targetNode}' does not exist`);
+        if (t.id === source.id) throw ValidationError.field('targetNode', `partition ${row.name} is on node ${t.name} already`);
+        pinned = t.id;
+      }
+      const { node: _pinnedAtCreate, ...rules } = row.placement as PlacementSpec;
+      const terms = await this.imagePolicy.requirements(db, projectId, row.image);
+      const [targetId] = await this.placement.place(
+        db,
+        projectId,
+        [{ requestId: opts.requestId ?? uuidv7(), vcpus: row.vcpus, memoryMiB: Number(row.memory_mib), diskGiB: row.disk_gib, image: row.image, spec: { ...rules, ...(pinned ? { node: pinned } : {}) }, imageRequirements: terms.requirements, imageInLibrary: terms.inLibrary }],
+        { avoidNodes: [source.id], moving: true },
+      );
+      const target = (await this.nodes.findByIdOrName(targetId!, db))!;
+      if (source.tls !== target.tls) {
+        const [withTls, without] = source.tls ? [source, target] : [target, source];
+        throw new FailedPreconditionError(`cannot migrate partition ${row.name} from node ${source.name} to node ${target.name}: node ${withTls.name} encrypts migrations (TLS) and node ${without.name} has no TLS credentials`);
+      }
+      const params: MigrateParams = {
+        sourceNodeId: source.id,
+        targetNodeId: target.id,
+        targetNodeName: target.name,
+        live,
+        storage,
+        tls: source.tls && target.tls,
+        previousState: running ? 'running' : 'stopped',
+        discardSnapshots: Boolean(input.discardSnapshots),
+        options: {
+          maxDowntimeMs: input.maxDowntimeMs,
+          bandwidthBytesPerSec: input.bandwidthBytesPerSec,
+          autoConverge: input.autoConverge,
+          postcopy: input.postcopy,
+          postcopyAfterMs: input.postcopyAfterMs,
+        },
+      };
+      const moving = await this.partitions.beginMigration(db, row.id, target.id, `${live ? 'live' : 'cold'} migration to node ${target.name}`);
+      return { row: moving, params: params as unknown as Record<string, unknown> };
+    }).then(({ partition, operation }) => ({ partition, operation }));
+  }
+}

@@ -1,0 +1,142 @@
+import { Inject, Injectable, OnModuleInit } from '@nestjs/common';
+import { CancelledError, InternalError } from '@hyperplane/domain';
+import { DataSource } from 'typeorm';
+import { agentV1 } from '@hyperplane/proto';
+import { AgentSessions } from '../agents/agent-sessions';
+import { agentFailure } from '../agents/agent-errors';
+import { DATA_SOURCE } from '../common/tokens';
+import { inTransaction } from '../database/database';
+import { EventBus } from '../events/event-bus';
+import { OperationContext, OperationRunner } from '../operations/operation-runner';
+import { OperationRow } from '../operations/operation.repository';
+import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
+import { partitionEvent, partitionView } from '../partitions/partition-view';
+import { SnapshotRepository, SnapshotRow } from './snapshot.repository';
+import { snapshotEvent, snapshotView } from './snapshot-view';
+import { PartitionImages } from '../images/partition-images';
+
+/** Longest a node may take to save or load a snapshot (RAM is written to the disk file). */
+const SNAPSHOT_TIMEOUT_MS = 10 * 60_000;
+
+/** What a node answers for one snapshot (SnapshotEntry in agent.proto). */
+interface SnapshotEntry {
+  tag: string;
+  vmStateBytes: number;
+  vmClockMs: number;
+}
+
+/**
+ * The handlers behind snapshot operations. The node does the work (internal qcow2 snapshots,
+ * tagged with the snapshot's id); the handler records the outcome. Each is idempotent: after a
+ * control-plane crash it asks the node what it has before doing anything again.
+ */
+@Injectable()
+export class SnapshotOperations implements OnModuleInit {
+  constructor(
+    private readonly runner: OperationRunner,
+    private readonly snapshots: SnapshotRepository,
+    private readonly partitions: PartitionRepository,
+    private readonly sessions: AgentSessions,
+    private readonly events: EventBus,
+    @Inject(DATA_SOURCE) private readonly ds: DataSource,
+    private readonly images: PartitionImages,
+  ) {}
+
+  onModuleInit(): void {
+    this.runner.register('snapshot.create', (op, ctx) => this.handleCreate(op, ctx));
+    this.runner.register('snapshot.revert', (op, ctx) => this.handleRevert(op, ctx));
+    this.runner.register('snapshot.delete', (op, ctx) => this.handleDelete(op, ctx));
+  }
+
+  /** snapshot.create: the node saves it; a failure leaves no snapshot listed and the guest running as before. */
+  async handleCreate(op: OperationRow, ctx: OperationContext): Promise<void> {
+    const { partition, snap } = await this.load(op);
+    if (snap.state === 'ready') return;
+    const node = partition.node_id!;
+    await ctx.progress(snap.with_memory ? 'saving memory and disk' : 'saving disk', 20);
+    let entry: SnapshotEntry | undefined;
+    try {
+      // A re-run after a crash: the node may have finished it already.
+      if (op.attempts > 1) entry = (await this.list(node, partition)).find((e) => e.tag === snap.id);
+      if (!entry) {
+        const r = await this.sessions.command(node, { snapshotCreate: { partitionId: partition.id, tag: snap.id, withMemory: snap.with_memory } }, SNAPSHOT_TIMEOUT_MS);
+        if (r.ok) entry = JSON.parse(r.payload || '{}') as SnapshotEntry;
+        else {
+          entry = (await this.list(node, partition).catch(() => [])).find((e) => e.tag === snap.id);
+          if (!entry) throw agentFailure(r, `snapshot ${snap.name} of partition ${partition.name}`);
+        }
+      }
+    } catch (e) {
+      // No half snapshot stays listed; if the node made it after all, it goes too.
+      await this.discard(snap, partition);
+      void this.sessions.command(node, { snapshotDelete: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS).catch(() => undefined);
+      throw e;
+    }
+    const done = entry;
+    const ready = await inTransaction(this.ds, async (tx) => {
+      const s = await this.snapshots.markReady(tx, snap.id, { vmStateBytes: Number(done.vmStateBytes ?? 0), vmClockMs: Number(done.vmClockMs ?? 0) });
+      const p = await this.partitions.setCurrentSnapshot(tx, partition.id, snap.id);
+      return { s, p };
+    });
+    if (ready.s) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(ready.s, snap.id)));
+    if (ready.p) await this.events.publish(partitionEvent('partition.updated', partitionView(ready.p)));
+    await this.images.record(op, partition, 'snapshotted', { details: { snapshot: snap.name, withMemory: snap.with_memory } });
+  }
+
+  /** snapshot.revert: the node loads it (a running guest resumes from it); it becomes the current snapshot. */
+  async handleRevert(op: OperationRow, ctx: OperationContext): Promise<void> {
+    const { partition, snap } = await this.load(op);
+    await ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30);
+    const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
+    if (!r.ok) throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
+    const p = await this.partitions.setCurrentSnapshot(this.ds.manager, partition.id, snap.id);
+    if (p) await this.events.publish(partitionEvent('partition.updated', partitionView(p)));
+    await this.images.record(op, partition, 'reverted', { details: { snapshot: snap.name } });
+  }
+
+  /** snapshot.delete: the node drops it (already gone is fine); children move up to its parent. */
+  async handleDelete(op: OperationRow, ctx: OperationContext): Promise<void> {
+    const partition = await this.partitions.getById(op.target_id);
+    if (!partition) throw new CancelledError(`partition ${op.target_id} no longer exists`);
+    const snap = await this.snapshots.get(partition.id, String(op.params.snapshotId));
+    if (!snap) return; // removed already: a re-run after a crash
+    await ctx.progress('deleting', 30);
+    const r = await this.sessions.command(partition.node_id!, { snapshotDelete: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
+    if (!r.ok && r.errorCode !== 'NOT_FOUND') {
+      const back = await this.snapshots.setState(this.ds.manager, snap.id, 'ready');
+      if (back) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(back, partition.current_snapshot_id)));
+      throw agentFailure(r, `delete of snapshot ${snap.name} of partition ${partition.name}`);
+    }
+    const out = await inTransaction(this.ds, async (tx) => {
+      const cur = await this.partitions.getById(partition.id, tx);
+      const p = cur?.current_snapshot_id === snap.id ? await this.partitions.setCurrentSnapshot(tx, partition.id, snap.parent_id) : undefined;
+      return { ...(await this.snapshots.remove(tx, snap.id)), p, currentId: p ? snap.parent_id : cur?.current_snapshot_id ?? null };
+    });
+    if (out.removed) await this.events.publish(snapshotEvent('snapshot.deleted', snapshotView(out.removed, out.currentId)));
+    for (const c of out.reparented) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(c, out.currentId)));
+    if (out.p) await this.events.publish(partitionEvent('partition.updated', partitionView(out.p)));
+  }
+
+  private async load(op: OperationRow): Promise<{ partition: PartitionRow; snap: SnapshotRow }> {
+    const partition = await this.partitions.getById(op.target_id);
+    if (!partition) throw new CancelledError(`partition ${op.target_id} no longer exists`);
+    if (!partition.node_id) throw new InternalError(`partition ${partition.name} has no node`);
+    const snap = await this.snapshots.get(partition.id, String(op.params.snapshotId));
+    if (!snap) throw new CancelledError(`snapshot ${String(op.params.snapshotId)} no longer exists`);
+    return { partition, snap };
+  }
+
+  /** The snapshots the node has on the partition's disk. */
+  private async list(node: string, partition: PartitionRow): Promise<SnapshotEntry[]> {
+    const r: agentV1.CommandResult__Output = await this.sessions.command(node, { snapshotList: { partitionId: partition.id } }, 60_000);
+    if (!r.ok) throw agentFailure(r, `snapshots of partition ${partition.name}`);
+    return (JSON.parse(r.payload || '{}') as { snapshots?: SnapshotEntry[] }).snapshots ?? [];
+  }
+
+  /** A snapshot that did not happen: its record goes, so none is listed. */
+  private async discard(snap: SnapshotRow, partition: PartitionRow): Promise<void> {
+    const { removed } = await inTransaction(this.ds, (tx) => this.snapshots.remove(tx, snap.id));
+    if (removed) await this.events.publish(snapshotEvent('snapshot.deleted', snapshotView(removed, partition.current_snapshot_id)));
+  }
+}
+

@@ -1,0 +1,23 @@
+/** Free TCP ports on this node, for migration listeners the control plane asks for without a port. */
+import { createServer } from 'node:net';
+
+function canListen(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A port on `host` that is free now, with the next one free too (live migration: the memory
+ * stream on `port`, the NBD disk copy on `port + 1`). Another process may still take them before
+ * QEMU binds; the migration then fails cleanly and can be retried.
+ */
+export async function freePortPair(host: string): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 40_000);
+    if ((await canListen(host, port)) && (await canListen(host, port + 1))) return port;
+  }
+  throw new Error(`no two consecutive free TCP ports on ${host}`);
+}
