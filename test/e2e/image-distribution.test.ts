@@ -43,6 +43,7 @@ const workerDir = join(dir, 'w1');
 const store = join(workerDir, 'images');
 let cp: InProcess;
 let worker: WorkerProcess;
+let worker2: WorkerProcess | undefined;
 let admin: Api;
 let api: Api;
 let token: string;
@@ -109,6 +110,7 @@ d('images between nodes and the control plane, end to end', () => {
 
   afterAll(async () => {
     await worker?.stop();
+    await worker2?.stop();
     for (const line of ourQemus()) {
       try { process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL'); } catch { /* gone */ }
     }
@@ -275,6 +277,31 @@ d('images between nodes and the control plane, end to end', () => {
     expect(readdirSync(join(store, 'library')).filter((f) => f.includes(img.id) || f.startsWith('.'))).toEqual([]);
     expect(ourQemus().filter((l) => l.includes(c.body.partition.id))).toEqual([]);
     const del = await api.delete(`/v1/partitions/${c.body.partition.id}`);
+    expect((await api.waitOperation(del.body.operation.id, 60)).status).toBe('succeeded');
+  });
+
+  it('live-migrates a partition of a library image to a node that lacks the image: the destination fetches it first, and the history records the migration', async () => {
+    const w2Dir = join(dir, 'w2');
+    worker2 = spawnWorker({ name: 'img-w2', address: '127.0.0.37', controlPlane: cp.grpcAddress, dataDir: w2Dir, driver: 'qemu', env: { HYPERPLANE_GUEST_DIR: GUEST, HYPERPLANE_DATA_DIR: dir } });
+    await waitUntil(async () => (await admin.get('/v1/nodes?state=ready')).body.items?.some((n: any) => n.name === 'img-w2'), 60_000, 'second worker registered');
+    const img = await upload('mover-img', join(GUEST, 'sample.qcow2'));
+    const c = await api.post('/v1/partitions', { name: 'mover', vcpus: 1, memoryMiB: 128, image: 'mover-img', placement: { node: 'img-w1' } });
+    expect((await api.waitOperation(c.body.operation.id, 120)).status).toBe('succeeded');
+    const id = c.body.partition.id;
+    await waitUntil(async () => (await consoleText(id)).includes('HYPERPLANE-GUEST-READY'), 90_000, 'ready marker');
+    expect(existsSync(join(w2Dir, 'images', 'library', `${img.id}.qcow2`))).toBe(false);
+    const m = await api.post(`/v1/partitions/${id}/migrate`, { targetNode: 'img-w2' });
+    expect(m.status).toBe(202);
+    const { op, phases } = await follow(m.body.operation.id);
+    expect(op.status).toBe('succeeded');
+    expect(phases.some((p) => p.startsWith('fetching-image'))).toBe(true);
+    expect(existsSync(join(w2Dir, 'images', 'library', `${img.id}.qcow2`))).toBe(true);
+    expect((await api.get(`/v1/partitions/${id}`)).body).toMatchObject({ state: 'running', node: (await admin.get('/v1/nodes/img-w2')).body.id });
+    const before = ((await consoleText(id)).match(/hb \d+/g) ?? []).length;
+    await waitUntil(async () => ((await consoleText(id)).match(/hb \d+/g) ?? []).length > before + 1, 30_000, 'heartbeats on the destination');
+    const history = (await api.get(`/v1/images/${img.id}`)).body.metadata.history;
+    expect(history.at(-1)).toMatchObject({ operation: 'migrated', partition: id, node: 'img-w2', details: { from: 'img-w1', live: true } });
+    const del = await api.delete(`/v1/partitions/${id}`);
     expect((await api.waitOperation(del.body.operation.id, 60)).status).toBe('succeeded');
   });
 });
