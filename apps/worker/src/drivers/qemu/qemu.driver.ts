@@ -683,8 +683,11 @@ export class QemuDriver implements PartitionDriver {
     return this.exclusive(id, 'export a snapshot of', async () => {
       if (!(await this.snapshotList(id)).some((s) => s.tag === tag)) throw new NotFoundError('snapshot', tag);
       const disk = this.instances.get(id) ? join(this.dirOf(id), RUNTIME_FILES.disk) : await this.offlineDisk(id);
-      const out = join(this.images.dir, fileName);
-      if (await exists(out)) throw new FailedPreconditionError(`the image store already has ${fileName}`);
+      // In staging/: not an image of the store (not usable by name, not importable through the public
+      // API) until the control plane imports it into the partition's project (allowStaging).
+      await mkdir(this.images.stagingDir, { recursive: true, mode: 0o700 });
+      const out = join(this.images.stagingDir, fileName);
+      if (await exists(out)) throw new FailedPreconditionError(`the image store already has staging/${fileName}`);
       const part = `${out}.part`;
       const started = Date.now();
       try {
@@ -698,7 +701,7 @@ export class QemuDriver implements PartitionDriver {
       }
       const { size } = await stat(out);
       this.log.info({ partition: id, tag, file: out, bytes: size, ms: Date.now() - started }, 'snapshot exported');
-      return { path: fileName, sizeBytes: size };
+      return { path: `staging/${fileName}`, sizeBytes: size };
     });
   }
 
