@@ -5,7 +5,6 @@ import {
   DeadlineExceededError,
   DomainError,
   FailedPreconditionError,
-  InternalError,
   NotFoundError,
   PayloadTooLargeError,
   PermissionDeniedError,
@@ -16,6 +15,8 @@ import {
 } from '@hyperplane/domain';
 import { BlockDigest } from '@hyperplane/disk-formats';
 import { Logger } from 'pino';
+import { agentV1 } from '@hyperplane/proto';
+import { agentFailure } from '../agents/agent-errors';
 import { AgentSessions, CommandBody } from '../agents/agent-sessions';
 import { LOGGER } from '../common/tokens';
 import { TransferFiles } from './transfer-files';
@@ -70,29 +71,15 @@ const ABANDONED_AFTER_MS = 3600_000;
 
 const hashToken = (token: string) => createHash('sha256').update(token).digest('hex');
 
-/** The domain error a node's command result stands for. */
-export function commandError(code: string | undefined, message: string | undefined): DomainError {
-  const m = message || 'the node gave no reason';
-  switch (code) {
-    case 'INVALID_ARGUMENT':
-      return new ValidationError([{ field: 'path', message: m }], m);
-    case 'NOT_FOUND':
-      return new NotFoundError('file', m);
-    case 'FAILED_PRECONDITION':
-      return new FailedPreconditionError(m);
-    case 'PERMISSION_DENIED':
-      return new PermissionDeniedError(m);
-    case 'DEADLINE_EXCEEDED':
-      return new DeadlineExceededError(m);
-    case 'CANCELLED':
-      return new CancelledError(m);
-    case 'PAYLOAD_TOO_LARGE':
-      return new PayloadTooLargeError(m);
-    case 'UNAVAILABLE':
-      return new UnavailableError(m);
-    default:
-      return new InternalError(m);
-  }
+/**
+ * The domain error of a node's failed transfer command: a refused path is the caller's input
+ * (INVALID_ARGUMENT on `path`), a file over the limit PAYLOAD_TOO_LARGE, the rest as agentFailure.
+ */
+export function commandError(r: agentV1.CommandResult__Output, what: string): DomainError {
+  const m = r.errorMessage || 'the node gave no reason';
+  if (r.errorCode === 'INVALID_ARGUMENT') return new ValidationError([{ field: 'path', message: m }], m);
+  if (r.errorCode === 'PAYLOAD_TOO_LARGE') return new PayloadTooLargeError(m);
+  return agentFailure(r, what);
 }
 
 /**
@@ -152,7 +139,7 @@ export class TransfersService implements OnModuleInit, OnModuleDestroy {
     let answered: { ok: true; payload: string } | { ok: false; error: unknown } | undefined;
     const command = this.sessions.command(req.nodeId, req.command({ id: t.id, token }), COMMAND_TIMEOUT_MS).then(
       (r) => {
-        answered = r.ok ? { ok: true, payload: r.payload ?? '' } : { ok: false, error: commandError(r.errorCode, r.errorMessage) };
+        answered = r.ok ? { ok: true, payload: r.payload ?? '' } : { ok: false, error: commandError(r, req.direction === 'to-node' ? `fetching a file to node ${req.nodeId}` : `receiving a file from node ${req.nodeId}`) };
       },
       (e: unknown) => {
         answered = { ok: false, error: e };
