@@ -9,6 +9,7 @@
  * format pinned, is it fsynced and renamed into place. Anything else removes it, and an agent that
  * starts removes what a crash left. Concurrent fetches of one image share one transfer.
  */
+import { once } from 'node:events';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Transform } from 'node:stream';
@@ -145,15 +146,26 @@ export class ImageTransfers {
     const started = Date.now();
     const digest = new BlockDigest();
     const result = await new Promise<agentV1.SendFileResult__Output>((resolve, reject) => {
-      const call = this.options.client.SendFile((err, res) => (err ? reject(coded(grpcCode(err), err.details || err.message)) : resolve(res!)));
+      let ended = false;
+      let markEnded!: () => void;
+      const endedP = new Promise<void>((r) => (markEnded = r));
+      const call = this.options.client.SendFile((err, res) => {
+        ended = true;
+        markEnded();
+        if (err) reject(coded(grpcCode(err), err.details || err.message));
+        else resolve(res!);
+      });
       void (async () => {
         try {
           call.write({ transferId: body.transferId ?? '', token: body.token ?? '', sizeBytes: size });
           for await (const chunk of createReadStream(path, { highWaterMark: SEND_CHUNK_BYTES })) {
+            if (ended) return; // the control plane answered (an error) before the end: stop reading
             const data = chunk as Buffer;
             digest.update(data);
-            if (!call.write({ data })) await new Promise((r) => call.once('drain', r));
+            // A control plane that answers while the buffer is full emits no drain: stop waiting then too.
+            if (!call.write({ data })) await Promise.race([once(call, 'drain'), endedP]);
           }
+          if (ended) return;
           call.write({ digest: digest.finish().digest });
           call.end();
         } catch (error) {

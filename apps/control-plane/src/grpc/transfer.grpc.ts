@@ -47,7 +47,20 @@ export class TransferGrpcApi {
           if (gone) throw new Error('the node closed the stream');
           const data = chunk as Buffer;
           bytes += data.length;
-          if (!call.write({ data })) await new Promise((r) => call.once('drain', r));
+          if (!call.write({ data })) {
+            // A node that goes away while the buffer is full emits no drain: stop waiting on close too.
+            await new Promise<void>((r) => {
+              const done = () => {
+                call.off('drain', done);
+                call.off('close', done);
+                call.off('cancelled', done);
+                r();
+              };
+              call.once('drain', done);
+              call.once('close', done);
+              call.once('cancelled', done);
+            });
+          }
           if (Date.now() - last > PROGRESS_MS) {
             last = Date.now();
             if (!(await this.transfers.progress(id, bytes))) throw new Error(`transfer ${id} was cancelled`);
