@@ -11,9 +11,10 @@
  *   QMP with the same limits: start the destination paused with `-incoming defer`,
  *   `migrate-incoming`, `migrate` on the source, wait for `completed`, `cont` on the destination,
  *   quit the source. Timed from starting the destination to `cont` answered.
- * Downtime is QEMU's own figure (`query-migrate` on the source) on both sides. 5 pairs.
+ * Downtime is QEMU's own figure (`query-migrate` on the source) on both sides. 9 pairs
+ * (BENCH_PAIRS).
  * Then snapshot save (memory + disk) and revert, API (`POST .../snapshots`, `.../revert`, to
- * the operation's success) against QMP `snapshot-save` / `snapshot-load` jobs, 5 pairs.
+ * the operation's success) against QMP `snapshot-save` / `snapshot-load` jobs, as many pairs.
  * Prints each figure and medians; the last line is JSON.
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -25,7 +26,7 @@ import { QmpClient } from '@hyperplane/qmp';
 import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
 import { ROOT, freePort, projectHeaders, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
-const PAIRS = Number(process.env.BENCH_PAIRS ?? 5);
+const PAIRS = Number(process.env.BENCH_PAIRS ?? 9);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
 const MAX_DOWNTIME_MS = 300;
 const MEMORY_MIB = 128;

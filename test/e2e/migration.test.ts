@@ -264,6 +264,18 @@ d('migration end to end', () => {
     await expectOnlyOn('a', id);
   });
 
+  it('post-copy: a migration that does not converge in pre-copy switches over and completes', async () => {
+    const id = (await api.get('/v1/partitions?pageSize=10')).body.items.find((p: any) => p.name === 'live-vm').id;
+    const m = await api.post(`/v1/partitions/${id}/migrate`, { targetNode: 'mig-b', bandwidthBytesPerSec: 1024 * 1024, postcopy: true, postcopyAfterMs: 500 });
+    expect(m.status).toBe(202);
+    const op = await api.waitOperation(m.body.operation.id, 120);
+    expect(op).toMatchObject({ status: 'succeeded', migration: { postcopy: true, phase: 'completed' } });
+    await expectOnlyOn('b', id);
+    const back = await api.post(`/v1/partitions/${id}/migrate`, { targetNode: 'mig-a' });
+    expect((await api.waitOperation(back.body.operation.id, 120)).status).toBe('succeeded');
+    await expectOnlyOn('a', id);
+  });
+
   it('a destination SIGKILLed mid-migration leaves the guest on the source', async () => {
     const id = (await api.get('/v1/partitions?pageSize=10')).body.items.find((p: any) => p.name === 'live-vm').id;
     const opId = await slowMigration(id, 'b');

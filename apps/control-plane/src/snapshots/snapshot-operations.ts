@@ -53,7 +53,7 @@ export class SnapshotOperations implements OnModuleInit {
     const { partition, snap } = await this.load(op);
     if (snap.state === 'ready') return;
     const node = partition.node_id!;
-    await ctx.progress(snap.with_memory ? 'saving memory and disk' : 'saving disk', 20);
+    void ctx.progress(snap.with_memory ? 'saving memory and disk' : 'saving disk', 20).catch(() => undefined); // shown while the node works; not waited for
     let entry: SnapshotEntry | undefined;
     try {
       // A re-run after a crash: the node may have finished it already.
@@ -86,7 +86,7 @@ export class SnapshotOperations implements OnModuleInit {
   /** snapshot.revert: the node loads it (a running guest resumes from it); it becomes the current snapshot. */
   async handleRevert(op: OperationRow, ctx: OperationContext): Promise<void> {
     const { partition, snap } = await this.load(op);
-    await ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30);
+    void ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30).catch(() => undefined);
     const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
     if (!r.ok) throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
     const p = await this.partitions.setCurrentSnapshot(this.ds.manager, partition.id, snap.id);
@@ -100,7 +100,7 @@ export class SnapshotOperations implements OnModuleInit {
     if (!partition) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     const snap = await this.snapshots.get(partition.id, String(op.params.snapshotId));
     if (!snap) return; // removed already: a re-run after a crash
-    await ctx.progress('deleting', 30);
+    void ctx.progress('deleting', 30).catch(() => undefined);
     const r = await this.sessions.command(partition.node_id!, { snapshotDelete: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
     if (!r.ok && r.errorCode !== 'NOT_FOUND') {
       const back = await this.snapshots.setState(this.ds.manager, snap.id, 'ready');
