@@ -63,6 +63,7 @@ import { ProjectsService } from './projects/projects.service';
 import { MigrationController } from './migration/migration.controller';
 import { MigrationOperations } from './migration/migration-operations';
 import { MigrationService } from './migration/migration.service';
+import { SnapshotExports } from './snapshots/snapshot-exports';
 import { SnapshotOperations } from './snapshots/snapshot-operations';
 import { SnapshotRepository } from './snapshots/snapshot.repository';
 import { SnapshotsController } from './snapshots/snapshots.controller';
@@ -119,6 +120,7 @@ const PROVIDERS: Provider[] = [
   PartitionOperations,
   SnapshotsService,
   SnapshotOperations,
+  SnapshotExports,
   MigrationService,
   MigrationOperations,
   NodeOperations,

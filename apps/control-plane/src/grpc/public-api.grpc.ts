@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Inject, Injectable } from '@nestjs/common';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { Principal, UnavailableError, ValidationError } from '@hyperplane/domain';
+import { Principal, ValidationError } from '@hyperplane/domain';
 import { v1 } from '@hyperplane/proto';
 import { parseIfMatch } from '../common/etag';
 import { MutationOptions } from '../common/transactions';
@@ -26,7 +26,8 @@ import { ImagesService } from '../images/images.service';
 import { NodeImageInventory } from '../images/node-image-inventory';
 import { MigratePartitionInput } from '../migration/migration.dto';
 import { MigrationService } from '../migration/migration.service';
-import { CreateSnapshotInput } from '../snapshots/snapshots.dto';
+import { CreateSnapshotInput, ExportSnapshotInput } from '../snapshots/snapshots.dto';
+import { SnapshotExports } from '../snapshots/snapshot-exports';
 import { SnapshotOperationView, SnapshotsService } from '../snapshots/snapshots.service';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
@@ -54,6 +55,7 @@ export class PublicGrpcApi {
     private readonly images: ImagesService,
     private readonly nodeImages: NodeImageInventory,
     private readonly snapshots: SnapshotsService,
+    private readonly snapshotExports: SnapshotExports,
     private readonly migration: MigrationService,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
@@ -237,8 +239,9 @@ export class PublicGrpcApi {
         answer(await this.snapshots.delete(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
       RevertSnapshot: this.unary<v1.SnapshotActionRequest__Output, v1.SnapshotOperation>(async (p, r, md, rid) =>
         answer(await this.snapshots.revert(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
-      ExportSnapshot: this.unary<v1.ExportSnapshotRequest__Output, v1.SnapshotOperation>(async () => {
-        throw new UnavailableError('snapshot export is not available yet');
+      ExportSnapshot: this.unary<v1.ExportSnapshotRequest__Output, v1.SnapshotOperation>(async (p, r, md, rid) => {
+        const input = validateInput(ExportSnapshotInput, pick({ imageName: r.imageName ?? '' }));
+        return answer(await this.snapshotExports.export(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', input, { ...opts(r.requestId), requestId: rid }));
       }),
     };
   }
