@@ -6,24 +6,15 @@
  * the record saying which and nothing left on the other; bad input changes nothing; a cold
  * migration keeps the snapshots; a drain moves partitions away live.
  */
-import { execSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Api, ChildControlPlane, clusterAdminToken, freePort, ROOT, spawnControlPlane, testEnv, waitUntil } from '../helpers/control-plane';
+import { Api, ChildControlPlane, clusterAdminToken, freePort, spawnControlPlane, testEnv, waitUntil } from '../helpers/control-plane';
+import { describeWithGuest, GUEST, killQemusUnder, qemusUnder } from '../helpers/guest';
 import { retireAllNodes, sql } from '../helpers/db';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
 
-const GUEST = process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest');
-const haveQemu = (() => {
-  try {
-    execSync('command -v qemu-system-x86_64', { stdio: 'ignore' });
-    return existsSync(join(GUEST, 'sample.qcow2'));
-  } catch {
-    return false;
-  }
-})();
-const d = haveQemu ? describe : describe.skip;
+const d = describeWithGuest('migration end-to-end tests');
 
 jest.setTimeout(300_000);
 
@@ -43,10 +34,7 @@ function startWorker(k: NodeKey): void {
 
 /** Pids of the QEMU processes of a partition on a node (found by its runtime dir). */
 function qemuPids(k: NodeKey, id: string): number[] {
-  return execSync('pgrep -af qemu-system || true', { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.includes(join(dir, k, 'partitions', id)))
-    .map((l) => Number(l.trim().split(/\s+/)[0]));
+  return qemusUnder(join(dir, k, 'partitions', id));
 }
 
 /** Files a node keeps for a partition. */
@@ -125,9 +113,7 @@ d('migration end to end', () => {
 
   afterAll(async () => {
     await Promise.all(Object.values(workers).map((w) => w?.stop()));
-    for (const line of execSync('pgrep -af qemu-system || true', { encoding: 'utf8' }).split('\n').filter((l) => l.includes(dir))) {
-      try { process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL'); } catch { /* gone */ }
-    }
+    killQemusUnder(dir);
     cp?.proc.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   });
@@ -207,6 +193,7 @@ d('migration end to end', () => {
     const badOption = await api.post(`/v1/partitions/${id}/migrate`, { maxDowntimeMs: -1, storage: 'nfs' });
     expect(badOption.status).toBe(400);
     expect(badOption.body.errors.map((e: any) => e.field).sort()).toEqual(['maxDowntimeMs', 'storage']);
+    expect(await state(id)).toEqual(before); // none of these changed the partition, the nodes' allocations or the operations
 
     // Snapshots do not travel with a copy-storage live migration: refused unless dropped on purpose.
     const s = await api.post(`/v1/partitions/${id}/snapshots`, { name: 'keep-me' });

@@ -5,25 +5,16 @@
  * keeps the rest of the tree usable, disk-only snapshots of a stopped partition, and bad input
  * that changes nothing. REST and gRPC.
  */
-import { execSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Api, clusterAdminToken, ROOT, startInProcess, InProcess, waitUntil } from '../helpers/control-plane';
+import { Api, clusterAdminToken, startInProcess, InProcess, waitUntil } from '../helpers/control-plane';
 import { GrpcApi } from '../helpers/grpc-client';
+import { describeWithGuest, GUEST, killQemusUnder } from '../helpers/guest';
 import { retireAllNodes, sql } from '../helpers/db';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
 
-const GUEST = process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest');
-const haveQemu = (() => {
-  try {
-    execSync('command -v qemu-system-x86_64', { stdio: 'ignore' });
-    return existsSync(join(GUEST, 'sample.qcow2'));
-  } catch {
-    return false;
-  }
-})();
-const d = haveQemu ? describe : describe.skip;
+const d = describeWithGuest('snapshot end-to-end tests');
 
 jest.setTimeout(300_000);
 
@@ -90,9 +81,7 @@ d('snapshots end to end', () => {
 
   afterAll(async () => {
     await worker?.stop();
-    for (const line of execSync('pgrep -af qemu-system || true', { encoding: 'utf8' }).split('\n').filter((l) => l.includes(dir))) {
-      try { process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL'); } catch { /* gone */ }
-    }
+    killQemusUnder(dir);
     await cp?.close();
     rmSync(dir, { recursive: true, force: true });
   });
