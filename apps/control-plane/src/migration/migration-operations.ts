@@ -91,8 +91,8 @@ export class MigrationOperations implements OnModuleInit {
     let outcome: Outcome | undefined;
     let failure: DomainError | undefined;
     let result: MigrationResult | undefined;
-    if (stage === 'started') {
-      log.info('re-run of a migration whose start was sent: asking the source where the guest is');
+    if (stage === 'started' || stage === 'moved') {
+      log.info({ stage }, 're-run of a migration whose start was sent: asking the source where the guest is');
       outcome = await this.outcomeFromSource(row, p, ctx);
     } else {
       if (stage === 'preparing') await this.abortTarget(row, p, log); // a re-run: what the last attempt prepared goes first
@@ -130,7 +130,8 @@ export class MigrationOperations implements OnModuleInit {
     }
 
     // Moved: the destination holds the guest's only copy. Let it run there, then the record follows.
-    await this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) });
+    // Shown while the destination is finished; not waited for (a re-run treats `moved` as `started`).
+    void this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) }).catch(() => undefined);
     if (p.live) {
       const finished = await this.untilAnswered(p.targetNodeId, { migrationFinishTarget: { partitionId: row.id } }, PREPARE_TIMEOUT_MS, ctx, 'finish on the destination');
       if (!finished.ok) {

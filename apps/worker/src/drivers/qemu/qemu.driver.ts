@@ -452,7 +452,7 @@ export class QemuDriver implements PartitionDriver {
         if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) {
           throw new InternalError(`qemu did not answer on QMP: ${(error as Error).message}`);
         }
-        await new Promise((r) => setTimeout(r, 25));
+        await new Promise((r) => setTimeout(r, 5)); // the socket appears within ms of the spawn: look often
       }
     }
   }
