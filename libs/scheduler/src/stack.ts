@@ -66,6 +66,12 @@ export interface PlaceOptions {
   config?: SchedulerConfig;
   quota?: ProjectQuota;
   usage?: ProjectUsage;
+  /**
+   * CPU baselines of these very nodes, when the caller keeps them across placements (a cluster
+   * snapshot). Precondition: built from `nodes` with the same flags and states; allocations may
+   * differ. Absent, they are computed per call.
+   */
+  baselines?: CpuBaselines;
 }
 
 /** How a placement was decided, for logs and the operation record; enough to replay it. */
@@ -110,7 +116,7 @@ export type PlacementResult = Placed | Rejected;
  * are computed over all of it, even when `req.node` pins the placement to one node.
  */
 export function place(nodes: readonly NodeCandidate[], req: PlacementRequest, opts: PlaceOptions = {}): PlacementResult {
-  return placeIn(prepare(nodes), req, opts);
+  return placeIn(prepare(nodes, opts.baselines), req, opts);
 }
 
 /**
@@ -121,7 +127,7 @@ export function place(nodes: readonly NodeCandidate[], req: PlacementRequest, op
  * quota and usage describe.
  */
 export function placeMany(nodes: readonly NodeCandidate[], reqs: readonly PlacementRequest[], opts: PlaceOptions = {}): PlacementResult[] {
-  const cluster = prepare(nodes);
+  const cluster = prepare(nodes, opts.baselines);
   const index = new Map(cluster.nodes.map((n, i) => [n.id, i]));
   let usage = opts.usage;
   return reqs.map((req) => {
@@ -168,10 +174,13 @@ interface Cluster {
   baselines: CpuBaselines;
 }
 
-function prepare(nodes: readonly NodeCandidate[]): Cluster {
+function prepare(nodes: readonly NodeCandidate[], baselines?: CpuBaselines): Cluster {
   const all = nodes.map((_, i) => i);
-  const byId = all.slice().sort((a, b) => cmp(nodes[a].id, nodes[b].id));
-  return { nodes: nodes.slice(), all, byId, baselines: new CpuBaselines(nodes) };
+  // Snapshots are usually loaded in id order already: one pass to see it beats sorting.
+  let sorted = true;
+  for (let i = 1; i < nodes.length && sorted; i++) sorted = nodes[i - 1].id < nodes[i].id;
+  const byId = sorted ? all.slice() : all.slice().sort((a, b) => cmp(nodes[a].id, nodes[b].id));
+  return { nodes: nodes.slice(), all, byId, baselines: baselines ?? new CpuBaselines(nodes) };
 }
 
 function noFit(reason: string, detail: string): Rejected {

@@ -177,6 +177,27 @@ export class NodeRepository {
     return found[0];
   }
 
+  /**
+   * {@link tryReserve} for several nodes in one statement: the rows are locked in id order (so
+   * concurrent batches cannot deadlock), and each is reserved only if it still qualifies. Returns
+   * the rows reserved; fewer than asked means some node no longer had room, and the caller must
+   * undo the others (a savepoint).
+   */
+  async tryReserveMany(db: Db, demands: Array<{ id: string; vcpus: number; memoryMiB: number; diskBytes: number }>): Promise<NodeRow[]> {
+    return rows<NodeRow>(db,
+      `UPDATE nodes n SET allocated_vcpus = n.allocated_vcpus + d.vcpus, allocated_memory_mib = n.allocated_memory_mib + d.memory_mib,
+         allocated_disk_bytes = n.allocated_disk_bytes + d.disk_bytes, version = n.version + 1, updated_at = now()
+       FROM (SELECT id FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) l,
+            unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[]) AS d(id, vcpus, memory_mib, disk_bytes)
+       WHERE n.id = l.id AND n.id = d.id AND n.status = 'ready' AND NOT n.cordoned AND NOT n.draining
+         AND n.allocated_vcpus + d.vcpus <= floor(n.vcpus * n.cpu_allocation_ratio)
+         AND n.allocated_memory_mib + d.memory_mib <= floor(n.memory_mib * n.memory_allocation_ratio)
+         AND n.allocated_disk_bytes + d.disk_bytes <= n.disk_bytes
+       RETURNING n.*`,
+      [demands.map((d) => d.id), demands.map((d) => d.vcpus), demands.map((d) => d.memoryMiB), demands.map((d) => d.diskBytes)],
+    );
+  }
+
   /** Savepoints around a batch of reservations, so a lost compare-and-swap undoes the ones before it. */
   async savepoint(db: Db, name: string): Promise<void> {
     await db.query(`SAVEPOINT ${name}`);

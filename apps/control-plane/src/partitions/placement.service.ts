@@ -7,7 +7,6 @@ import { ProjectRepository } from '../projects/project.repository';
 import { PartitionRepository } from './partition.repository';
 import { NodeCache } from '../nodes/node-cache';
 import { NodeRepository, NodeRow } from '../nodes/node.repository';
-import { nodeState } from '../nodes/nodes.service';
 
 /** What a partition asks of its placement (the `placement` object of a create request). */
 export interface PlacementSpec {
@@ -36,30 +35,10 @@ export interface PlacementDemand {
   imageInLibrary?: boolean;
 }
 
-/** A snapshot younger than this is current enough to refuse a placement on. */
-const FRESH_MS = 100;
-
 /** Attempts before giving up when concurrent placements keep taking the chosen capacity. */
 const MAX_ATTEMPTS = 5;
 
-/** A candidate as libs/scheduler sees it, from a node row. */
-export function candidateOf(n: NodeRow, groups: Record<string, number> = {}): NodeCandidate {
-  return {
-    id: n.id,
-    name: n.name,
-    state: nodeState(n) as NodeCandidate['state'],
-    capacity: { vcpus: n.vcpus, memoryMiB: Number(n.memory_mib), diskBytes: Number(n.disk_bytes) },
-    allocated: { vcpus: n.allocated_vcpus, memoryMiB: Number(n.allocated_memory_mib), diskBytes: Number(n.allocated_disk_bytes) },
-    cpuAllocationRatio: n.cpu_allocation_ratio,
-    memoryAllocationRatio: n.memory_allocation_ratio,
-    accelerator: n.accelerator,
-    cpuFlags: n.cpu_flags,
-    machineTypes: n.machine_types,
-    labels: n.labels,
-    images: n.images.map((i) => i.name),
-    groups,
-  };
-}
+export { candidateOf } from '../nodes/node-cache';
 
 /**
  * Places partitions with libs/scheduler and reserves their capacity in the caller's transaction.
@@ -115,21 +94,28 @@ export class PlacementService {
       imageRequirements: d.imageRequirements,
     }));
 
+    const asked = performance.now();
+    let readAfter: number | undefined;
     for (let attempt = 1; ; attempt++) {
-      const rowsNow = await this.cache.all(db, attempt > 1);
-      if (!demands[0]!.imageInLibrary && !rowsNow.some((n) => n.images.some((i) => i.name === image))) {
+      const snap = await this.cache.snapshot(db, readAfter);
+      if (!demands[0]!.imageInLibrary && !snap.images.has(image)) {
         throw ValidationError.field('image', `image '${image}' does not exist`);
       }
       const key = group ? groupKey(projectId, group.name) : undefined;
-      const candidates = rowsNow.map((n) => candidateOf(n, key && groupCounts.get(n.id) ? { [key]: groupCounts.get(n.id)! } : {}));
-      const results = placeMany(candidates, reqs, { config: { defaultStrategy: this.config.placementStrategy }, quota, usage });
+      const candidates = key && groupCounts.size ? snap.candidates.map((c) => (groupCounts.has(c.id) ? { ...c, groups: { [key]: groupCounts.get(c.id)! } } : c)) : snap.candidates;
+      const results = placeMany(candidates, reqs, { config: { defaultStrategy: this.config.placementStrategy }, quota, usage, baselines: snap.baselines });
       const refused = results.find((r) => !r.ok);
       if (refused && !refused.ok) {
-        // "No node fits" is a final answer only if the nodes it was judged on are current.
-        if (refused.kind === 'no-fit' && attempt === 1 && this.cache.age() > FRESH_MS) continue;
+        // "No node fits" is a final answer only if the nodes it was judged on were read after the
+        // request came (concurrent refusals share that one read).
+        if (refused.kind === 'no-fit' && this.cache.readStartedAt() < asked) {
+          readAfter = asked;
+          continue;
+        }
         throw rejectionError(refused);
       }
-      // Reserve per node, summed, in id order (a fixed order keeps concurrent batches from deadlocking).
+      // Reserve per node, summed; one statement takes the node rows in id order (a fixed order
+      // keeps concurrent batches from deadlocking) and reserves only where there is still room.
       const perNode = new Map<string, { vcpus: number; memoryMiB: number; diskBytes: number }>();
       const chosen = results.map((r, i) => {
         const id = (r as { node: NodeCandidate }).node.id;
@@ -140,23 +126,20 @@ export class PlacementService {
         perNode.set(id, t);
         return id;
       });
-      let lost = false;
-      await this.nodes.savepoint(db, 'place');
-      const reserved: NodeRow[] = [];
-      for (const [id, d] of [...perNode].sort((a, b) => a[0].localeCompare(b[0]))) {
-        const row = await this.nodes.tryReserve(db, id, d);
-        if (!row) {
-          lost = true;
-          break;
-        }
-        reserved.push(row);
-      }
+      const wanted = [...perNode].map(([id, d]) => ({ id, ...d }));
+      // One node: the single-row compare-and-swap either happens or not, nothing to undo. Several:
+      // a savepoint undoes the nodes that had room when one of them had not.
+      const several = wanted.length > 1;
+      if (several) await this.nodes.savepoint(db, 'place');
+      const reserved: NodeRow[] = several ? await this.nodes.tryReserveMany(db, wanted) : [await this.nodes.tryReserve(db, wanted[0]!.id, wanted[0]!)].filter((r): r is NodeRow => r !== undefined);
+      const lost = reserved.length < wanted.length;
       if (!lost) {
-        await this.nodes.releaseSavepoint(db, 'place');
+        if (several) await this.nodes.releaseSavepoint(db, 'place');
         for (const r of reserved) this.cache.update(r);
         return chosen;
       }
-      await this.nodes.rollbackToSavepoint(db, 'place');
+      if (several) await this.nodes.rollbackToSavepoint(db, 'place');
+      readAfter = performance.now();
       if (attempt >= MAX_ATTEMPTS) {
         throw rejectionError({ ok: false, kind: 'no-fit', reasons: [{ reason: 'contention', count: 1, message: 'capacity taken by concurrent placements' }], message: 'no node fits: capacity was taken by concurrent placements; retry' });
       }
