@@ -28,6 +28,8 @@ export interface Config {
   maxImageBytes: number;
   /** Largest virtual disk size an image may declare (bytes). */
   maxImageVirtualBytes: number;
+  /** Operations one replica runs at once (most of them only wait for a node's report). */
+  operationConcurrency: number;
 }
 
 /** A configuration value that does not parse; the message names the variable. */
@@ -96,6 +98,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     placementStrategy: strategy(env),
     maxImageBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_BYTES', 16 * 1024 ** 3),
     maxImageVirtualBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_VIRTUAL_BYTES', 4 * 1024 ** 4),
+    operationConcurrency: positiveInt(env, 'HYPERPLANE_OPERATION_CONCURRENCY', 256),
   };
 }
 

@@ -68,6 +68,11 @@ function poolOf(db: Db): { query(text: string, params: unknown[]): Promise<{ row
   return master && typeof master.query === 'function' ? master : undefined;
 }
 
+/** True when `db` is the DataSource or its own manager, i.e. no transaction is open on it. */
+export function outsideTransaction(db: Db, ds: DataSource): boolean {
+  return db === ds || db === ds.manager;
+}
+
 /** Runs an UPDATE/DELETE and returns how many rows it touched. */
 export async function affected(db: Db, text: string, params: unknown[] = []): Promise<number> {
   const res: unknown = await db.query(text, params);

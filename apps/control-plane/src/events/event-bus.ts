@@ -5,6 +5,7 @@ import { Redis } from 'ioredis';
 import { Logger } from 'pino';
 import { Config, CONFIG } from '../config';
 import { LOGGER, REDIS, REDIS_SUB } from '../common/tokens';
+import { Batcher } from '../common/batcher';
 
 /** A resource change, as the event stream (SSE, gRPC Watch) shows it. */
 export interface HpEvent {
@@ -23,19 +24,37 @@ export interface HpEvent {
  * Fan-out of resource changes to every replica through Redis pub/sub, then to local listeners
  * (event streams and operations waiting on a change). Events are notifications, not a log:
  * Postgres stays the source of truth, and a missed event is made good by the next read.
+ * Events published at the same moment travel as one message (a JSON array), and listeners
+ * of one resource are found by its id, not by asking every listener.
  */
 @Injectable()
 export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly local = new EventEmitter();
+  private readonly byResource = new Map<string, Set<(e: HpEvent) => void>>();
   private readonly channel: string;
   private readonly onMessage = (channel: string, message: string) => {
     if (channel !== this.channel) return;
+    let parsed: HpEvent | HpEvent[];
     try {
-      this.local.emit('event', JSON.parse(message) as HpEvent);
+      parsed = JSON.parse(message) as HpEvent | HpEvent[];
     } catch (e) {
       this.log.warn({ err: e }, 'dropped an unreadable event');
+      return;
     }
+    for (const e of Array.isArray(parsed) ? parsed : [parsed]) this.deliver(e);
   };
+  private readonly outbox = new Batcher<HpEvent, void>(
+    async (events) => {
+      try {
+        await this.redis.publish(this.channel, JSON.stringify(events));
+      } catch (err) {
+        this.log.warn({ err, events: events.length }, 'could not publish events');
+        for (const e of events) this.deliver(e);
+      }
+      return events.map(() => undefined);
+    },
+    { maxBatch: 1000, maxInFlight: 1 },
+  );
 
   constructor(
     @Inject(REDIS) private readonly redis: Redis,
@@ -55,22 +74,34 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async onModuleDestroy(): Promise<void> {
     this.sub.off('message', this.onMessage);
     this.local.removeAllListeners();
+    this.byResource.clear();
   }
 
   /** Publishes a change to every replica. Never throws: a lost notification is not an error. */
   async publish(e: Omit<HpEvent, 'id' | 'at'>): Promise<void> {
-    const event: HpEvent = { id: uuidv7(), at: new Date().toISOString(), ...e };
-    try {
-      await this.redis.publish(this.channel, JSON.stringify(event));
-    } catch (err) {
-      this.log.warn({ err, type: e.type }, 'could not publish event');
-      this.local.emit('event', event);
-    }
+    await this.outbox.call({ id: uuidv7(), at: new Date().toISOString(), ...e });
   }
 
   /** Calls `fn` for every event until the returned function is called. */
   subscribe(fn: (e: HpEvent) => void): () => void {
     this.local.on('event', fn);
     return () => this.local.off('event', fn);
+  }
+
+  /** Calls `fn` for every event about the resource `resourceId` until the returned function is called. */
+  subscribeTo(resourceId: string, fn: (e: HpEvent) => void): () => void {
+    let set = this.byResource.get(resourceId);
+    if (!set) this.byResource.set(resourceId, (set = new Set()));
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+      if (set.size === 0 && this.byResource.get(resourceId) === set) this.byResource.delete(resourceId);
+    };
+  }
+
+  private deliver(e: HpEvent): void {
+    this.local.emit('event', e);
+    const set = this.byResource.get(e.resourceId);
+    if (set) for (const fn of [...set]) fn(e);
   }
 }

@@ -36,8 +36,12 @@ export function candidateOf(n: NodeRow, groups: Record<string, number> = {}, cpu
 export interface NodeSnapshot {
   rows: readonly NodeRow[];
   candidates: readonly NodeCandidate[];
+  /** Node id → its position in `rows` and `candidates`. */
+  index: ReadonlyMap<string, number>;
   baselines: CpuBaselines;
   images: ReadonlySet<string>;
+  /** When the read behind it began (`performance.now()`). */
+  readAt: number;
 }
 
 /**
@@ -49,10 +53,8 @@ export interface NodeSnapshot {
  */
 @Injectable()
 export class NodeCache implements OnModuleInit, OnModuleDestroy {
-  private snap: NodeSnapshot = { rows: [], candidates: [], baselines: new CpuBaselines([]), images: new Set() };
-  private readonly index = new Map<string, number>();
+  private snap: NodeSnapshot = { rows: [], candidates: [], index: new Map(), baselines: new CpuBaselines([]), images: new Set(), readAt: -Infinity };
   private loadedAt = 0;
-  private readAt = 0;
   private loading: { promise: Promise<NodeSnapshot>; startedAt: number } | undefined;
   private unsubscribe: (() => void) | undefined;
 
@@ -89,7 +91,7 @@ export class NodeCache implements OnModuleInit, OnModuleDestroy {
    * that moment (`performance.now()`), so it holds every commit made before it. Concurrent callers share one read.
    */
   async snapshot(db: Db, readAfter?: number): Promise<NodeSnapshot> {
-    if (readAfter === undefined ? Date.now() - this.loadedAt < MAX_AGE_MS : this.readAt >= readAfter) return this.snap;
+    if (readAfter === undefined ? Date.now() - this.loadedAt < MAX_AGE_MS : this.snap.readAt >= readAfter) return this.snap;
     const need = readAfter ?? performance.now();
     if (this.loading && this.loading.startedAt >= need) return this.loading.promise;
     // A read under way may predate what the caller needs to see: queue one more after it.
@@ -98,9 +100,8 @@ export class NodeCache implements OnModuleInit, OnModuleDestroy {
     const promise = (async () => {
       await before;
       const r = await rows<NodeRow>(db, `SELECT * FROM nodes ORDER BY id`);
-      this.snap = this.build(r);
+      this.snap = this.build(r, startedAt);
       this.loadedAt = Date.now();
-      this.readAt = startedAt;
       return this.snap;
     })();
     const entry = { promise, startedAt };
@@ -112,14 +113,9 @@ export class NodeCache implements OnModuleInit, OnModuleDestroy {
     return promise;
   }
 
-  /** When the read behind the current snapshot began (`performance.now()`). */
-  readStartedAt(): number {
-    return this.readAt;
-  }
-
   /** Replaces one node in the snapshot with the row a reservation returned. */
   update(row: NodeRow): void {
-    const i = this.index.get(row.id);
+    const i = this.snap.index.get(row.id);
     const old = i === undefined ? undefined : this.snap.candidates[i];
     if (i === undefined || !old) return;
     const c = candidateOf(row, {}, old.cpuBaseline);
@@ -130,14 +126,14 @@ export class NodeCache implements OnModuleInit, OnModuleDestroy {
     (this.snap.candidates as NodeCandidate[])[i] = c;
   }
 
-  private build(rs: NodeRow[]): NodeSnapshot {
+  private build(rs: NodeRow[], readAt: number): NodeSnapshot {
     const prev = this.snap;
     const candidates: NodeCandidate[] = new Array(rs.length);
     const images = new Set<string>();
     let sameShape = rs.length === prev.rows.length;
     for (let k = 0; k < rs.length; k++) {
       const r = rs[k]!;
-      const j = this.index.get(r.id);
+      const j = prev.index.get(r.id);
       const old = j === undefined ? undefined : prev.candidates[j];
       // Rebuilding a candidate is cheap; the CPU-baseline key (a sort of ~100 flags) is kept
       // while the node reports the same flags.
@@ -146,9 +142,8 @@ export class NodeCache implements OnModuleInit, OnModuleDestroy {
       candidates[k] = c;
       for (const name of c.images) images.add(name);
     }
-    this.index.clear();
-    rs.forEach((r, k) => this.index.set(r.id, k));
-    return { rows: rs, candidates, baselines: sameShape ? prev.baselines : new CpuBaselines(candidates), images };
+    const index = new Map(rs.map((r, k) => [r.id, k]));
+    return { rows: rs, candidates, index, baselines: sameShape ? prev.baselines : new CpuBaselines(candidates), images, readAt };
   }
 }
 

@@ -1,11 +1,11 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { ValidationError } from '@hyperplane/domain';
-import { GroupRequirement, ImageRequirements, NodeCandidate, PlacementRequest, ProjectQuota, groupKey, placeMany, rejectionError } from '@hyperplane/scheduler';
+import { GroupRequirement, ImageRequirements, Placed, PlacementRequest, ProjectQuota, ProjectUsage, groupKey, placeMany, rejectionError, withPlacement } from '@hyperplane/scheduler';
 import { Config, CONFIG } from '../config';
 import { Db, lockForTransaction } from '../database/database';
 import { ProjectRepository } from '../projects/project.repository';
 import { PartitionRepository } from './partition.repository';
-import { NodeCache } from '../nodes/node-cache';
+import { NodeCache, NodeSnapshot } from '../nodes/node-cache';
 import { NodeRepository, NodeRow } from '../nodes/node.repository';
 
 /** What a partition asks of its placement (the `placement` object of a create request). */
@@ -34,6 +34,17 @@ export interface PlacementDemand {
   /** The image is in the project's library, so it exists even when no node has it in its store yet. */
   imageInLibrary?: boolean;
 }
+
+/** One create of a batch, as {@link PlacementService.placeBatch} sees it. */
+export interface BatchPlacement {
+  projectId: string;
+  demands: PlacementDemand[];
+  /** `performance.now()` when the request came: "no node fits" is final only on nodes read after it. */
+  asked: number;
+}
+
+/** What became of one create of a batch: its nodes, its refusal, or "place it by itself". */
+export type BatchPlacementResult = { ok: true; nodeIds: string[] } | { ok: false; error: Error } | { ok: false; retryAlone: true };
 
 /** Attempts before giving up when concurrent placements keep taking the chosen capacity. */
 const MAX_ATTEMPTS = 5;
@@ -68,7 +79,6 @@ export class PlacementService {
       if (!n) throw ValidationError.field('placement.node', `node '${spec.node}' does not exist`);
       pinnedId = n.id;
     }
-    const image = demands[0]!.image;
     const group: GroupRequirement | undefined = spec.group ? { name: spec.group, policy: spec.policy ?? 'anti-affinity', hard: spec.hard ?? true } : undefined;
     let groupCounts = new Map<string, number>();
     if (group) {
@@ -77,30 +87,14 @@ export class PlacementService {
     }
     const quota = await this.quotaOf(db, projectId);
     const usage = quota ? await this.partitions.usage(db, projectId) : undefined;
-    const reqs: PlacementRequest[] = demands.map((d) => ({
-      requestId: d.requestId,
-      projectId,
-      vcpus: d.vcpus,
-      memoryMiB: d.memoryMiB,
-      diskBytes: d.diskGiB * 1024 ** 3,
-      image: d.image,
-      node: pinnedId,
-      accelerator: spec.accelerator,
-      cpuFeatures: spec.cpuFeatures,
-      machineType: spec.machineType,
-      nodeSelector: spec.nodeSelector,
-      group,
-      strategy: spec.strategy,
-      imageRequirements: d.imageRequirements,
-    }));
+    const reqs = requestsOf(projectId, demands, pinnedId, group);
 
     const asked = performance.now();
     let readAfter: number | undefined;
     for (let attempt = 1; ; attempt++) {
       const snap = await this.cache.snapshot(db, readAfter);
-      if (!demands[0]!.imageInLibrary && !snap.images.has(image)) {
-        throw ValidationError.field('image', `image '${image}' does not exist`);
-      }
+      const missing = missingImage(snap, demands);
+      if (missing) throw missing;
       const key = group ? groupKey(projectId, group.name) : undefined;
       const candidates = key && groupCounts.size ? snap.candidates.map((c) => (groupCounts.has(c.id) ? { ...c, groups: { [key]: groupCounts.get(c.id)! } } : c)) : snap.candidates;
       const results = placeMany(candidates, reqs, { config: { defaultStrategy: this.config.placementStrategy }, quota, usage, baselines: snap.baselines });
@@ -108,42 +102,88 @@ export class PlacementService {
       if (refused && !refused.ok) {
         // "No node fits" is a final answer only if the nodes it was judged on were read after the
         // request came (concurrent refusals share that one read).
-        if (refused.kind === 'no-fit' && this.cache.readStartedAt() < asked) {
+        if (refused.kind === 'no-fit' && snap.readAt < asked) {
           readAfter = asked;
           continue;
         }
         throw rejectionError(refused);
       }
-      // Reserve per node, summed; one statement takes the node rows in id order (a fixed order
-      // keeps concurrent batches from deadlocking) and reserves only where there is still room.
-      const perNode = new Map<string, { vcpus: number; memoryMiB: number; diskBytes: number }>();
-      const chosen = results.map((r, i) => {
-        const id = (r as { node: NodeCandidate }).node.id;
-        const t = perNode.get(id) ?? { vcpus: 0, memoryMiB: 0, diskBytes: 0 };
-        t.vcpus += reqs[i]!.vcpus;
-        t.memoryMiB += reqs[i]!.memoryMiB;
-        t.diskBytes += reqs[i]!.diskBytes;
-        perNode.set(id, t);
-        return id;
-      });
-      const wanted = [...perNode].map(([id, d]) => ({ id, ...d }));
-      // One node: the single-row compare-and-swap either happens or not, nothing to undo. Several:
-      // a savepoint undoes the nodes that had room when one of them had not.
-      const several = wanted.length > 1;
-      if (several) await this.nodes.savepoint(db, 'place');
-      const reserved: NodeRow[] = several ? await this.nodes.tryReserveMany(db, wanted) : [await this.nodes.tryReserve(db, wanted[0]!.id, wanted[0]!)].filter((r): r is NodeRow => r !== undefined);
-      const lost = reserved.length < wanted.length;
-      if (!lost) {
-        if (several) await this.nodes.releaseSavepoint(db, 'place');
-        for (const r of reserved) this.cache.update(r);
-        return chosen;
-      }
-      if (several) await this.nodes.rollbackToSavepoint(db, 'place');
+      const perNode = new Map<string, Demand>();
+      const chosen = results.map((r, i) => addTo(perNode, (r as Placed).node.id, reqs[i]!));
+      if (await this.reserve(db, perNode)) return chosen;
       readAfter = performance.now();
-      if (attempt >= MAX_ATTEMPTS) {
-        throw rejectionError({ ok: false, kind: 'no-fit', reasons: [{ reason: 'contention', count: 1, message: 'capacity taken by concurrent placements' }], message: 'no node fits: capacity was taken by concurrent placements; retry' });
-      }
+      if (attempt >= MAX_ATTEMPTS) throw contentionError();
     }
+  }
+
+  /**
+   * Places the creates of a batch one after another, each all or nothing and each seeing what the
+   * ones before it took, then reserves everything in one statement; returns one result per create.
+   * Only for creates without a pinned node or a placement group (those take locks of their own:
+   * see {@link place}). A create refused on nodes read before it came, or whose capacity
+   * concurrent placements kept taking, is answered `retryAlone`: the caller places it by itself.
+   */
+  async placeBatch(db: Db, items: BatchPlacement[]): Promise<BatchPlacementResult[]> {
+    const projects = [...new Set(items.map((i) => i.projectId))].sort();
+    const quotas = new Map<string, ProjectQuota | undefined>();
+    const usageAtStart = new Map<string, ProjectUsage | undefined>();
+    for (const p of projects) {
+      const quota = await this.quotaOf(db, p);
+      quotas.set(p, quota);
+      usageAtStart.set(p, quota ? await this.partitions.usage(db, p) : undefined);
+    }
+    const reqsOf = items.map((it) => requestsOf(it.projectId, it.demands, undefined, undefined));
+    const options = { config: { defaultStrategy: this.config.placementStrategy } };
+    let readAfter: number | undefined;
+    for (let attempt = 1; ; attempt++) {
+      const snap = await this.cache.snapshot(db, readAfter);
+      const working = snap.candidates.slice();
+      const usage = new Map(usageAtStart);
+      const perNode = new Map<string, Demand>();
+      const results = items.map((it, k): BatchPlacementResult => {
+        const missing = missingImage(snap, it.demands);
+        if (missing) return { ok: false, error: missing };
+        const reqs = reqsOf[k]!;
+        const placed = placeMany(working, reqs, { ...options, quota: quotas.get(it.projectId), usage: usage.get(it.projectId), baselines: snap.baselines });
+        const refused = placed.find((r) => !r.ok);
+        if (refused && !refused.ok) return refused.kind === 'no-fit' && snap.readAt < it.asked ? { ok: false, retryAlone: true } : { ok: false, error: rejectionError(refused) };
+        const nodeIds = placed.map((r, i) => {
+          const id = (r as Placed).node.id;
+          const at = snap.index.get(id)!;
+          working[at] = withPlacement(working[at]!, reqs[i]!);
+          return addTo(perNode, id, reqs[i]!);
+        });
+        if (quotas.get(it.projectId)) {
+          const u = usage.get(it.projectId) ?? { partitions: 0, vcpus: 0, memoryMiB: 0 };
+          usage.set(it.projectId, { partitions: u.partitions + reqs.length, vcpus: u.vcpus + reqs.reduce((a, r) => a + r.vcpus, 0), memoryMiB: u.memoryMiB + reqs.reduce((a, r) => a + r.memoryMiB, 0) });
+        }
+        return { ok: true, nodeIds };
+      });
+      if (perNode.size === 0 || (await this.reserve(db, perNode))) return results;
+      readAfter = performance.now();
+      if (attempt >= MAX_ATTEMPTS) return results.map((r) => (r.ok ? { ok: false, retryAlone: true } : r));
+    }
+  }
+
+  /**
+   * Reserves the summed demand on each node, all or nothing: one statement takes the node rows in
+   * id order (a fixed order keeps concurrent batches from deadlocking) and reserves only where
+   * there is still room. False when some node no longer had room (nothing is then reserved).
+   */
+  private async reserve(db: Db, perNode: Map<string, Demand>): Promise<boolean> {
+    const wanted = [...perNode].map(([id, d]) => ({ id, ...d }));
+    // One node: the single-row compare-and-swap either happens or not, nothing to undo. Several:
+    // a savepoint undoes the nodes that had room when one of them had not.
+    const several = wanted.length > 1;
+    if (several) await this.nodes.savepoint(db, 'place');
+    const reserved: NodeRow[] = several ? await this.nodes.tryReserveMany(db, wanted) : [await this.nodes.tryReserve(db, wanted[0]!.id, wanted[0]!)].filter((r): r is NodeRow => r !== undefined);
+    if (reserved.length === wanted.length) {
+      if (several) await this.nodes.releaseSavepoint(db, 'place');
+      for (const r of reserved) this.cache.update(r);
+      return true;
+    }
+    if (several) await this.nodes.rollbackToSavepoint(db, 'place');
+    return false;
   }
 
   /** The project's quota, locked for the transaction when it has one (unlimited projects take no lock). */
@@ -153,4 +193,49 @@ export class PlacementService {
     await lockForTransaction(db, `quota:${projectId}`);
     return q;
   }
+}
+
+/** What a placement takes from a node. */
+type Demand = { vcpus: number; memoryMiB: number; diskBytes: number };
+
+/** Adds `req`'s demand to node `id`'s total; returns `id`. */
+function addTo(perNode: Map<string, Demand>, id: string, req: PlacementRequest): string {
+  const t = perNode.get(id) ?? { vcpus: 0, memoryMiB: 0, diskBytes: 0 };
+  t.vcpus += req.vcpus;
+  t.memoryMiB += req.memoryMiB;
+  t.diskBytes += req.diskBytes;
+  perNode.set(id, t);
+  return id;
+}
+
+/** The scheduler's requests for a create's demands. */
+function requestsOf(projectId: string, demands: PlacementDemand[], pinnedId: string | undefined, group: GroupRequirement | undefined): PlacementRequest[] {
+  const spec = demands[0]!.spec;
+  return demands.map((d) => ({
+    requestId: d.requestId,
+    projectId,
+    vcpus: d.vcpus,
+    memoryMiB: d.memoryMiB,
+    diskBytes: d.diskGiB * 1024 ** 3,
+    image: d.image,
+    node: pinnedId,
+    accelerator: spec.accelerator,
+    cpuFeatures: spec.cpuFeatures,
+    machineType: spec.machineType,
+    nodeSelector: spec.nodeSelector,
+    group,
+    strategy: spec.strategy,
+    imageRequirements: d.imageRequirements,
+  }));
+}
+
+/** The 400 for an image that is neither in the project's library nor on any node, or null. */
+function missingImage(snap: NodeSnapshot, demands: PlacementDemand[]): ValidationError | null {
+  const image = demands[0]!.image;
+  if (demands[0]!.imageInLibrary || snap.images.has(image)) return null;
+  return ValidationError.field('image', `image '${image}' does not exist`);
+}
+
+function contentionError(): Error {
+  return rejectionError({ ok: false, kind: 'no-fit', reasons: [{ reason: 'contention', count: 1, message: 'capacity taken by concurrent placements' }], message: 'no node fits: capacity was taken by concurrent placements; retry' });
 }
