@@ -11,6 +11,7 @@
  * The last line is JSON; `rssMiB` is the control plane's peak RSS over the whole run.
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { Agent, request } from 'node:http';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -69,6 +70,19 @@ function cpuSnapshot(p: { controlPlane: number; worker: number; bench: number })
   return { total: total / cores, busy: (total - idle) / cores, procs: { controlPlane: ticksOf(p.controlPlane), worker: ticksOf(p.worker), bench: ticksOf(p.bench), postgres: ticksOfComm('postgres'), redis: ticksOfComm('redis-server') } };
 }
 
+/** POSTs `body` and reads the whole answer; resolves with the status code. */
+function post(agent: Agent, base: string, path: string, headers: Record<string, string>, body: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(`${base}${path}`, { method: 'POST', agent, headers: { ...headers, 'content-length': Buffer.byteLength(body) } }, (res) => {
+      res.on('data', () => undefined);
+      res.on('end', () => resolve(res.statusCode ?? 0));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 /** Peak resident memory (VmHWM) of a process, in MiB. */
 function peakRssMiB(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -117,6 +131,9 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const batchMs: number[] = [];
     let failures = 0;
     let next = 0;
+    // node:http with kept-alive connections, one per client: fetch costs the load generator several
+    // times more CPU per request, and that CPU is taken from the machine under test.
+    const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
     const procs = { controlPlane: cp.proc.pid!, worker: worker.pid!, bench: process.pid };
     const cpu0 = cpuSnapshot(procs);
     const t0 = performance.now();
@@ -126,10 +143,9 @@ async function run(database: { url: string; name: string }): Promise<void> {
           const t = tasks[next++];
           if (!t) return;
           const s = performance.now();
-          const r = await fetch(`${base}/v1/partitions`, { method: 'POST', headers: th, body: JSON.stringify({ name: t.name, vcpus: 1, memoryMiB: 64, image: 'sample', ...(t.count ? { count: t.count } : {}) }) });
-          await r.arrayBuffer();
+          const status = await post(agent, base, '/v1/partitions', th, JSON.stringify({ name: t.name, vcpus: 1, memoryMiB: 64, image: 'sample', ...(t.count ? { count: t.count } : {}) }));
           const ms = performance.now() - s;
-          if (r.status !== 202) {
+          if (status !== 202) {
             failures++;
             continue;
           }
@@ -139,6 +155,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
       }),
     );
     const seconds = (performance.now() - t0) / 1000;
+    agent.destroy();
     const cpu1 = cpuSnapshot(procs);
     const placed = latencies.length;
     const placementsPerSecond = placed / seconds;
