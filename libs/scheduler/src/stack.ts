@@ -128,12 +128,11 @@ export function place(nodes: readonly NodeCandidate[], req: PlacementRequest, op
  */
 export function placeMany(nodes: readonly NodeCandidate[], reqs: readonly PlacementRequest[], opts: PlaceOptions = {}): PlacementResult[] {
   const cluster = prepare(nodes, opts.baselines);
-  const index = new Map(cluster.nodes.map((n, i) => [n.id, i]));
   let usage = opts.usage;
   return reqs.map((req) => {
     const r = placeIn(cluster, req, { ...opts, usage });
     if (r.ok) {
-      cluster.nodes[index.get(r.node.id)!] = withPlacement(r.node, req);
+      cluster.nodes[cluster.chosen] = withPlacement(r.node, req);
       const u = usage ?? { partitions: 0, vcpus: 0, memoryMiB: 0 };
       usage = { partitions: u.partitions + 1, vcpus: u.vcpus + req.vcpus, memoryMiB: u.memoryMiB + req.memoryMiB };
     }
@@ -172,6 +171,8 @@ interface Cluster {
   /** Indices into `nodes`, ordered by node id: the input of the shuffle. */
   byId: number[];
   baselines: CpuBaselines;
+  /** Index in `nodes` of the node the last successful {@link placeIn} chose. */
+  chosen: number;
 }
 
 function prepare(nodes: readonly NodeCandidate[], baselines?: CpuBaselines): Cluster {
@@ -180,7 +181,7 @@ function prepare(nodes: readonly NodeCandidate[], baselines?: CpuBaselines): Clu
   let sorted = true;
   for (let i = 1; i < nodes.length && sorted; i++) sorted = nodes[i - 1].id < nodes[i].id;
   const byId = sorted ? all.slice() : all.slice().sort((a, b) => cmp(nodes[a].id, nodes[b].id));
-  return { nodes: nodes.slice(), all, byId, baselines: baselines ?? new CpuBaselines(nodes) };
+  return { nodes: nodes.slice(), all, byId, baselines: baselines ?? new CpuBaselines(nodes), chosen: -1 };
 }
 
 function noFit(reason: string, detail: string): Rejected {
@@ -224,6 +225,8 @@ function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): P
   const scorerWeights = scorers.map(weight);
   const weightSum = scorerWeights.reduce((a, b) => a + b, 0);
 
+  // Filters that cannot refuse any node for this request are not asked at all.
+  const filters = FILTERS.filter((f) => !f.applies || f.applies(req, ctx));
   const tally = new Map<string, ReasonCount>();
   const parts = new Float64Array(scorers.length);
   let bestParts = new Float64Array(scorers.length);
@@ -233,7 +236,7 @@ function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): P
 
   visit: for (const i of candidates) {
     const node = nodes[i];
-    for (const filter of FILTERS) {
+    for (const filter of filters) {
       const no = filter.check(node, req, ctx);
       if (no !== null) {
         const key = `${no.reason}\n${no.message}`;
@@ -263,6 +266,7 @@ function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): P
   if (best < 0) {
     return { ok: false, kind: 'no-fit', reasons: rejected, message: `no node fits: ${describeReasons(rejected)}` };
   }
+  cluster.chosen = best;
   const scores: Partial<ScorerWeights> = {};
   scorers.forEach((sc, i) => (scores[sc.name] = bestParts[i]));
   return {
