@@ -12,7 +12,7 @@
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { Agent, request } from 'node:http';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -39,11 +39,13 @@ interface CpuSnapshot {
   total: number;
   busy: number;
   procs: { controlPlane: number; worker: number; bench: number; postgres: number; redis: number };
+  /** The control plane's time in the kernel (system calls: sockets to PostgreSQL, Redis, clients). */
+  controlPlaneSys: number;
 }
 
-function ticksOf(pid: number): number {
+function ticksOf(pid: number, fields: [number, number] = [11, 13]): number {
   try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(11, 13).reduce((a, b) => a + Number(b), 0);
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(...fields).reduce((a, b) => a + Number(b), 0);
   } catch {
     return 0; // exited meanwhile
   }
@@ -67,7 +69,7 @@ function cpuSnapshot(p: { controlPlane: number; worker: number; bench: number })
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
   const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
   const idle = f[3]! + f[4]!;
-  return { total: total / cores, busy: (total - idle) / cores, procs: { controlPlane: ticksOf(p.controlPlane), worker: ticksOf(p.worker), bench: ticksOf(p.bench), postgres: ticksOfComm('postgres'), redis: ticksOfComm('redis-server') } };
+  return { total: total / cores, busy: (total - idle) / cores, controlPlaneSys: ticksOf(p.controlPlane, [12, 13]), procs: { controlPlane: ticksOf(p.controlPlane), worker: ticksOf(p.worker), bench: ticksOf(p.bench), postgres: ticksOfComm('postgres'), redis: ticksOfComm('redis-server') } };
 }
 
 /** POSTs `body` and reads the whole answer; resolves with the status code. */
@@ -96,13 +98,16 @@ async function main(): Promise<void> {
 async function run(database: { url: string; name: string }): Promise<void> {
   const dbUrl = database.url;
   const dir = mkdtempSync(join(tmpdir(), 'hp-bench-sched-'));
+  // The 1,000 hollow nodes stand for 1,000 machines, each with its own disk: their partition
+  // records go to memory (tmpfs) where there is one, not to the disk PostgreSQL writes its WAL to.
+  const nodesDir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'hp-bench-nodes-'));
   const children: ChildProcess[] = [];
   try {
     const cp = await startControlPlane(database, join(dir, 'cp'));
     children.push(cp.proc);
     const base = cp.base;
     const env = cp.env;
-    const worker = spawn(process.execPath, [join(ROOT, 'apps/worker/dist/main.js'), '--node', 'hollow', '--address', '127.0.0.1', '--control-plane', cp.grpcAddress, '--data-dir', join(dir, 'nodes'), '--driver', 'simulated', '--count', String(NODES), '--sim-start-ms', '200'], { env: { ...env, HYPERPLANE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'ignore', 'inherit'] });
+    const worker = spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/worker/dist/main.js'), '--node', 'hollow', '--address', '127.0.0.1', '--control-plane', cp.grpcAddress, '--data-dir', nodesDir, '--driver', 'simulated', '--count', String(NODES), '--sim-start-ms', '200'], { env: { ...env, HYPERPLANE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'ignore', 'inherit'] });
     children.push(worker);
     const db = new Client({ connectionString: dbUrl });
     await db.connect();
@@ -203,12 +208,13 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`operations: ${JSON.stringify(opCounts)}; all final ${opsDoneSeconds.toFixed(2)} s after the first create${unfinished ? ` (TIMED OUT with ${unfinished} unfinished)` : ''}; partitions by state ${states.map((r) => `${r.state} ${r.n}`).join(', ')}`);
     console.log(`pgbench single-row insert, 8 clients: ${pgbenchTps.toFixed(0)} tps`);
     console.log(`control-plane RSS: ${rssAtPlaced} MiB when placed, peak ${rssPeak} MiB (goal <= 400); control-plane CPU per placement: ${(((cpu1.procs.controlPlane - cpu0.procs.controlPlane) * 10) / Math.max(1, placed)).toFixed(2)} ms while placing, ${(((cpu2.procs.controlPlane - cpu0.procs.controlPlane) * 10) / Math.max(1, placed)).toFixed(2)} ms placing + running the operations`);
-    console.log(`CPU while placing: ${busy(cpu0, cpu1)}; ${share(cpu0, cpu1, 'controlPlane')}, ${share(cpu0, cpu1, 'worker')}, ${share(cpu0, cpu1, 'bench')}, ${share(cpu0, cpu1, 'postgres')}, ${share(cpu0, cpu1, 'redis')} (of one core); load average before ${loadBefore}, after ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+    console.log(`CPU while placing: ${busy(cpu0, cpu1)}; ${share(cpu0, cpu1, 'controlPlane')} (kernel ${(((cpu1.controlPlaneSys - cpu0.controlPlaneSys) / (cpu1.total - cpu0.total)) * 100).toFixed(0)}%), ${share(cpu0, cpu1, 'worker')}, ${share(cpu0, cpu1, 'bench')}, ${share(cpu0, cpu1, 'postgres')}, ${share(cpu0, cpu1, 'redis')} (of one core); load average before ${loadBefore}, after ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
     console.log(`overcommitted nodes: ${overcommitted}`);
     console.log(JSON.stringify({ placementsPerSecond: Math.round(placementsPerSecond), pgbenchTps: Math.round(pgbenchTps), p50Ms: Number(pct(latencies, 50).toFixed(1)), p99Ms: Number(pct(latencies, 99).toFixed(1)), overcommittedNodes: overcommitted, rssMiB: rssPeak, operationsUnfinished: unfinished, operationsFailed: opCounts.failed ?? 0, allOperationsDoneSeconds: Number(opsDoneSeconds.toFixed(2)) }));
   } finally {
     await stopAll(children);
     rmSync(dir, { recursive: true, force: true });
+    rmSync(nodesDir, { recursive: true, force: true });
   }
 }
 

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Inject, Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
 import { uuidv7 } from '@hyperplane/domain';
@@ -20,36 +21,47 @@ export interface HpEvent {
   data: unknown;
 }
 
+/** What travels on the events channel: the events one replica published at one moment. */
+interface EventMessage {
+  origin: string;
+  events: HpEvent[];
+}
+
 /**
  * Fan-out of resource changes to every replica through Redis pub/sub, then to local listeners
  * (event streams and operations waiting on a change). Events are notifications, not a log:
  * Postgres stays the source of truth, and a missed event is made good by the next read.
- * Events published at the same moment travel as one message (a JSON array), and listeners
- * of one resource are found by its id, not by asking every listener.
+ * Events published at the same moment travel as one message; the publishing replica's own
+ * listeners hear them at once, not back from Redis; listeners of one resource are found by its
+ * id, not by asking every listener.
  */
 @Injectable()
 export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly local = new EventEmitter();
   private readonly byResource = new Map<string, Set<(e: HpEvent) => void>>();
   private readonly channel: string;
+  /** Tags this replica's messages, so it does not deliver its own events a second time. */
+  private readonly origin = randomUUID();
   private readonly onMessage = (channel: string, message: string) => {
     if (channel !== this.channel) return;
-    let parsed: HpEvent | HpEvent[];
+    let parsed: HpEvent | HpEvent[] | EventMessage;
     try {
-      parsed = JSON.parse(message) as HpEvent | HpEvent[];
+      parsed = JSON.parse(message) as HpEvent | HpEvent[] | EventMessage;
     } catch (e) {
       this.log.warn({ err: e }, 'dropped an unreadable event');
       return;
     }
-    for (const e of Array.isArray(parsed) ? parsed : [parsed]) this.deliver(e);
+    if (Array.isArray(parsed)) for (const e of parsed) this.deliver(e);
+    else if ('events' in parsed) {
+      if (parsed.origin !== this.origin) for (const e of parsed.events) this.deliver(e);
+    } else this.deliver(parsed);
   };
   private readonly outbox = new Batcher<HpEvent, void>(
     async (events) => {
       try {
-        await this.redis.publish(this.channel, JSON.stringify(events));
+        await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events } satisfies EventMessage));
       } catch (err) {
-        this.log.warn({ err, events: events.length }, 'could not publish events');
-        for (const e of events) this.deliver(e);
+        this.log.warn({ err, events: events.length }, 'could not publish events to the other replicas');
       }
       return events.map(() => undefined);
     },
@@ -77,9 +89,14 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
     this.byResource.clear();
   }
 
-  /** Publishes a change to every replica. Never throws: a lost notification is not an error. */
+  /**
+   * Publishes a change to every replica: this one's listeners at once, the others' through Redis.
+   * Never throws: a lost notification is not an error.
+   */
   async publish(e: Omit<HpEvent, 'id' | 'at'>): Promise<void> {
-    await this.outbox.call({ id: uuidv7(), at: new Date().toISOString(), ...e });
+    const event: HpEvent = { id: uuidv7(), at: new Date().toISOString(), ...e };
+    this.deliver(event);
+    await this.outbox.call(event);
   }
 
   /** Calls `fn` for every event until the returned function is called. */
@@ -99,9 +116,22 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
     };
   }
 
+  /** Hands an event to the listeners here; one that throws is logged, the others still hear it. */
   private deliver(e: HpEvent): void {
-    this.local.emit('event', e);
+    try {
+      this.local.emit('event', e);
+    } catch (err) {
+      this.log.warn({ err, type: e.type }, 'an event listener failed');
+    }
     const set = this.byResource.get(e.resourceId);
-    if (set) for (const fn of [...set]) fn(e);
+    if (set) {
+      for (const fn of [...set]) {
+        try {
+          fn(e);
+        } catch (err) {
+          this.log.warn({ err, type: e.type }, 'an event listener failed');
+        }
+      }
+    }
   }
 }

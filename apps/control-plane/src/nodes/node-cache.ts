@@ -113,7 +113,11 @@ export class NodeCache implements OnModuleInit, OnModuleDestroy {
     return promise;
   }
 
-  /** Replaces one node in the snapshot with the row a reservation returned. */
+  /**
+   * Replaces one node in the snapshot with the row a reservation returned. Allocations never go
+   * below what the snapshot already shows: it may hold placements of this replica still reserving
+   * (see {@link reserveAhead}); the next load settles them.
+   */
   update(row: NodeRow): void {
     const i = this.snap.index.get(row.id);
     const old = i === undefined ? undefined : this.snap.candidates[i];
@@ -122,8 +126,23 @@ export class NodeCache implements OnModuleInit, OnModuleDestroy {
     // A reservation changes allocations only; if anything the baselines depend on moved, the next
     // placement reloads rather than trust them.
     if (c.state !== old.state || c.cpuFlags.length !== old.cpuFlags.length) this.loadedAt = 0;
+    c.allocated = { vcpus: Math.max(c.allocated.vcpus, old.allocated.vcpus), memoryMiB: Math.max(c.allocated.memoryMiB, old.allocated.memoryMiB), diskBytes: Math.max(c.allocated.diskBytes, old.allocated.diskBytes) };
     (this.snap.rows as NodeRow[])[i] = row;
     (this.snap.candidates as NodeCandidate[])[i] = c;
+  }
+
+  /**
+   * Counts placements chosen here but not yet reserved in the database, so that placements made
+   * meanwhile on this replica look elsewhere instead of queueing on the same node rows.
+   */
+  reserveAhead(perNode: ReadonlyMap<string, { vcpus: number; memoryMiB: number; diskBytes: number }>): void {
+    const cands = this.snap.candidates as NodeCandidate[];
+    for (const [id, d] of perNode) {
+      const i = this.snap.index.get(id);
+      const c = i === undefined ? undefined : cands[i];
+      if (i === undefined || !c) continue;
+      cands[i] = { ...c, allocated: { vcpus: c.allocated.vcpus + d.vcpus, memoryMiB: c.allocated.memoryMiB + d.memoryMiB, diskBytes: c.allocated.diskBytes + d.diskBytes } };
+    }
   }
 
   private build(rs: NodeRow[], readAt: number): NodeSnapshot {

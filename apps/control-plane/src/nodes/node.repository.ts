@@ -98,17 +98,23 @@ export class NodeRepository {
 
   /**
    * Records heartbeats of many nodes in one statement; nodes that were unreachable become ready
-   * again. Returns the rows whose status changed.
+   * again. A node row locked at that moment (a placement reserving on it) is skipped rather than
+   * waited for: it is in `missed`, for the next flush, and no placement ever queues behind a
+   * heartbeat. Returns the rows whose status changed, and the ids missed.
    */
-  async heartbeats(ids: string[], replica: string): Promise<NodeRow[]> {
-    return rows<NodeRow>(this.ds,
+  async heartbeats(ids: string[], replica: string): Promise<{ changed: NodeRow[]; missed: string[] }> {
+    const done = await rows<{ id: string; changed: boolean }>(this.ds,
       `UPDATE nodes n SET last_heartbeat_at = now(), status = 'ready', connected_to = $2,
          version = CASE WHEN o.status = 'ready' THEN n.version ELSE n.version + 1 END,
          updated_at = CASE WHEN o.status = 'ready' THEN n.updated_at ELSE now() END
-       FROM (SELECT id, status FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) o
-       WHERE n.id = o.id RETURNING n.*, (o.status <> 'ready') AS changed`,
+       FROM (SELECT id, status FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED) o
+       WHERE n.id = o.id RETURNING n.id, (o.status <> 'ready') AS changed`,
       [ids, replica],
-    ).then((r) => r.filter((x) => (x as NodeRow & { changed: boolean }).changed));
+    );
+    const got = new Set(done.map((d) => d.id));
+    const changedIds = done.filter((d) => d.changed).map((d) => d.id);
+    const changed = changedIds.length ? await rows<NodeRow>(this.ds, `SELECT * FROM nodes WHERE id = ANY($1::uuid[])`, [changedIds]) : [];
+    return { changed, missed: ids.filter((id) => !got.has(id)) };
   }
 
   /** Marks nodes whose last heartbeat is older than `timeoutMs` unreachable; returns them. */

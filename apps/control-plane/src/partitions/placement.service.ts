@@ -171,6 +171,7 @@ export class PlacementService {
    * there is still room. False when some node no longer had room (nothing is then reserved).
    */
   private async reserve(db: Db, perNode: Map<string, Demand>): Promise<boolean> {
+    this.cache.reserveAhead(perNode);
     const wanted = [...perNode].map(([id, d]) => ({ id, ...d }));
     // One node: the single-row compare-and-swap either happens or not, nothing to undo. Several:
     // a savepoint undoes the nodes that had room when one of them had not.
