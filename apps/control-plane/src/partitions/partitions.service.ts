@@ -157,11 +157,27 @@ export class PartitionsService {
    * policy once per image, placement of each in turn on one snapshot and one reservation statement
    * for all, one insert of all partitions and one of all operations. A create refused by what the
    * batch cannot judge exactly for it alone (a shared image limit, a name asked twice, nodes read
-   * before it came) is redone by itself afterwards.
+   * before it came) is redone by itself afterwards. If the transaction fails as a whole (a name
+   * taken meanwhile by another replica, a deadlock), each create is tried again in a batch of its
+   * own. Never rejects: every create gets its own outcome.
    */
   private async createBatch(reqs: CreateRequest[]): Promise<CreateOutcome[]> {
     const outcomes: CreateOutcome[] = new Array(reqs.length);
     const alone: number[] = [];
+    try {
+      await this.batchTransaction(reqs, outcomes, alone);
+    } catch (error) {
+      if (reqs.length === 1) return [{ ok: false, error }];
+      return (await Promise.all(reqs.map((r) => this.createBatch([r])))).map((o) => o[0]!);
+    }
+    await Promise.all(alone.map(async (k) => {
+      outcomes[k] = await this.createAlone(reqs[k]!).then((value): CreateOutcome => ({ ok: true, value }), (error: unknown): CreateOutcome => ({ ok: false, error }));
+    }));
+    return outcomes;
+  }
+
+  /** The transaction of {@link createBatch}: fills `outcomes`, and `alone` with the creates to redo by themselves. */
+  private async batchTransaction(reqs: CreateRequest[], outcomes: CreateOutcome[], alone: number[]): Promise<void> {
     await this.tx.run(
       { scope: 'partitions', name: 'partitions.create', input: null },
       async (db) => {
@@ -212,14 +228,11 @@ export class PartitionsService {
         }
         return [{ partitions: rowsIn.map(partitionView), operations: ops.map(operationView) }];
       },
+      // Committed: from here on nothing may fail the batch (its creates exist).
       async (created) => {
-        for (const c of created) await this.announce(c.partitions, c.operations);
+        for (const c of created) await this.announce(c.partitions, c.operations).catch(() => undefined);
       },
     );
-    await Promise.all(alone.map(async (k) => {
-      outcomes[k] = await this.createAlone(reqs[k]!).then((value): CreateOutcome => ({ ok: true, value }), (error: unknown): CreateOutcome => ({ ok: false, error }));
-    }));
-    return outcomes;
   }
 
   /** After commit: queue the create operations' jobs and tell the event streams. */
