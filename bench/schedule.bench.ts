@@ -103,7 +103,10 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const nodesDir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'hp-bench-nodes-'));
   const children: ChildProcess[] = [];
   try {
-    const cp = await startControlPlane(database, join(dir, 'cp'));
+    // BENCH_CP_ENV='K=V K=V' adds control-plane settings (experiments; printed below when set).
+    const cpEnv = Object.fromEntries((process.env.BENCH_CP_ENV ?? '').split(' ').filter(Boolean).map((kv) => kv.split('=', 2) as [string, string]));
+    if (Object.keys(cpEnv).length) console.log(`control-plane settings: ${JSON.stringify(cpEnv)}`);
+    const cp = await startControlPlane(database, join(dir, 'cp'), cpEnv);
     children.push(cp.proc);
     const base = cp.base;
     const env = cp.env;

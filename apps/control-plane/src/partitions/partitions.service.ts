@@ -87,7 +87,7 @@ function answerOf(req: CreateRequest, partitions: PartitionView[], operations: O
 /** Default disk when the request names none. */
 const DEFAULT_DISK_GIB = 1;
 /** Most partitions one batch of creates commits at once. */
-const MAX_BATCH_PARTITIONS = 1000;
+const MAX_BATCH_PARTITIONS = 300;
 /** Largest console tail one request returns. */
 const MAX_CONSOLE_BYTES = 1024 * 1024;
 
@@ -110,7 +110,7 @@ export class PartitionsService {
   ) {}
 
   /** Creates arriving together, committed together (see {@link create}). */
-  private readonly creates = new Batcher<CreateRequest, CreateOutcome>((reqs) => this.createBatch(reqs), { maxBatch: MAX_BATCH_PARTITIONS, weight: (r) => r.names.length, maxInFlight: 2 });
+  private readonly creates = new Batcher<CreateRequest, CreateOutcome>((reqs) => this.createBatch(reqs), { maxBatch: MAX_BATCH_PARTITIONS, weight: (r) => r.names.length, maxInFlight: 3 });
 
   /**
    * Creates a partition (or `count` of them, named NAME-1..NAME-N, all or nothing), places it, and
@@ -228,9 +228,10 @@ export class PartitionsService {
         }
         return [{ partitions: rowsIn.map(partitionView), operations: ops.map(operationView) }];
       },
-      // Committed: from here on nothing may fail the batch (its creates exist).
+      // Committed: from here on nothing may fail the batch (its creates exist). The jobs and events
+      // go out while the creates are answered (the sweep queues any job Redis missed).
       async (created) => {
-        for (const c of created) await this.announce(c.partitions, c.operations).catch(() => undefined);
+        for (const c of created) void this.announce(c.partitions, c.operations).catch(() => undefined);
       },
     );
   }
