@@ -3,7 +3,7 @@ import { CancelledError, DomainError, isFinal } from '@hyperplane/domain';
 import { Job } from 'bullmq';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { Config, CONFIG } from '../config';
+import { Config, CONFIG, runsOperations } from '../config';
 import { EventBus } from '../events/event-bus';
 import { OperationJobData, OperationQueueRepository } from './operation-queue.repository';
 import { OperationError, OperationRepository, OperationRow } from './operation.repository';
@@ -57,7 +57,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   }
 
   async onApplicationBootstrap(): Promise<void> {
-    if (process.env.HYPERPLANE_NO_OPERATION_WORKER === '1') return;
+    if (process.env.HYPERPLANE_NO_OPERATION_WORKER === '1' || !runsOperations(this.config.role)) return;
     this.started = true;
     this.unsubscribe = this.events.subscribe((e) => {
       if (e.type === 'operation.cancel-requested') this.running.get(e.resourceId)?.abort();
