@@ -51,6 +51,8 @@ function ticksOf(pid: number, fields: [number, number] = [11, 13]): number {
   }
 }
 
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+
 /** Sum over every process whose command is `comm` (all PostgreSQL backends, for instance). */
 function ticksOfComm(comm: string): number {
   let sum = 0;
@@ -65,11 +67,11 @@ function ticksOfComm(comm: string): number {
   return sum;
 }
 
-function cpuSnapshot(p: { controlPlane: number; worker: number; bench: number }): CpuSnapshot {
+function cpuSnapshot(p: { controlPlane: number[]; worker: number; bench: number }): CpuSnapshot {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
   const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
   const idle = f[3]! + f[4]!;
-  return { total: total / cores, busy: (total - idle) / cores, controlPlaneSys: ticksOf(p.controlPlane, [12, 13]), procs: { controlPlane: ticksOf(p.controlPlane), worker: ticksOf(p.worker), bench: ticksOf(p.bench), postgres: ticksOfComm('postgres'), redis: ticksOfComm('redis-server') } };
+  return { total: total / cores, busy: (total - idle) / cores, controlPlaneSys: sum(p.controlPlane.map((pid) => ticksOf(pid, [12, 13]))), procs: { controlPlane: sum(p.controlPlane.map((pid) => ticksOf(pid))), worker: ticksOf(p.worker), bench: ticksOf(p.bench), postgres: ticksOfComm('postgres'), redis: ticksOfComm('redis-server') } };
 }
 
 /** POSTs `body` and reads the whole answer; resolves with the status code. */
@@ -106,11 +108,21 @@ async function run(database: { url: string; name: string }): Promise<void> {
     // BENCH_CP_ENV='K=V K=V' adds control-plane settings (experiments; printed below when set).
     const cpEnv = Object.fromEntries((process.env.BENCH_CP_ENV ?? '').split(' ').filter(Boolean).map((kv) => kv.split('=', 2) as [string, string]));
     if (Object.keys(cpEnv).length) console.log(`control-plane settings: ${JSON.stringify(cpEnv)}`);
-    const cp = await startControlPlane(database, join(dir, 'cp'), cpEnv);
+    // BENCH_ROLES=split runs the control plane as two processes (HYPERPLANE_ROLE): `api` takes the
+    // creates, `operations` runs the operations and holds the 1,000 agent streams. Default: one
+    // process (role `all`).
+    const split = process.env.BENCH_ROLES === 'split';
+    const cp = await startControlPlane(database, join(dir, 'cp'), { ...cpEnv, ...(split ? { HYPERPLANE_ROLE: 'api' } : {}) });
     children.push(cp.proc);
+    const opsCp = split ? await startControlPlane(database, join(dir, 'cp-ops'), { ...cpEnv, HYPERPLANE_ROLE: 'operations' }) : cp;
+    if (split) {
+      children.push(opsCp.proc);
+      console.log('control plane: two processes, HYPERPLANE_ROLE=api (creates) and HYPERPLANE_ROLE=operations (operations, agent streams)');
+    }
+    const cpPids = split ? [cp.proc.pid!, opsCp.proc.pid!] : [cp.proc.pid!];
     const base = cp.base;
     const env = cp.env;
-    const worker = spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/worker/dist/main.js'), '--node', 'hollow', '--address', '127.0.0.1', '--control-plane', cp.grpcAddress, '--data-dir', nodesDir, '--driver', 'simulated', '--count', String(NODES), '--sim-start-ms', '200'], { env: { ...env, HYPERPLANE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'ignore', 'inherit'] });
+    const worker = spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/worker/dist/main.js'), '--node', 'hollow', '--address', '127.0.0.1', '--control-plane', opsCp.grpcAddress, '--data-dir', nodesDir, '--driver', 'simulated', '--count', String(NODES), '--sim-start-ms', '200'], { env: { ...env, HYPERPLANE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'ignore', 'inherit'] });
     children.push(worker);
     const db = new Client({ connectionString: dbUrl });
     await db.connect();
@@ -142,7 +154,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     // node:http with kept-alive connections, one per client: fetch costs the load generator several
     // times more CPU per request, and that CPU is taken from the machine under test.
     const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-    const procs = { controlPlane: cp.proc.pid!, worker: worker.pid!, bench: process.pid };
+    const procs = { controlPlane: cpPids, worker: worker.pid!, bench: process.pid };
     const cpu0 = cpuSnapshot(procs);
     const t0 = performance.now();
     await Promise.all(
@@ -167,7 +179,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const cpu1 = cpuSnapshot(procs);
     const placed = latencies.length;
     const placementsPerSecond = placed / seconds;
-    const rssAtPlaced = rssMiB(cp.proc.pid!);
+    const rssAtPlaced = Math.round(sum(cpPids.map(rssMiB)) * 10) / 10;
 
     // Every create started an operation (BullMQ job → node told → node's report → finished): wait
     // for all of them, so the run ends with every partition really running, or says which did not.
@@ -183,7 +195,8 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const opsDoneSeconds = (performance.now() - t0) / 1000;
     const cpu2 = cpuSnapshot(procs);
     const { rows: states } = await db.query(`SELECT state, count(*)::int AS n FROM partitions GROUP BY state ORDER BY state`);
-    const rssPeak = peakRssMiB(cp.proc.pid!);
+    const rssPeaks = cpPids.map(peakRssMiB);
+    const rssPeak = Math.round(sum(rssPeaks) * 10) / 10;
 
     const { rows: over } = await db.query(
       `SELECT count(*)::int AS n FROM nodes n WHERE n.allocated_vcpus > floor(n.vcpus * n.cpu_allocation_ratio)
@@ -210,7 +223,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`placement latency: p50 ${pct(latencies, 50).toFixed(1)} ms, p99 ${pct(latencies, 99).toFixed(1)} ms (goal p99 <= 250); single creates p50 ${pct(singleMs, 50).toFixed(1)} / p99 ${pct(singleMs, 99).toFixed(1)} ms, count=${BATCH} creates p50 ${pct(batchMs, 50).toFixed(1)} / p99 ${pct(batchMs, 99).toFixed(1)} ms`);
     console.log(`operations: ${JSON.stringify(opCounts)}; all final ${opsDoneSeconds.toFixed(2)} s after the first create${unfinished ? ` (TIMED OUT with ${unfinished} unfinished)` : ''}; partitions by state ${states.map((r) => `${r.state} ${r.n}`).join(', ')}`);
     console.log(`pgbench single-row insert, 8 clients: ${pgbenchTps.toFixed(0)} tps`);
-    console.log(`control-plane RSS: ${rssAtPlaced} MiB when placed, peak ${rssPeak} MiB (goal <= 400); control-plane CPU per placement: ${(((cpu1.procs.controlPlane - cpu0.procs.controlPlane) * 10) / Math.max(1, placed)).toFixed(2)} ms while placing, ${(((cpu2.procs.controlPlane - cpu0.procs.controlPlane) * 10) / Math.max(1, placed)).toFixed(2)} ms placing + running the operations`);
+    console.log(`control-plane RSS: ${rssAtPlaced} MiB when placed, peak ${rssPeak} MiB${split ? ` (api ${rssPeaks[0]} + operations ${rssPeaks[1]})` : ''} (goal <= 400); control-plane CPU per placement: ${(((cpu1.procs.controlPlane - cpu0.procs.controlPlane) * 10) / Math.max(1, placed)).toFixed(2)} ms while placing, ${(((cpu2.procs.controlPlane - cpu0.procs.controlPlane) * 10) / Math.max(1, placed)).toFixed(2)} ms placing + running the operations`);
     console.log(`CPU while placing: ${busy(cpu0, cpu1)}; ${share(cpu0, cpu1, 'controlPlane')} (kernel ${(((cpu1.controlPlaneSys - cpu0.controlPlaneSys) / (cpu1.total - cpu0.total)) * 100).toFixed(0)}%), ${share(cpu0, cpu1, 'worker')}, ${share(cpu0, cpu1, 'bench')}, ${share(cpu0, cpu1, 'postgres')}, ${share(cpu0, cpu1, 'redis')} (of one core); load average before ${loadBefore}, after ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
     console.log(`overcommitted nodes: ${overcommitted}`);
     console.log(JSON.stringify({ placementsPerSecond: Math.round(placementsPerSecond), pgbenchTps: Math.round(pgbenchTps), p50Ms: Number(pct(latencies, 50).toFixed(1)), p99Ms: Number(pct(latencies, 99).toFixed(1)), overcommittedNodes: overcommitted, rssMiB: rssPeak, operationsUnfinished: unfinished, operationsFailed: opCounts.failed ?? 0, allOperationsDoneSeconds: Number(opsDoneSeconds.toFixed(2)) }));
