@@ -1,6 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { ValidationError } from '@hyperplane/domain';
-import { GroupRequirement, ImageRequirements, Placed, PlacementRequest, ProjectQuota, ProjectUsage, groupKey, placeMany, rejectionError, withPlacement } from '@hyperplane/scheduler';
+import { GroupRequirement, ImageRequirements, PlacementRequest, PlacementSession, ProjectQuota, ProjectUsage, SchedulerConfig, groupKey, rejectionError } from '@hyperplane/scheduler';
 import { Config, CONFIG } from '../config';
 import { Db, lockForTransaction } from '../database/database';
 import { ProjectRepository } from '../projects/project.repository';
@@ -67,6 +67,10 @@ export class PlacementService {
     @Inject(CONFIG) private readonly config: Config,
   ) {}
 
+  private get schedulerConfig(): SchedulerConfig {
+    return { defaultStrategy: this.config.placementStrategy };
+  }
+
   /**
    * Chooses a node for every demand (all or nothing) and reserves the capacity; returns node ids
    * in order. Throws the scheduler's 422 errors with reasons, or a 400 for an unknown pinned node.
@@ -97,19 +101,18 @@ export class PlacementService {
       if (missing) throw missing;
       const key = group ? groupKey(projectId, group.name) : undefined;
       const candidates = key && groupCounts.size ? snap.candidates.map((c) => (groupCounts.has(c.id) ? { ...c, groups: { [key]: groupCounts.get(c.id)! } } : c)) : snap.candidates;
-      const results = placeMany(candidates, reqs, { config: { defaultStrategy: this.config.placementStrategy }, quota, usage, baselines: snap.baselines });
-      const refused = results.find((r) => !r.ok);
-      if (refused && !refused.ok) {
+      const r = new PlacementSession(candidates, { config: this.schedulerConfig, baselines: snap.baselines }).placeAll(reqs, quota, usage);
+      if (!r.ok) {
         // "No node fits" is a final answer only if the nodes it was judged on were read after the
         // request came (concurrent refusals share that one read).
-        if (refused.kind === 'no-fit' && snap.readAt < asked) {
+        if (r.kind === 'no-fit' && snap.readAt < asked) {
           readAfter = asked;
           continue;
         }
-        throw rejectionError(refused);
+        throw rejectionError(r);
       }
       const perNode = new Map<string, Demand>();
-      const chosen = results.map((r, i) => addTo(perNode, (r as Placed).node.id, reqs[i]!));
+      const chosen = r.placed.map((p, i) => addTo(perNode, p.node.id, reqs[i]!));
       if (await this.reserve(db, perNode)) return chosen;
       readAfter = performance.now();
       if (attempt >= MAX_ATTEMPTS) throw contentionError();
@@ -133,31 +136,24 @@ export class PlacementService {
       usageAtStart.set(p, quota ? await this.partitions.usage(db, p) : undefined);
     }
     const reqsOf = items.map((it) => requestsOf(it.projectId, it.demands, undefined, undefined));
-    const options = { config: { defaultStrategy: this.config.placementStrategy } };
     let readAfter: number | undefined;
     for (let attempt = 1; ; attempt++) {
       const snap = await this.cache.snapshot(db, readAfter);
-      const working = snap.candidates.slice();
+      const session = new PlacementSession(snap.candidates, { config: this.schedulerConfig, baselines: snap.baselines });
       const usage = new Map(usageAtStart);
       const perNode = new Map<string, Demand>();
       const results = items.map((it, k): BatchPlacementResult => {
         const missing = missingImage(snap, it.demands);
         if (missing) return { ok: false, error: missing };
         const reqs = reqsOf[k]!;
-        const placed = placeMany(working, reqs, { ...options, quota: quotas.get(it.projectId), usage: usage.get(it.projectId), baselines: snap.baselines });
-        const refused = placed.find((r) => !r.ok);
-        if (refused && !refused.ok) return refused.kind === 'no-fit' && snap.readAt < it.asked ? { ok: false, retryAlone: true } : { ok: false, error: rejectionError(refused) };
-        const nodeIds = placed.map((r, i) => {
-          const id = (r as Placed).node.id;
-          const at = snap.index.get(id)!;
-          working[at] = withPlacement(working[at]!, reqs[i]!);
-          return addTo(perNode, id, reqs[i]!);
-        });
-        if (quotas.get(it.projectId)) {
+        const quota = quotas.get(it.projectId);
+        const r = session.placeAll(reqs, quota, usage.get(it.projectId));
+        if (!r.ok) return r.kind === 'no-fit' && snap.readAt < it.asked ? { ok: false, retryAlone: true } : { ok: false, error: rejectionError(r) };
+        if (quota) {
           const u = usage.get(it.projectId) ?? { partitions: 0, vcpus: 0, memoryMiB: 0 };
-          usage.set(it.projectId, { partitions: u.partitions + reqs.length, vcpus: u.vcpus + reqs.reduce((a, r) => a + r.vcpus, 0), memoryMiB: u.memoryMiB + reqs.reduce((a, r) => a + r.memoryMiB, 0) });
+          usage.set(it.projectId, { partitions: u.partitions + reqs.length, vcpus: u.vcpus + reqs.reduce((a, q) => a + q.vcpus, 0), memoryMiB: u.memoryMiB + reqs.reduce((a, q) => a + q.memoryMiB, 0) });
         }
-        return { ok: true, nodeIds };
+        return { ok: true, nodeIds: r.placed.map((p, i) => addTo(perNode, p.node.id, reqs[i]!)) };
       });
       if (perNode.size === 0 || (await this.reserve(db, perNode))) return results;
       readAfter = performance.now();
