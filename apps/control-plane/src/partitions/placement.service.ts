@@ -169,17 +169,17 @@ export class PlacementService {
   private async reserve(db: Db, perNode: Map<string, Demand>): Promise<boolean> {
     this.cache.reserveAhead(perNode);
     const wanted = [...perNode].map(([id, d]) => ({ id, ...d }));
-    // One node: the single-row compare-and-swap either happens or not, nothing to undo. Several:
-    // a savepoint undoes the nodes that had room when one of them had not.
-    const several = wanted.length > 1;
-    if (several) await this.nodes.savepoint(db, 'place');
-    const reserved: NodeRow[] = several ? await this.nodes.tryReserveMany(db, wanted) : [await this.nodes.tryReserve(db, wanted[0]!.id, wanted[0]!)].filter((r): r is NodeRow => r !== undefined);
+    // A compare-and-swap that fails on a row another transaction changed still leaves that row
+    // locked; the savepoint gives those locks back before a retry takes others (or two losers
+    // would deadlock), and undoes the nodes that had room when one of them had not.
+    await this.nodes.savepoint(db, 'place');
+    const reserved: NodeRow[] = wanted.length > 1 ? await this.nodes.tryReserveMany(db, wanted) : [await this.nodes.tryReserve(db, wanted[0]!.id, wanted[0]!)].filter((r): r is NodeRow => r !== undefined);
     if (reserved.length === wanted.length) {
-      if (several) await this.nodes.releaseSavepoint(db, 'place');
+      await this.nodes.releaseSavepoint(db, 'place');
       for (const r of reserved) this.cache.update(r);
       return true;
     }
-    if (several) await this.nodes.rollbackToSavepoint(db, 'place');
+    await this.nodes.rollbackToSavepoint(db, 'place');
     return false;
   }
 
