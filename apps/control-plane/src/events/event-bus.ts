@@ -42,8 +42,10 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly channel: string;
   /** Tags this replica's messages, so it does not deliver its own events a second time. */
   private readonly origin = randomUUID();
+  /** How this replica's own messages begin (JSON.stringify keeps key order), to skip them unparsed. */
+  private readonly ownPrefix = `{"origin":${JSON.stringify(this.origin)},`;
   private readonly onMessage = (channel: string, message: string) => {
-    if (channel !== this.channel) return;
+    if (channel !== this.channel || message.startsWith(this.ownPrefix)) return;
     let parsed: HpEvent | HpEvent[] | EventMessage;
     try {
       parsed = JSON.parse(message) as HpEvent | HpEvent[] | EventMessage;

@@ -72,7 +72,7 @@ export class PartitionOperations implements OnModuleInit {
       }
       throw e;
     }
-    await ctx.progress('running', 100);
+    // Done: finishing the operation records progress 100 (phase 'done'), so no step of its own.
   }
 
   /** stop: desired stopped, a stop command (graceful or forced), then wait for the node to report it stopped. */
