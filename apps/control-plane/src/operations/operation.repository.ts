@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { OperationStatus } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
-import { Db, outsideTransaction, rows } from '../database/database';
+import { Db, inOrder, outsideTransaction, rows, rowsByIdBatcher } from '../database/database';
 import { PageRequest } from '../common/pagination';
 import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
@@ -61,11 +61,7 @@ type StatusChange =
  */
 @Injectable()
 export class OperationRepository {
-  private readonly byId = new Batcher<string, OperationRow | undefined>(async (ids) => {
-    const found = await rows<OperationRow>(this.ds, `SELECT * FROM operations WHERE id = ANY($1::uuid[])`, [ids]);
-    const m = new Map(found.map((r) => [r.id, r]));
-    return ids.map((id) => m.get(id));
-  });
+  private readonly byId = rowsByIdBatcher<OperationRow>(() => this.ds, 'operations');
 
   private readonly changes = new Batcher<StatusChange, OperationRow | undefined>(
     async (cs) => {
@@ -94,8 +90,7 @@ export class OperationRepository {
           cs.map((c) => (c.to !== 'running' && c.to !== 'progress' && c.error ? JSON.stringify(c.error) : null)),
         ],
       );
-      const m = new Map(found.map((r) => [r.id, r]));
-      return cs.map((c) => m.get(c.id));
+      return inOrder(found, cs.map((c) => c.id));
     },
     { key: (c) => c.id },
   );

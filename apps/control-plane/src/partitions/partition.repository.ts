@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { AlreadyExistsError, PartitionState } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
-import { Db, rows, isUniqueViolation, outsideTransaction } from '../database/database';
+import { Db, inOrder, rows, rowsByIdBatcher, isUniqueViolation, outsideTransaction } from '../database/database';
 import { PageRequest } from '../common/pagination';
 import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
@@ -87,11 +87,7 @@ interface DesiredChange {
  */
 @Injectable()
 export class PartitionRepository {
-  private readonly byId = new Batcher<string, PartitionRow | undefined>(async (ids) => {
-    const found = await rows<PartitionRow>(this.ds, `SELECT * FROM partitions WHERE id = ANY($1::uuid[])`, [ids]);
-    const m = new Map(found.map((r) => [r.id, r]));
-    return ids.map((id) => m.get(id));
-  });
+  private readonly byId = rowsByIdBatcher<PartitionRow>(() => this.ds, 'partitions');
 
   private readonly observations = new Batcher<Observation, PartitionRow | undefined>(
     async (obs) => {
@@ -106,8 +102,7 @@ export class PartitionRepository {
          RETURNING p.*`,
         [obs.map((o) => o.id), obs.map((o) => o.observed), obs.map((o) => o.generation), obs.map((o) => o.state), obs.map((o) => o.reason)],
       );
-      const m = new Map(found.map((r) => [r.id, r]));
-      return obs.map((o) => m.get(o.id));
+      return inOrder(found, obs.map((o) => o.id));
     },
     { key: (o) => o.id },
   );
@@ -125,8 +120,7 @@ export class PartitionRepository {
          RETURNING p.*`,
         [cs.map((c) => c.id), cs.map((c) => c.desired), cs.map((c) => c.state), cs.map((c) => c.reason), cs.map((c) => c.setNode), cs.map((c) => c.nodeId)],
       );
-      const m = new Map(found.map((r) => [r.id, r]));
-      return cs.map((c) => m.get(c.id));
+      return inOrder(found, cs.map((c) => c.id));
     },
     { key: (c) => c.id },
   );
