@@ -2,7 +2,8 @@
  * Creates that arrive together are committed together (one transaction for the lot), yet each
  * gets the answer it would have got alone: a taken name is 409 for that create only, a name asked
  * twice at once succeeds once, a create too big for any node is 422, an unknown image is 400, a
- * project quota counts the creates of the same batch, and allocations equal what was placed.
+ * project quota counts the creates of the same batch, and allocations equal what was placed. Two
+ * replicas batching the same names at once: each name is created once, the others are 409.
  */
 import { Api, clusterAdminToken, InProcess, startInProcess } from '../helpers/control-plane';
 import { seedNode, sql } from '../helpers/db';
@@ -10,11 +11,13 @@ import { seedNode, sql } from '../helpers/db';
 jest.setTimeout(120_000);
 
 let cp: InProcess;
+let cp2: InProcess;
 let admin: Api;
 const nodeIds: string[] = [];
 
 beforeAll(async () => {
   cp = await startInProcess();
+  cp2 = await startInProcess();
   admin = new Api(cp.url, await clusterAdminToken());
   for (let i = 0; i < 4; i++) {
     const id = await seedNode(`batch-node-${i}`, { vcpus: 8, memoryMiB: 4096 });
@@ -24,7 +27,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await cp.close();
+  await Promise.all([cp.close(), cp2.close()]);
 });
 
 const create = (api: Api, name: string, extra: Record<string, unknown> = {}) =>
@@ -93,4 +96,16 @@ it('counts the creates of one batch against the project quota', async () => {
   expect(statuses.filter((s) => s !== 202).every((s) => s === 422)).toBe(true);
   const [row] = await sql<{ n: number }>(`SELECT count(*)::int AS n FROM partitions WHERE project_id = $1`, [projectId]);
   expect(row!.n).toBe(3);
+});
+
+it('creates each name once when two replicas batch the same names at once', async () => {
+  const { api, projectId, token } = await admin.newProject('batch-race');
+  const other = new Api(cp2.url, token);
+  const names = ['x0', 'x1', 'x2', 'x3', 'x4'];
+  const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => create(i % 2 ? other : api, names[i % names.length]!)));
+  const statuses = answers.map((a) => a.status);
+  expect(statuses.filter((s) => s === 202)).toHaveLength(names.length);
+  expect(statuses.filter((s) => s !== 202)).toEqual(Array(20 - names.length).fill(409));
+  const rows = await sql<{ name: string }>(`SELECT name FROM partitions WHERE project_id = $1 ORDER BY name`, [projectId]);
+  expect(rows.map((r) => r.name)).toEqual(names);
 });
