@@ -3,7 +3,7 @@ import { APP_FILTER, APP_GUARD, APP_PIPE } from '@nestjs/core';
 import { Redis } from 'ioredis';
 import { Logger } from 'pino';
 import { DataSource } from 'typeorm';
-import { Config, CONFIG } from './config';
+import { Config, CONFIG, servesApi } from './config';
 import { AgentSessions } from './agents/agent-sessions';
 import { AgentsService } from './agents/agents.service';
 import { ConsoleSessions } from './agents/console-sessions';
@@ -145,7 +145,10 @@ export class AppModule {
   static with(infra: Infrastructure): DynamicModule {
     return {
       module: AppModule,
-      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController, SnapshotsController, MigrationController],
+      // A process of role `operations` answers health probes only on REST.
+      controllers: servesApi(infra.config.role)
+        ? [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController, SnapshotsController, MigrationController]
+        : [HealthController],
       providers: [
         { provide: CONFIG, useValue: infra.config },
         { provide: DATA_SOURCE, useValue: infra.dataSource },

@@ -49,6 +49,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
   private staleTimer: NodeJS.Timeout | undefined;
   private beatTimer: NodeJS.Timeout | undefined;
   private readonly beats = new Set<string>();
+  private retried = new Set<string>();
 
   constructor(
     private readonly nodes: NodeRepository,
@@ -133,7 +134,13 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     const ids = [...this.beats];
     this.beats.clear();
     try {
-      for (const r of await this.nodes.heartbeats(ids, this.sessions.replicaId)) await this.publishNode(r);
+      const { changed, missed } = await this.nodes.heartbeats(ids, this.sessions.replicaId);
+      // A row a placement held is tried once more at the next flush (a node that does not exist
+      // any more is not tried forever); its next heartbeat brings it back anyway.
+      const retried = this.retried;
+      this.retried = new Set(missed.filter((id) => !retried.has(id)));
+      for (const id of this.retried) this.beats.add(id);
+      for (const r of changed) await this.publishNode(r);
     } catch (err) {
       for (const id of ids) this.beats.add(id);
       this.log.warn({ err }, 'could not record heartbeats');

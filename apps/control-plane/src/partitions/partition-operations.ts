@@ -75,7 +75,7 @@ export class PartitionOperations implements OnModuleInit {
       }
       throw e;
     }
-    await ctx.progress('running', 100);
+    // Done: finishing the operation records progress 100 (phase 'done'), so no step of its own.
   }
 
   /** stop: desired stopped, a stop command (graceful or forced), then wait for the node to report it stopped. */
@@ -182,8 +182,8 @@ export class PartitionOperations implements OnModuleInit {
           checking = false;
         }
       };
-      const unsubscribe = this.events.subscribe((e) => {
-        if (e.resourceType === 'partition' && e.resourceId === id) void check();
+      const unsubscribe = this.events.subscribeTo(id, (e) => {
+        if (e.resourceType === 'partition') void check();
       });
       const poll = setInterval(() => void check(), POLL_MS);
       const timer = setTimeout(() => end(new DeadlineExceededError(`partition ${id} did not reach the expected state within ${this.config.operationTimeoutMs / 1000} s`)), this.config.operationTimeoutMs);
