@@ -5,29 +5,18 @@
  * one without cannot migrate to each other (clear error, nothing changed). Real workers, real
  * QEMU, tcpdump on loopback, certificates made with openssl.
  */
-import { execSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Api, clusterAdminToken, InProcess, ROOT, startInProcess, waitUntil } from '../helpers/control-plane';
+import { Api, clusterAdminToken, InProcess, startInProcess, waitUntil } from '../helpers/control-plane';
 import { captureHost } from '../helpers/capture';
 import { typeOnConsole } from '../helpers/console';
+import { describeWithGuest, GUEST, killQemusUnder } from '../helpers/guest';
 import { retireAllNodes, sql } from '../helpers/db';
 import { makeTlsDirs } from '../helpers/tls';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
 
-const GUEST = process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest');
-const have = (cmd: string) => {
-  try {
-    execSync(`command -v ${cmd}`, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
-const ready = have('qemu-system-x86_64') && have('tcpdump') && have('openssl') && existsSync(join(GUEST, 'sample.qcow2'));
-const d = ready ? describe : describe.skip;
-if (!ready) console.warn('skipping the migration TLS test: it needs qemu-system-x86_64, tcpdump, openssl and the sample guest');
+const d = describeWithGuest('the migration TLS test', ['tcpdump', 'openssl']);
 
 jest.setTimeout(240_000);
 
@@ -81,9 +70,7 @@ d('encrypted migration', () => {
 
   afterAll(async () => {
     await Promise.all(workers.map((w) => w.stop()));
-    for (const line of execSync('pgrep -af qemu-system || true', { encoding: 'utf8' }).split('\n').filter((l) => l.includes(dir))) {
-      try { process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL'); } catch { /* gone */ }
-    }
+    killQemusUnder(dir);
     await cp?.close();
     rmSync(dir, { recursive: true, force: true });
   });

@@ -6,24 +6,15 @@
  * the record saying which and nothing left on the other; bad input changes nothing; a cold
  * migration keeps the snapshots; a drain moves partitions away live.
  */
-import { execSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Api, ChildControlPlane, clusterAdminToken, freePort, ROOT, spawnControlPlane, testEnv, waitUntil } from '../helpers/control-plane';
+import { Api, ChildControlPlane, clusterAdminToken, freePort, spawnControlPlane, testEnv, waitUntil } from '../helpers/control-plane';
+import { describeWithGuest, GUEST, killQemusUnder, qemusUnder } from '../helpers/guest';
 import { retireAllNodes, sql } from '../helpers/db';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
 
-const GUEST = process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest');
-const haveQemu = (() => {
-  try {
-    execSync('command -v qemu-system-x86_64', { stdio: 'ignore' });
-    return existsSync(join(GUEST, 'sample.qcow2'));
-  } catch {
-    return false;
-  }
-})();
-const d = haveQemu ? describe : describe.skip;
+const d = describeWithGuest('migration end-to-end tests');
 
 jest.setTimeout(300_000);
 
@@ -43,10 +34,7 @@ function startWorker(k: NodeKey): void {
 
 /** Pids of the QEMU processes of a partition on a node (found by its runtime dir). */
 function qemuPids(k: NodeKey, id: string): number[] {
-  return execSync('pgrep -af qemu-system || true', { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.includes(join(dir, k, 'partitions', id)))
-    .map((l) => Number(l.trim().split(/\s+/)[0]));
+  return qemusUnder(join(dir, k, 'partitions', id));
 }
 
 /** Files a node keeps for a partition. */
@@ -125,9 +113,7 @@ d('migration end to end', () => {
 
   afterAll(async () => {
     await Promise.all(Object.values(workers).map((w) => w?.stop()));
-    for (const line of execSync('pgrep -af qemu-system || true', { encoding: 'utf8' }).split('\n').filter((l) => l.includes(dir))) {
-      try { process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL'); } catch { /* gone */ }
-    }
+    killQemusUnder(dir);
     cp?.proc.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   });
@@ -207,6 +193,7 @@ d('migration end to end', () => {
     const badOption = await api.post(`/v1/partitions/${id}/migrate`, { maxDowntimeMs: -1, storage: 'nfs' });
     expect(badOption.status).toBe(400);
     expect(badOption.body.errors.map((e: any) => e.field).sort()).toEqual(['maxDowntimeMs', 'storage']);
+    expect(await state(id)).toEqual(before); // none of these changed the partition, the nodes' allocations or the operations
 
     // Snapshots do not travel with a copy-storage live migration: refused unless dropped on purpose.
     const s = await api.post(`/v1/partitions/${id}/snapshots`, { name: 'keep-me' });
@@ -264,6 +251,18 @@ d('migration end to end', () => {
     await expectOnlyOn('a', id);
   });
 
+  it('post-copy: a migration that does not converge in pre-copy switches over and completes', async () => {
+    const id = (await api.get('/v1/partitions?pageSize=10')).body.items.find((p: any) => p.name === 'live-vm').id;
+    const m = await api.post(`/v1/partitions/${id}/migrate`, { targetNode: 'mig-b', bandwidthBytesPerSec: 1024 * 1024, postcopy: true, postcopyAfterMs: 500 });
+    expect(m.status).toBe(202);
+    const op = await api.waitOperation(m.body.operation.id, 120);
+    expect(op).toMatchObject({ status: 'succeeded', migration: { postcopy: true, phase: 'completed' } });
+    await expectOnlyOn('b', id);
+    const back = await api.post(`/v1/partitions/${id}/migrate`, { targetNode: 'mig-a' });
+    expect((await api.waitOperation(back.body.operation.id, 120)).status).toBe('succeeded');
+    await expectOnlyOn('a', id);
+  });
+
   it('a destination SIGKILLed mid-migration leaves the guest on the source', async () => {
     const id = (await api.get('/v1/partitions?pageSize=10')).body.items.find((p: any) => p.name === 'live-vm').id;
     const opId = await slowMigration(id, 'b');
@@ -285,6 +284,20 @@ d('migration end to end', () => {
       { name: 'mig-a', m: 128 },
       { name: 'mig-b', m: 0 },
     ]);
+  });
+
+  it('a source worker restarted mid-migration cancels the migration nobody drives; the guest stays on the source', async () => {
+    const id = (await api.get('/v1/partitions?pageSize=10')).body.items.find((p: any) => p.name === 'live-vm').id;
+    const opId = await slowMigration(id, 'b');
+    const worker = workers.a!;
+    const guest = qemuPids('a', id);
+    worker.proc.kill('SIGKILL'); // the agent only: its guests outlive it
+    if (worker.proc.exitCode === null && worker.proc.signalCode === null) await new Promise((r) => worker.proc.once('exit', r));
+    startWorker('a');
+    const op = await api.waitOperation(opId, 120);
+    expect(op.status).toBe('failed');
+    expect(qemuPids('a', id)).toEqual(guest); // the same QEMU, adopted
+    await expectOnlyOn('a', id);
   });
 
   it('a control plane SIGKILLed mid-migration is taken up by the next one; the guest ends on exactly one node', async () => {

@@ -9,22 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import WebSocket from 'ws';
-import { Api, clusterAdminToken, ROOT, startInProcess, InProcess, waitUntil } from '../helpers/control-plane';
+import { Api, clusterAdminToken, startInProcess, InProcess, waitUntil } from '../helpers/control-plane';
 import { GrpcApi } from '../helpers/grpc-client';
+import { describeWithGuest, GUEST } from '../helpers/guest';
 import { retireAllNodes } from '../helpers/db';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
 
-const GUEST = process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest');
-const haveQemu = (() => {
-  try {
-    execSync('command -v qemu-system-x86_64', { stdio: 'ignore' });
-    return existsSync(join(GUEST, 'sample.qcow2'));
-  } catch {
-    return false;
-  }
-})();
-const d = haveQemu ? describe : describe.skip;
-if (!haveQemu) console.warn(`skipping QEMU end-to-end tests: qemu-system-x86_64 or ${GUEST}/sample.qcow2 missing (npm run guest:build)`);
+const d = describeWithGuest('QEMU end-to-end tests');
 
 jest.setTimeout(240_000);
 

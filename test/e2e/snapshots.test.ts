@@ -5,25 +5,16 @@
  * keeps the rest of the tree usable, disk-only snapshots of a stopped partition, and bad input
  * that changes nothing. REST and gRPC.
  */
-import { execSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Api, clusterAdminToken, ROOT, startInProcess, InProcess, waitUntil } from '../helpers/control-plane';
+import { Api, clusterAdminToken, startInProcess, InProcess, waitUntil } from '../helpers/control-plane';
 import { GrpcApi } from '../helpers/grpc-client';
+import { describeWithGuest, GUEST, killQemusUnder } from '../helpers/guest';
 import { retireAllNodes, sql } from '../helpers/db';
 import { spawnWorker, WorkerProcess } from '../helpers/worker';
 
-const GUEST = process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest');
-const haveQemu = (() => {
-  try {
-    execSync('command -v qemu-system-x86_64', { stdio: 'ignore' });
-    return existsSync(join(GUEST, 'sample.qcow2'));
-  } catch {
-    return false;
-  }
-})();
-const d = haveQemu ? describe : describe.skip;
+const d = describeWithGuest('snapshot end-to-end tests');
 
 jest.setTimeout(300_000);
 
@@ -90,9 +81,7 @@ d('snapshots end to end', () => {
 
   afterAll(async () => {
     await worker?.stop();
-    for (const line of execSync('pgrep -af qemu-system || true', { encoding: 'utf8' }).split('\n').filter((l) => l.includes(dir))) {
-      try { process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL'); } catch { /* gone */ }
-    }
+    killQemusUnder(dir);
     await cp?.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -202,6 +191,47 @@ d('snapshots end to end', () => {
     const rm = await api.delete(`/v1/partitions/${id}`);
     expect((await api.waitOperation(rm.body.operation.id, 60)).status).toBe('succeeded');
     expect(await sql(`SELECT id FROM snapshots WHERE partition_id = $1`, [id])).toEqual([]);
+  });
+
+  it('exports a snapshot as a new library image that carries metadata and boots', async () => {
+    const c = await api.post('/v1/partitions', { name: 'export-vm', vcpus: 1, memoryMiB: 128, image: 'sample' });
+    const id = c.body.partition.id;
+    expect((await api.waitOperation(c.body.operation.id, 120)).status).toBe('succeeded');
+    await waitBeat(id, 2);
+    const golden = await snapshot(id, 'golden');
+    const before = await sql(`SELECT count(*)::int n FROM images`);
+    const taken = await api.post(`/v1/partitions/${id}/snapshots/${golden.id}/export`, { imageName: 'Not A Label' });
+    expect(taken.status).toBe(400);
+    const unknown = await api.post(`/v1/partitions/${id}/snapshots/018f0000-0000-7000-8000-000000000000/export`, { imageName: 'golden-image' });
+    expect(unknown.status).toBe(404);
+    expect(await sql(`SELECT count(*)::int n FROM images`)).toEqual(before);
+
+    const x = await api.post(`/v1/partitions/${id}/snapshots/${golden.id}/export`, { imageName: 'golden-image' });
+    expect(x.status).toBe(202);
+    const op = await api.waitOperation(x.body.operation.id, 180);
+    expect(op).toMatchObject({ status: 'succeeded', kind: 'snapshot.export' });
+    const img = (await api.get('/v1/images?text=golden')).body.items.find((i: any) => i.name === 'golden-image');
+    expect(img).toMatchObject({ name: 'golden-image', format: 'qcow2', state: 'ready' });
+    const meta = (await api.get(`/v1/images/${img.id}/metadata`)).body;
+    expect(meta.description).toBe('snapshot golden of partition export-vm (from node image sample)');
+    expect(meta.savedStateRef).toBe(`snapshot:${golden.id}`);
+    expect(meta.history.map((h: any) => h.operation)).toContain('created');
+    // Nothing stays in the node's staging area.
+    const staging = join(dir, 'w1', 'images', 'staging');
+    expect(existsSync(staging) ? readdirSync(staging) : []).toEqual([]);
+    // The same name again is taken.
+    const again = await api.post(`/v1/partitions/${id}/snapshots/${golden.id}/export`, { imageName: 'golden-image' });
+    expect(again.status).toBe(409);
+
+    // A partition from the exported image boots the guest (standalone: its base was flattened in).
+    const b = await api.post('/v1/partitions', { name: 'from-golden', vcpus: 1, memoryMiB: 128, image: 'golden-image' });
+    expect(b.status).toBe(202);
+    expect((await api.waitOperation(b.body.operation.id, 180)).status).toBe('succeeded');
+    await waitBeat(b.body.partition.id, 1);
+    for (const pid of [b.body.partition.id, id]) {
+      const rm = await api.delete(`/v1/partitions/${pid}`);
+      expect((await api.waitOperation(rm.body.operation.id, 60)).status).toBe('succeeded');
+    }
   });
 
   it('through gRPC: create, list as a tree, revert, delete, and the same errors', async () => {

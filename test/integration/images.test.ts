@@ -145,9 +145,13 @@ describe('upload', () => {
     expect(bad.body.errors[0].field).toBe('name');
     const taken = await upload(a.api, 'web', file);
     expect(taken.status).toBe(409);
+    // A JSON body is an import from a node's store (the file is not in the request).
     const json = await a.api.post('/v1/images?name=x', {});
     expect(json.status).toBe(400);
-    expect(json.body.errors[0].field).toBe('body');
+    expect(json.body.errors[0].field).toBe('name');
+    const text = await fetch(`${a.api.url}/v1/images?name=x`, { method: 'POST', headers: { authorization: `Bearer ${a.token}`, 'content-type': 'text/plain' }, body: 'x' });
+    expect(text.status).toBe(400);
+    expect(((await text.json()) as { errors: Array<{ field: string }> }).errors[0]!.field).toBe('body');
   });
 
   it('refuses a body over HYPERPLANE_MAX_IMAGE_BYTES with 413 and leaves no file', async () => {
@@ -404,13 +408,19 @@ describe('policy on partition create', () => {
     expect((await create('mine')).status).toBe(202);
   });
 
-  it('keeps node-reported images without a library entry working, and says when no node has a library image', async () => {
+  it('keeps node-reported images without a library entry working, and places library images on nodes that lack them (they fetch them)', async () => {
     const other = await admin.newProject('img-pol-2');
-    expect((await other.api.post('/v1/partitions', { name: 'plain', vcpus: 1, memoryMiB: 128, image: 'sample' })).status).toBe(202);
-    expect((await upload(pol.api, 'nowhere', await makeImage('nowhere'))).status).toBe(201);
+    const plain = await other.api.post('/v1/partitions', { name: 'plain', vcpus: 1, memoryMiB: 128, image: 'sample' });
+    expect(plain.status).toBe(202);
+    expect((await sql(`SELECT image_id FROM partitions WHERE id = $1`, [plain.body.partition.id]))[0].image_id).toBeNull();
+    const up = await upload(pol.api, 'nowhere', await makeImage('nowhere'));
+    expect(up.status).toBe(201);
     const r = await create('nowhere-1', 1024, 'nowhere');
-    expect(r.status).toBe(422);
-    expect(r.body.detail).toMatch(/not in the node's store/);
+    expect(r.status).toBe(202);
+    expect((await sql(`SELECT image_id FROM partitions WHERE id = $1`, [r.body.partition.id]))[0].image_id).toBe(up.body.id);
+    const missing = await create('missing-1', 1024, 'no-such-image');
+    expect(missing.status).toBe(400);
+    expect(missing.body.detail).toMatch(/image 'no-such-image' does not exist/);
   });
 });
 

@@ -3,7 +3,7 @@ import { APP_FILTER, APP_GUARD, APP_PIPE } from '@nestjs/core';
 import { Redis } from 'ioredis';
 import { Logger } from 'pino';
 import { DataSource } from 'typeorm';
-import { Config, CONFIG } from './config';
+import { Config, CONFIG, servesApi } from './config';
 import { AgentSessions } from './agents/agent-sessions';
 import { AgentsService } from './agents/agents.service';
 import { ConsoleSessions } from './agents/console-sessions';
@@ -19,6 +19,10 @@ import { EventsService } from './events/events.service';
 import { AgentGrpcApi } from './grpc/agent.grpc';
 import { GrpcServer } from './grpc/grpc-server';
 import { PublicGrpcApi } from './grpc/public-api.grpc';
+import { TransferGrpcApi } from './grpc/transfer.grpc';
+import { TransferFiles } from './transfers/transfer-files';
+import { TransferRepository } from './transfers/transfer.repository';
+import { TransfersService } from './transfers/transfers.service';
 import { HealthController } from './health/health.controller';
 import { HealthService } from './health/health.service';
 import { ImagePolicy } from './images/image-policy';
@@ -26,6 +30,14 @@ import { ImageRepository } from './images/image.repository';
 import { ImageStore } from './images/image-store';
 import { ImagesController } from './images/images.controller';
 import { ImagesService } from './images/images.service';
+import { NodeImageInventory } from './images/node-image-inventory';
+import { ImageDistribution } from './images/image-distribution';
+import { ImageHistory } from './images/image-history';
+import { ImageImports } from './images/image-imports';
+import { ImageIntake } from './images/image-intake';
+import { ImageWriter } from './images/image-writer';
+import { PartitionImages } from './images/partition-images';
+import { NodeImageRepository } from './images/node-image.repository';
 import { NodeRepository } from './nodes/node.repository';
 import { NodesController } from './nodes/nodes.controller';
 import { NodesService } from './nodes/nodes.service';
@@ -51,6 +63,7 @@ import { ProjectsService } from './projects/projects.service';
 import { MigrationController } from './migration/migration.controller';
 import { MigrationOperations } from './migration/migration-operations';
 import { MigrationService } from './migration/migration.service';
+import { SnapshotExports } from './snapshots/snapshot-exports';
 import { SnapshotOperations } from './snapshots/snapshot-operations';
 import { ChainAgents } from './service-chains/chain-agents';
 import { ChainKeys } from './service-chains/chain-keys';
@@ -85,6 +98,9 @@ const PROVIDERS: Provider[] = [
   SnapshotRepository,
   ImageRepository,
   ImageStore,
+  NodeImageRepository,
+  TransferRepository,
+  TransferFiles,
   OperationRepository,
   OperationQueueRepository,
   // services
@@ -97,7 +113,15 @@ const PROVIDERS: Provider[] = [
   OperationRunner,
   PartitionsService,
   ImagesService,
+  ImageWriter,
+  ImageIntake,
+  ImageHistory,
+  ImageImports,
+  ImageDistribution,
+  PartitionImages,
   ImagePolicy,
+  NodeImageInventory,
+  TransfersService,
   PlacementService,
   NodeCache,
   ConsoleService,
@@ -105,6 +129,7 @@ const PROVIDERS: Provider[] = [
   PartitionOperations,
   SnapshotsService,
   SnapshotOperations,
+  SnapshotExports,
   MigrationService,
   MigrationOperations,
   // service chains
@@ -125,6 +150,7 @@ const PROVIDERS: Provider[] = [
   // adapters
   PublicGrpcApi,
   AgentGrpcApi,
+  TransferGrpcApi,
   GrpcServer,
   { provide: APP_GUARD, useClass: AuthGuard },
   { provide: APP_PIPE, useClass: InputPipe },
@@ -137,7 +163,10 @@ export class AppModule {
   static with(infra: Infrastructure): DynamicModule {
     return {
       module: AppModule,
-      controllers: [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController, SnapshotsController, MigrationController, ServiceChainsController, AttachmentsController],
+      // A process of role `operations` answers health probes only on REST.
+      controllers: servesApi(infra.config.role)
+        ? [HealthController, ProjectsController, NodesController, PartitionsController, ImagesController, OperationsController, EventsController, SnapshotsController, MigrationController, ServiceChainsController, AttachmentsController]
+        : [HealthController],
       providers: [
         { provide: CONFIG, useValue: infra.config },
         { provide: DATA_SOURCE, useValue: infra.dataSource },

@@ -9,7 +9,7 @@ import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { MAX_BODY_BYTES } from '@hyperplane/domain';
 import { Logger } from 'pino';
 import { AppModule } from './app.module';
-import { Config } from './config';
+import { Config, servesApi } from './config';
 import { createLogger } from './common/logger';
 import { createDataSource, migrate } from './database/database';
 import { createRedis } from './database/redis';
@@ -112,7 +112,7 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
 
   const consoleWs = app.get(ConsoleWebSocket);
   fastify.server.on('upgrade', (req, socket, head) => {
-    if (!consoleWs.handleUpgrade(req, socket, head)) socket.destroy();
+    if (!servesApi(config.role) || !consoleWs.handleUpgrade(req, socket, head)) socket.destroy();
   });
   app.enableShutdownHooks();
   await app.init();
@@ -127,7 +127,7 @@ export async function startControlPlane(config: Config): Promise<ControlPlane> {
     writeFileSync(join(config.dataDir, 'admin-token'), adminToken + '\n', { mode: 0o600 });
     logger.info({ file: join(config.dataDir, 'admin-token') }, 'created the first cluster-admin token');
   }
-  logger.info({ httpPort, grpcPort }, 'control plane ready');
+  logger.info({ httpPort, grpcPort, role: config.role }, 'control plane ready');
 
   let closing: Promise<void> | undefined;
   return {

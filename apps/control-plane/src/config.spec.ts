@@ -13,6 +13,13 @@ describe('configuration', () => {
       grpcPort: 9090,
     });
     expect(c.dataDir.endsWith('.hyperplane')).toBe(true);
+    expect(c.role).toBe('all');
+    expect(c.operationConcurrency).toBe(256);
+  });
+
+  it('takes the process role', () => {
+    expect(loadConfig({ HYPERPLANE_ROLE: 'api' }).role).toBe('api');
+    expect(loadConfig({ HYPERPLANE_ROLE: 'operations' }).role).toBe('operations');
   });
 
   it.each([
@@ -22,6 +29,8 @@ describe('configuration', () => {
     [{ REDIS_URL: 'not a url' }, 'REDIS_URL="not a url" is not a URL'],
     [{ HYPERPLANE_HTTP_PORT: '9000', HYPERPLANE_GRPC_PORT: '9000' }, 'HYPERPLANE_HTTP_PORT and HYPERPLANE_GRPC_PORT are both 9000'],
     [{ HYPERPLANE_LOG_LEVEL: 'loud' }, 'HYPERPLANE_LOG_LEVEL="loud" must be one of'],
+    [{ HYPERPLANE_ROLE: 'worker' }, 'HYPERPLANE_ROLE="worker" must be one of all, api, operations'],
+    [{ HYPERPLANE_OPERATION_CONCURRENCY: '0' }, 'HYPERPLANE_OPERATION_CONCURRENCY="0" is not a positive integer'],
   ])('rejects %j naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);

@@ -28,12 +28,34 @@ export interface Config {
   maxImageBytes: number;
   /** Largest virtual disk size an image may declare (bytes). */
   maxImageVirtualBytes: number;
+  /** Operations one replica runs at once (most of them only wait for a node's report). */
+  operationConcurrency: number;
+  /** What this process does: everything, the public API only, or operations and agent streams only. */
+  role: ControlPlaneRole;
   /**
    * Key that seals secrets kept in the database (service-chain encryption keys); undefined: a key
    * made once in `dataDir/secrets.key` (every replica of a cluster must then share that file).
    */
   secretsKey?: Buffer;
 }
+
+/** See {@link CONTROL_PLANE_ROLES}. */
+export type ControlPlaneRole = 'all' | 'api' | 'operations';
+
+/**
+ * The process roles (HYPERPLANE_ROLE): `all` (default) serves the public API (REST and gRPC),
+ * runs operations and holds agent streams; `api` serves the public API only; `operations` runs
+ * operations and holds agent streams (workers connect to it), with only health probes on REST.
+ * Replicas of each role share PostgreSQL and Redis; any mix works, as long as some replica runs
+ * operations and some holds the agents.
+ */
+export const CONTROL_PLANE_ROLES: readonly ControlPlaneRole[] = ['all', 'api', 'operations'];
+
+/** True when a process of `role` serves the public API. */
+export const servesApi = (role: ControlPlaneRole): boolean => role !== 'operations';
+
+/** True when a process of `role` runs operations and holds agent streams. */
+export const runsOperations = (role: ControlPlaneRole): boolean => role !== 'api';
 
 /** A configuration value that does not parse; the message names the variable. */
 export class ConfigError extends Error {}
@@ -67,6 +89,12 @@ function url(env: NodeJS.ProcessEnv, name: string, def: string, protocols: strin
     throw new ConfigError(`${name}=${JSON.stringify(raw)} must use ${protocols.join(' or ')}`);
   }
   return raw;
+}
+
+function role(env: NodeJS.ProcessEnv): ControlPlaneRole {
+  const raw = env.HYPERPLANE_ROLE || 'all';
+  if (!(CONTROL_PLANE_ROLES as readonly string[]).includes(raw)) throw new ConfigError(`HYPERPLANE_ROLE=${JSON.stringify(raw)} must be one of ${CONTROL_PLANE_ROLES.join(', ')}`);
+  return raw as ControlPlaneRole;
 }
 
 function strategy(env: NodeJS.ProcessEnv): 'binpack' | 'spread' {
@@ -109,6 +137,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     placementStrategy: strategy(env),
     maxImageBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_BYTES', 16 * 1024 ** 3),
     maxImageVirtualBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_VIRTUAL_BYTES', 4 * 1024 ** 4),
+    operationConcurrency: positiveInt(env, 'HYPERPLANE_OPERATION_CONCURRENCY', 256),
+    role: role(env),
     ...secretsKey(env),
   };
 }

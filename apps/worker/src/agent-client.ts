@@ -65,6 +65,8 @@ export interface AgentClientOptions {
   providers?: ProviderReconciler;
   consoles: () => ConsoleSessions;
   inventory: () => Promise<agentV1.Inventory>;
+  /** Commands run outside the reconciler (image transfers), when it handles them. */
+  transfers?: { handles(cmd: agentV1.Command__Output): boolean; command(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> };
   log: Logger;
   backoff?: BackoffPolicy;
   registerTimeoutMs?: number;
@@ -215,7 +217,8 @@ export class AgentClient implements TickMember {
         return;
       case 'command': {
         const command = message.command!;
-        void reconciler.command(command).then((result) => {
+        const transfers = this.options.transfers;
+        void (transfers?.handles(command) ? transfers.command(command) : reconciler.command(command)).then((result) => {
           if (!this.send({ result })) this.log.warn({ command: command.id }, 'command result not delivered: no stream');
         });
         return;

@@ -11,7 +11,8 @@ import { ConsoleSessions } from './console-sessions';
 import type { PartitionDriver } from './drivers/driver';
 import { QemuDriver } from './drivers/qemu/qemu.driver';
 import { SimulatedDriver } from './drivers/simulated/simulated.driver';
-import { collectInventory } from './inventory';
+import { ImageTransfers } from './image-transfers';
+import { collectInventory, imageInfosOf } from './inventory';
 import { lockDataDir } from './node-files';
 import { PartitionStore } from './partition-store';
 import { ProviderDriver } from './providers/provider-driver';
@@ -50,7 +51,12 @@ export class NodeAgent {
   readonly consoles: ConsoleSessions;
   /** Service-chain providers; undefined on nodes that cannot run them (simulated driver). */
   readonly providers: ProviderReconciler | undefined;
+  readonly transfers: ImageTransfers;
   private release: (() => Promise<void>) | undefined;
+  private unwatch: (() => void) | undefined;
+  /** The image list last sent (Register or ImageInventory), as JSON, to send only changes. */
+  private reportedImages = '';
+  private reporting: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: NodeAgentOptions) {
     const { driver, log } = options;
@@ -78,6 +84,7 @@ export class NodeAgent {
         })
       : undefined;
     this.consoles = new ConsoleSessions(driver, (consoleOutput) => void send({ consoleOutput }), log);
+    this.transfers = new ImageTransfers({ store: driver.imageStore, client: options.client, log, onStoreChanged: () => this.reportImages() });
     client = new AgentClient({
       nodeName: options.nodeName,
       address: options.address,
@@ -87,7 +94,12 @@ export class NodeAgent {
       reconciler: this.reconciler,
       providers: this.providers,
       consoles: () => this.consoles,
-      inventory: () => collectInventory(driver, options.dataDir, options.labels),
+      inventory: async () => {
+        const inventory = await collectInventory(driver, options.dataDir, options.labels);
+        this.reportedImages = JSON.stringify(inventory.images);
+        return inventory;
+      },
+      transfers: this.transfers,
       log,
       backoff: options.backoff,
       registerTimeoutMs: options.registerTimeoutMs,
@@ -95,10 +107,16 @@ export class NodeAgent {
     this.client = client;
   }
 
-  /** Locks the data dir, re-attaches to surviving guests, then connects. */
+  /**
+   * Locks the data dir, removes fetches a crash left half done, re-attaches to surviving guests,
+   * then connects and watches the image store.
+   */
   async start(): Promise<void> {
     this.release = await lockDataDir(this.options.dataDir);
     try {
+      const store = this.options.driver.imageStore;
+      const swept = store ? await store.sweepPartialFetches() : 0;
+      if (swept) this.options.log.warn({ files: swept }, 'removed image fetches an earlier agent left unfinished');
       await this.reconciler.init();
       await this.providers?.init();
     } catch (error) {
@@ -107,10 +125,35 @@ export class NodeAgent {
     }
     await this.client.start();
     this.options.ticker.add(this.client);
+    this.unwatch = this.options.driver.imageStore?.watch(() => this.reportImages());
+  }
+
+  /**
+   * Rescans the image store and, when the list differs from what the control plane last heard,
+   * sends it (ImageInventory). Scans run one at a time.
+   */
+  reportImages(): Promise<void> {
+    this.reporting = this.reporting.then(async () => {
+      if (this.client.phase !== 'ready') return; // the next Register carries the list anyway
+      try {
+        const images = imageInfosOf(await this.options.driver.listImages());
+        const json = JSON.stringify(images);
+        if (json === this.reportedImages) return;
+        if (this.client.send({ images: { images } })) {
+          this.reportedImages = json;
+          this.options.log.info({ images: images.length, rejected: images.filter((i) => i.rejectedReason).length }, 'image store changed: reported');
+        }
+      } catch (error) {
+        this.options.log.warn({ err: error }, 'cannot scan the image store');
+      }
+    });
+    return this.reporting;
   }
 
   /** Closes the stream and lets go of the guests; they keep running. */
   async stop(): Promise<void> {
+    this.unwatch?.();
+    this.unwatch = undefined;
     this.options.ticker.remove(this.client);
     await this.client.close();
     this.providers?.close();
@@ -152,7 +195,7 @@ export async function startWorker(config: WorkerConfig, root: Logger, overrides:
         const facts = await qemu.hostFacts();
         log.info({ accelerator: facts.accelerator, qemuVersion: facts.qemuVersion, dataDir: node.dataDir }, 'QEMU driver ready');
         driver = qemu;
-        providerDriver = new ProviderDriver({ dataDir: node.dataDir, address: config.address, nodeName: node.name, ...(config.tlsDir ? { tlsDir: config.tlsDir } : {}), imagePath: (n) => qemu.images.pathOf(n), log });
+        providerDriver = new ProviderDriver({ dataDir: node.dataDir, address: config.address, nodeName: node.name, ...(config.tlsDir ? { tlsDir: config.tlsDir } : {}), resolveImage: (n) => qemu.images.resolve(n), log });
       }
       const agent = new NodeAgent({
         nodeName: node.name,

@@ -4,7 +4,7 @@ import { statfs } from 'node:fs/promises';
 import { availableParallelism, totalmem } from 'node:os';
 import { join } from 'node:path';
 import type { agentV1 } from '@hyperplane/proto';
-import type { PartitionDriver } from './drivers/driver';
+import type { ImageEntry, PartitionDriver } from './drivers/driver';
 
 /** This package's version (agent_version in the inventory). */
 export const AGENT_VERSION: string = (() => {
@@ -37,9 +37,43 @@ export async function collectInventory(driver: PartitionDriver, dataDir: string,
     cpuFlags: facts.cpuFlags,
     machineTypes: facts.machineTypes,
     labels,
-    images: images.map((i) => ({ name: i.name, format: i.format, sizeBytes: i.sizeBytes, virtualSizeBytes: i.virtualSizeBytes, path: i.path, metadataJson: '' })),
+    images: imageInfosOf(images),
     driver: driver.kind,
     agentVersion: AGENT_VERSION,
+    imageStoreDir: driver.imageStore?.dir ?? '',
     tls: facts.tls ?? false,
+  };
+}
+
+/** Largest metadata document reported per image; bigger ones are left out of the report (the file keeps them). */
+export const MAX_REPORTED_METADATA_BYTES = 16 * 1024;
+
+/** Metadata reported for all images together at most, so a report stays far below the 4 MiB gRPC message limit. */
+export const MAX_REPORTED_METADATA_TOTAL_BYTES = 2 * 1024 * 1024;
+
+/** The store's images as reported (agent.proto ImageInfo), metadata within the per-image and total budgets. */
+export function imageInfosOf(entries: ImageEntry[]): agentV1.ImageInfo[] {
+  let budget = MAX_REPORTED_METADATA_TOTAL_BYTES;
+  return entries.map((e) => {
+    const info = imageInfoOf(e);
+    const bytes = Buffer.byteLength(info.metadataJson ?? '');
+    if (bytes > MAX_REPORTED_METADATA_BYTES || bytes > budget) info.metadataJson = '';
+    else budget -= bytes;
+    return info;
+  });
+}
+
+/** An image of the store as the agent protocol reports it (agent.proto ImageInfo). */
+export function imageInfoOf(i: ImageEntry): agentV1.ImageInfo {
+  return {
+    name: i.name,
+    format: i.format,
+    sizeBytes: i.sizeBytes,
+    virtualSizeBytes: i.virtualSizeBytes,
+    path: i.path,
+    metadataJson: i.metadataJson ?? '',
+    rejectedReason: i.rejected?.reason ?? '',
+    rejectedMessage: i.rejected?.message ?? '',
+    libraryImageId: i.libraryImageId ?? '',
   };
 }

@@ -1,6 +1,6 @@
 /** A partition as the agent keeps it: the spec it acted on and what it observed. */
 import type { agentV1 } from '@hyperplane/proto';
-import type { ChainDiskSpec } from './drivers/driver';
+import type { ChainDiskSpec, GuestSpec } from './drivers/driver';
 import { endpointFromWire, type Endpoint } from './providers/nbd-graph';
 
 /** States the agent reports (agent.proto `PartitionStatus.state`). */
@@ -22,6 +22,8 @@ export interface SpecRecord {
   generation: number;
   /** Service-chain disks (absent: none). */
   disks?: ChainDiskSpec[];
+  /** The library image the disk is based on (agent.proto `PartitionSpec.library_image_id`); absent for a store image. */
+  libraryImageId?: string;
 }
 
 /** What `state.json` holds for one partition. */
@@ -54,6 +56,7 @@ export function specFromWire(p: agentV1.PartitionSpec__Output | agentV1.Partitio
     image: p.image ?? '',
     desired: (p.desired ?? '') as DesiredState,
     generation: Number(p.generation ?? 0),
+    ...(p.libraryImageId ? { libraryImageId: p.libraryImageId } : {}),
     ...(p.disks?.length ? { disks: p.disks.map(chainDiskFromWire).filter((d): d is ChainDiskSpec => d !== undefined) } : {}),
   };
 }
@@ -66,6 +69,20 @@ export function chainDiskFromWire(d: agentV1.ChainDisk__Output | agentV1.ChainDi
     index: Number(d.index ?? 0),
     readOnly: Boolean(d.readOnly),
     replicas: (d.replicas ?? []).map((e) => endpointFromWire(e)).filter((e): e is Endpoint => e !== undefined),
+  };
+}
+
+/** The part of a spec a driver needs to start the guest. */
+export function guestSpecOf(spec: SpecRecord): GuestSpec {
+  return {
+    id: spec.id,
+    name: spec.name,
+    vcpus: spec.vcpus,
+    memoryMiB: spec.memoryMiB,
+    diskGiB: spec.diskGiB,
+    image: spec.image,
+    ...(spec.libraryImageId ? { libraryImageId: spec.libraryImageId } : {}),
+    ...(spec.disks?.length ? { disks: spec.disks } : {}),
   };
 }
 

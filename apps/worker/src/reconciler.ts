@@ -24,7 +24,7 @@ import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
 import { freePortPair } from './ports';
 import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
-import { chainDiskFromWire, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
+import { chainDiskFromWire, guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
 
 /** Grace of a stop the control plane asked for through `desired = stopped` alone. */
@@ -269,6 +269,7 @@ export class Reconciler {
         case 'snapshotRevert':
         case 'snapshotDelete':
         case 'snapshotList':
+        case 'snapshotExport':
           return await this.snapshotCommand(cmd);
         case 'migrationPrepareTarget':
         case 'migrationStart':
@@ -331,7 +332,7 @@ export class Reconciler {
 
   private async snapshotCommand(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
     const commandId = cmd.id ?? '';
-    const body = cmd.snapshotCreate ?? cmd.snapshotRevert ?? cmd.snapshotDelete ?? cmd.snapshotList;
+    const body = cmd.snapshotCreate ?? cmd.snapshotRevert ?? cmd.snapshotDelete ?? cmd.snapshotList ?? cmd.snapshotExport;
     const id = body?.partitionId ?? '';
     const e = this.entries.get(id);
     if (!e || e.incoming) {
@@ -343,6 +344,12 @@ export class Reconciler {
           const entry = await this.driver.snapshotCreate(id, { tag: cmd.snapshotCreate?.tag ?? '', withMemory: Boolean(cmd.snapshotCreate?.withMemory) });
           this.log.info({ partition: id, tag: entry.tag, withMemory: entry.vmStateBytes > 0 }, 'snapshot created');
           return JSON.stringify(entry);
+        }
+        case 'snapshotExport': {
+          if (!this.driver.snapshotExport) throw Object.assign(new Error(`the ${this.driver.kind} driver cannot export snapshots`), { code: 'FAILED_PRECONDITION' });
+          const out = await this.driver.snapshotExport(id, cmd.snapshotExport?.tag ?? '', cmd.snapshotExport?.fileName ?? '');
+          this.log.info({ partition: id, tag: cmd.snapshotExport?.tag, file: out.path, bytes: out.sizeBytes }, 'snapshot exported');
+          return JSON.stringify(out);
         }
         case 'snapshotRevert':
           await this.driver.snapshotRevert(id, cmd.snapshotRevert?.tag ?? '');
@@ -380,7 +387,7 @@ export class Reconciler {
           this.setState(e, 'starting', INCOMING_REASON);
           const host = body.host || this.deps.address || '127.0.0.1';
           const target = await this.driver.migrationPrepareTarget(
-            { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
+            guestSpecOf(spec),
             {
               host,
               port: Number(body.port ?? 0) || (await freePortPair(host)),
@@ -550,7 +557,7 @@ export class Reconciler {
       this.entries.set(spec.id, e);
       const result = await this.queued(commandId, e, async () => {
         const receiver = await this.driver.coldMigrationPrepareTarget(
-          { id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image },
+          guestSpecOf(spec),
           { host: body.host || this.deps.address || '127.0.0.1', port: Number(body.port ?? 0), ...(Number(body.timeoutMs ?? 0) > 0 ? { timeoutMs: Number(body.timeoutMs) } : {}) }, // port 0: the system picks one
         );
         this.setState(e, 'starting', 'incoming cold migration');
@@ -653,7 +660,7 @@ export class Reconciler {
     this.setState(e, 'starting', '');
     await this.settle(e);
     try {
-      const guest = await this.driver.start({ id: spec.id, name: spec.name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB, image: spec.image, ...(spec.disks?.length ? { disks: spec.disks } : {}) });
+      const guest = await this.driver.start(guestSpecOf(spec));
       e.pid = guest.pid;
       this.setState(e, 'running', '');
     } catch (error) {

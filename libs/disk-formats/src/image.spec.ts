@@ -38,7 +38,7 @@ describe.each(['qcow2', 'vhdx'] as const)('%s through the path API', (format) =>
     expect(await readMetadata(p)).toBeNull();
     expect(await removeMetadata(p)).toBe(false);
     const m: ImageMetadata = { schemaVersion: 1, description: 'api', usagePolicy: { allowedProjects: ['p1'], maxConcurrentPartitions: 2, licence: 'MIT' } };
-    expect(await writeMetadata(p, m)).toEqual({ format, encoding: 'json', storedBytes: expect.any(Number) });
+    expect(await writeMetadata(p, m)).toEqual({ format, encoding: 'json', storedBytes: expect.any(Number), writtenRanges: expect.any(Array) });
     expect(await readMetadataRecord(p)).toMatchObject({ format, metadata: m, inheritable: true });
     expect(await inspectImage(p, { expectedFormat: format })).toMatchObject({ format, metadata: m, metadataSupported: true, virtualSizeBytes: 16 * 1024 * 1024 });
     expect(await removeMetadata(p)).toBe(true);

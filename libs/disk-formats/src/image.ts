@@ -80,6 +80,8 @@ export interface WriteMetadataResult {
   format: 'qcow2' | 'vhdx';
   encoding: EnvelopeEncoding;
   storedBytes: number;
+  /** Every byte range the write changed, in write order (for incremental digests, see block-digest). */
+  writtenRanges: Array<{ offset: number; length: number }>;
 }
 
 const RAW_MESSAGE = 'raw images cannot hold metadata; convert to qcow2 or vhdx';
@@ -269,7 +271,19 @@ export async function writeMetadataIo(io: ImageIo, metadata: ImageMetadata, opti
   return writeSerialized(io, serializeMetadata(metadata), options.inheritable ?? true);
 }
 
-async function writeSerialized(io: ImageIo, json: string, inheritable: boolean): Promise<WriteMetadataResult> {
+async function writeSerialized(base: ImageIo, json: string, inheritable: boolean): Promise<WriteMetadataResult> {
+  const writtenRanges: Array<{ offset: number; length: number }> = [];
+  const io: ImageIo = {
+    get size() {
+      return base.size;
+    },
+    read: (offset, length) => base.read(offset, length),
+    write: (offset, data) => {
+      writtenRanges.push({ offset, length: data.length });
+      return base.write(offset, data);
+    },
+    flush: () => base.flush(),
+  };
   const p = await parse(io);
   if (p.format === 'raw') throw new MetadataUnsupportedError(RAW_MESSAGE);
   const capacity = p.format === 'qcow2' ? qcow2MetadataCapacity(p.qcow2) : vhdxMetadataCapacity(p.vhdx);
@@ -279,7 +293,7 @@ async function writeSerialized(io: ImageIo, json: string, inheritable: boolean):
   }
   if (p.format === 'qcow2') await writeQcow2Metadata(io, p.qcow2, enc.envelope);
   else await writeVhdxMetadata(io, p.vhdx, enc.envelope, inheritable);
-  return { format: p.format, encoding: enc.encoding, storedBytes: enc.envelope.length };
+  return { format: p.format, encoding: enc.encoding, storedBytes: enc.envelope.length, writtenRanges };
 }
 
 /** Removes the image's metadata crash-safely; returns false if there was none. Raw: throws. */

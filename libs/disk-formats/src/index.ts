@@ -3,6 +3,7 @@
  * metadata inside qcow2 (header extension) and VHDX (user metadata item) files, and inspects
  * untrusted images at intake. Pure TypeScript over Node's standard library; no Nest, no QEMU.
  */
+export { BlockDigest, DIGEST_BLOCK_BYTES, DIGEST_PREFIX, type FileDigest, digestFile, digestOfBlocks, isDigest, updateFileDigest } from './block-digest';
 export { crc32c } from './crc32c';
 export { type DiskFormat, detectFormat, detectFormatFromBytes, sniffForeignFormat } from './detect';
 export { ENVELOPE_HEADER_BYTES, type EnvelopeEncoding, decodeEnvelope, encodeEnvelope } from './envelope';

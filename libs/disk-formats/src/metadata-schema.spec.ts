@@ -25,7 +25,7 @@ const full: ImageMetadata = {
   labels: { env: 'prod' },
   configFiles: [{ path: '/etc/hostname', content: 'web-1\n' }],
   savedStateRef: null,
-  history: [{ at: '2026-11-23T12:00:00Z', operation: 'created', by: 'admin' }],
+  history: [{ at: '2026-11-23T12:00:00Z', operation: 'created', by: 'admin' }, { at: '2026-11-24T08:00:00Z', operation: 'partition-created', by: 'control-plane', partition: '0193a1b2-0000-7000-8000-000000000001', node: 'n1', details: { operationId: 'x' } }],
 };
 
 function errorsOf(value: unknown): string[] {
@@ -65,6 +65,8 @@ describe('validateMetadata', () => {
     ['config base64', { schemaVersion: 1, configFiles: [{ path: '/x', content: '!!', encoding: 'base64' }] }, 'configFiles[0].content must be valid base64'],
     ['mac', { schemaVersion: 1, networkTopology: { interfaces: [{ name: 'eth0', mac: 'nope' }] } }, 'networkTopology.interfaces[0].mac must be a MAC address'],
     ['history by missing', { schemaVersion: 1, history: [{ at: '2026-01-01T00:00:00Z', operation: 'x' }] }, 'history[0].by is required'],
+    ['history node empty', { schemaVersion: 1, history: [{ at: '2026-01-01T00:00:00Z', operation: 'x', by: 'y', node: '' }] }, 'history[0].node must not be empty'],
+    ['history partition number', { schemaVersion: 1, history: [{ at: '2026-01-01T00:00:00Z', operation: 'x', by: 'y', partition: 7 }] }, 'history[0].partition must be a string'],
     ['history detail object', { schemaVersion: 1, history: [{ at: '2026-01-01T00:00:00Z', operation: 'x', by: 'y', details: { a: {} } }] }, 'history[0].details.a must be a string, number, boolean or null'],
     ['not an object', [1, 2], 'metadata must be a JSON object'],
   ])('names the field: %s', (_name, value, message) => {
@@ -136,7 +138,7 @@ describe('appendHistory', () => {
   });
 
   it('rejects an invalid entry with its future index in the field name', () => {
-    expect(() => appendHistory(full, { at: 'now', operation: 'x', by: 'y' })).toThrow('history[1].at must be an RFC 3339 timestamp');
+    expect(() => appendHistory(full, { at: 'now', operation: 'x', by: 'y' })).toThrow('history[2].at must be an RFC 3339 timestamp');
   });
 });
 

@@ -99,6 +99,10 @@ export interface HistoryEntry {
   operation: string;
   /** Principal (user, token or component) that did it. */
   by: string;
+  /** The partition the operation concerned (its id), when there was one. */
+  partition?: string;
+  /** The node it happened on (its name or id), when there was one. */
+  node?: string;
   details?: Record<string, HistoryDetailValue>;
 }
 
@@ -221,10 +225,12 @@ function checkKeyedStrings(c: Checker, v: unknown, field: string, maxItems: numb
 }
 
 function checkHistoryEntry(c: Checker, v: unknown, field: string): void {
-  if (!c.object(v, field, ['at', 'operation', 'by', 'details'])) return;
+  if (!c.object(v, field, ['at', 'operation', 'by', 'partition', 'node', 'details'])) return;
   c.required(v, field, 'at', (x) => c.timestamp(x, `${field}.at`));
   c.required(v, field, 'operation', (x) => c.string(x, `${field}.operation`, 128, { nonEmpty: true }));
   c.required(v, field, 'by', (x) => c.string(x, `${field}.by`, SHORT, { nonEmpty: true }));
+  c.optional(v, 'partition', (x) => c.string(x, `${field}.partition`, SHORT, { nonEmpty: true }));
+  c.optional(v, 'node', (x) => c.string(x, `${field}.node`, SHORT, { nonEmpty: true }));
   c.optional(v, 'details', (d) => {
     const df = `${field}.details`;
     if (typeof d !== 'object' || d === null || Array.isArray(d)) return c.fail(df, 'must be an object');

@@ -5,3 +5,4 @@ export * from './roles';
 export * from './names';
 export * from './limits';
 export * from './ids';
+export * from './store-paths';

@@ -22,7 +22,7 @@ export const PARTITION_STATES = [
 export type PartitionState = (typeof PARTITION_STATES)[number];
 
 /** A user-visible action on a partition. */
-export type PartitionAction = 'start' | 'stop' | 'reboot' | 'delete' | 'console' | 'update' | 'snapshot' | 'revert' | 'delete snapshots of' | 'migrate';
+export type PartitionAction = 'start' | 'stop' | 'reboot' | 'delete' | 'console' | 'update' | 'snapshot' | 'revert' | 'delete snapshots of' | 'export snapshots of' | 'migrate';
 
 /** Which state each action is allowed from; the single source for 409 answers. */
 const ALLOWED: Record<PartitionAction, readonly PartitionState[]> = {
@@ -35,6 +35,7 @@ const ALLOWED: Record<PartitionAction, readonly PartitionState[]> = {
   snapshot: ['running', 'stopped'],
   revert: ['running', 'stopped'],
   'delete snapshots of': ['running', 'stopped', 'failed'],
+  'export snapshots of': ['running', 'stopped', 'failed'],
   migrate: ['running', 'stopped'],
 };
 

@@ -69,6 +69,7 @@ const tables: Array<[Filter, Row[]]> = [
   [f.image, [
     ['in store', {}, {}, null],
     ['missing', { images: ['alpine'] }, {}, { reason: 'image-missing', message: "image 'debian' not in the node's store" }],
+    ['missing but a library image the node can fetch', { images: ['alpine'] }, { imageFetchable: true }, null],
   ]],
   [f.groupAntiAffinity, [
     ['no group', { groups: { 'p1/web': 1 } }, {}, null],

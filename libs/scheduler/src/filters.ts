@@ -11,6 +11,11 @@ export interface Filter {
   /** Every `reason` this filter can answer with. */
   readonly reasons: readonly string[];
   check(node: NodeCandidate, req: PlacementRequest, ctx: PlacementContext): Rejection | null;
+  /**
+   * Asked once per placement: false when the filter cannot refuse any node for this request (it
+   * asks nothing of that kind), so the pipeline skips it. Absent means it always applies.
+   */
+  applies?(req: PlacementRequest, ctx: PlacementContext): boolean;
 }
 
 /** What is left of each resource on a node: `floor(capacity × ratio) − allocated` (negative when overcommitted past the ratio). */
@@ -68,6 +73,7 @@ const NO_KVM: Rejection = { reason: 'accelerator', message: 'no kvm acceleration
 export const accelerator: Filter = {
   name: 'accelerator',
   reasons: ['accelerator'],
+  applies: (req) => req.accelerator === 'kvm',
   check: (node, req) => (req.accelerator === 'kvm' && node.accelerator !== 'kvm' ? NO_KVM : null),
 };
 
@@ -75,6 +81,7 @@ export const accelerator: Filter = {
 export const machineType: Filter = {
   name: 'machineType',
   reasons: ['machine-type'],
+  applies: (req) => req.machineType !== undefined,
   check: (node, req) =>
     req.machineType !== undefined && !node.machineTypes.includes(req.machineType)
       ? { reason: 'machine-type', message: `no machine type ${req.machineType}` }
@@ -85,6 +92,7 @@ export const machineType: Filter = {
 export const cpuFeatures: Filter = {
   name: 'cpuFeatures',
   reasons: ['cpu-features'],
+  applies: (req) => !!req.cpuFeatures?.length,
   check: (node, req, ctx) =>
     req.cpuFeatures?.length && !hasAll(node, req.cpuFeatures, ctx)
       ? { reason: 'cpu-features', message: `lacks a required cpu feature (${req.cpuFeatures.join(', ')})` }
@@ -99,6 +107,7 @@ export const cpuFeatures: Filter = {
 export const imageHardware: Filter = {
   name: 'imageHardware',
   reasons: ['image-hardware'],
+  applies: (req) => !!req.imageRequirements,
   check: (node, req, ctx) => {
     const hw = req.imageRequirements;
     if (!hw) return null;
@@ -123,6 +132,7 @@ export const imageHardware: Filter = {
 export const nodeSelector: Filter = {
   name: 'nodeSelector',
   reasons: ['node-selector'],
+  applies: (req) => !!req.nodeSelector && Object.keys(req.nodeSelector).length > 0,
   check: (node, req) => {
     const sel = req.nodeSelector;
     if (!sel) return null;
@@ -136,18 +146,19 @@ export const nodeSelector: Filter = {
   },
 };
 
-/** The image must already be in the node's store. */
+/** The image must be in the node's store, unless it is a library image the node can fetch. */
 export const image: Filter = {
   name: 'image',
   reasons: ['image-missing'],
   check: (node, req) =>
-    node.images.includes(req.image) ? null : { reason: 'image-missing', message: `image '${req.image}' not in the node's store` },
+    req.imageFetchable || node.images.includes(req.image) ? null : { reason: 'image-missing', message: `image '${req.image}' not in the node's store` },
 };
 
 /** Hard anti-affinity: no node may hold two partitions of the group. */
 export const groupAntiAffinity: Filter = {
   name: 'groupAntiAffinity',
   reasons: ['anti-affinity'],
+  applies: (req) => !!req.group && req.group.hard && req.group.policy === 'anti-affinity',
   check: (node, req, ctx) => {
     const g = req.group;
     if (!g || !g.hard || g.policy !== 'anti-affinity' || !((node.groups[ctx.groupKey!] ?? 0) > 0)) return null;
@@ -159,6 +170,7 @@ export const groupAntiAffinity: Filter = {
 export const groupAffinity: Filter = {
   name: 'groupAffinity',
   reasons: ['affinity'],
+  applies: (req, ctx) => !!req.group && req.group.hard && req.group.policy === 'affinity' && ctx.groupTotal > 0,
   check: (node, req, ctx) => {
     const g = req.group;
     if (!g || !g.hard || g.policy !== 'affinity' || ctx.groupTotal === 0 || (node.groups[ctx.groupKey!] ?? 0) > 0) return null;

@@ -1,7 +1,7 @@
 import { ResourceExhaustedError } from '@hyperplane/domain';
 import { NoNodeFitsError, QuotaExceededError, rejectionError } from './errors';
 import { seedFrom, shuffle, sortById } from './source';
-import { FILTERS, SCORERS, place, placeMany, withPlacement, type Placed, type PlacementResult, type Rejected } from './stack';
+import { FILTERS, SCORERS, PlacementSession, place, placeMany, withPlacement, type Placed, type PlacementResult, type Rejected } from './stack';
 import { node, nodes, request } from './testing/fixtures';
 import type { NodeCandidate, PlacementRequest } from './types';
 
@@ -257,6 +257,41 @@ describe('placeMany', () => {
       return r.node.id;
     });
     expect(placeMany(nodes(4), reqs).map((r) => placed(r).node.id)).toEqual(oneByOne);
+  });
+});
+
+describe('PlacementSession', () => {
+  it('gives each create the answers placeMany gives it on the nodes the creates before it left', () => {
+    const creates = [replicas(3, { vcpus: 2 }), [request({ requestId: 'solo', vcpus: 3, strategy: 'binpack' })], replicas(2, { vcpus: 1, strategy: 'spread' })].map((rs, k) => rs.map((r) => ({ ...r, requestId: `${k}/${r.requestId}` })));
+    const session = new PlacementSession(nodes(4, () => ({ capacity: { vcpus: 4, memoryMiB: 8192 } })));
+    let cluster: NodeCandidate[] = nodes(4, () => ({ capacity: { vcpus: 4, memoryMiB: 8192 } }));
+    for (const reqs of creates) {
+      const expected = placeMany(cluster, reqs).map((r) => placed(r).node.id);
+      const got = session.placeAll(reqs);
+      if (!got.ok) throw new Error(got.message);
+      expect(got.placed.map((p) => p.node.id)).toEqual(expected);
+      reqs.forEach((req, i) => (cluster = cluster.map((n) => (n.id === expected[i] ? withPlacement(n, req) : n))));
+    }
+    expect(session.nodes).toEqual(cluster);
+  });
+
+  it('leaves the session as it was when a create is refused, and keeps placing the next ones', () => {
+    const fresh = () => nodes(2, () => ({ capacity: { vcpus: 2, memoryMiB: 4096 } }));
+    const session = new PlacementSession(fresh());
+    const refused = session.placeAll(replicas(5, { vcpus: 1 }));
+    expect(refused.ok).toBe(false);
+    if (!refused.ok) expect(refused.message).toBe('no node fits: 2 nodes: not enough vcpus');
+    expect(session.nodes).toEqual(fresh());
+    const ok = session.placeAll(replicas(4, { vcpus: 1 }));
+    expect(ok.ok && ok.placed).toHaveLength(4);
+  });
+
+  it('counts a create against its quota from the usage it is given', () => {
+    const session = new PlacementSession(nodes(3));
+    const r = session.placeAll(replicas(3, {}), { maxPartitions: 4 }, { partitions: 2, vcpus: 2, memoryMiB: 2048 });
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.message).toBe('project quota: 4 of 4 partitions used');
+    expect(session.nodes).toEqual(nodes(3));
   });
 });
 

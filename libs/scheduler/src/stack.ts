@@ -27,7 +27,7 @@ import { groupKey, placementContext } from './placement-context';
 import { checkQuota } from './quota';
 import * as s from './scorers';
 import type { Scorer } from './scorers';
-import { findPinned, seedFrom, shuffle } from './source';
+import { findPinned, mulberry32, seedFrom } from './source';
 import type { NodeCandidate, PlacementRequest, ProjectQuota, ProjectUsage, SchedulerConfig, ScorerWeights, Strategy } from './types';
 
 /** Feasibility filters in the order they run (see the comment at the top of this file). */
@@ -67,6 +67,12 @@ export interface PlaceOptions {
   config?: SchedulerConfig;
   quota?: ProjectQuota;
   usage?: ProjectUsage;
+  /**
+   * CPU baselines of these very nodes, when the caller keeps them across placements (a cluster
+   * snapshot). Precondition: built from `nodes` with the same flags and states; allocations may
+   * differ. Absent, they are computed per call.
+   */
+  baselines?: CpuBaselines;
 }
 
 /** How a placement was decided, for logs and the operation record; enough to replay it. */
@@ -111,7 +117,7 @@ export type PlacementResult = Placed | Rejected;
  * are computed over all of it, even when `req.node` pins the placement to one node.
  */
 export function place(nodes: readonly NodeCandidate[], req: PlacementRequest, opts: PlaceOptions = {}): PlacementResult {
-  return placeIn(prepare(nodes), req, opts);
+  return placeIn(prepare(nodes, opts.baselines), req, opts.config, opts.quota, opts.usage);
 }
 
 /**
@@ -122,18 +128,66 @@ export function place(nodes: readonly NodeCandidate[], req: PlacementRequest, op
  * quota and usage describe.
  */
 export function placeMany(nodes: readonly NodeCandidate[], reqs: readonly PlacementRequest[], opts: PlaceOptions = {}): PlacementResult[] {
-  const cluster = prepare(nodes);
-  const index = new Map(cluster.nodes.map((n, i) => [n.id, i]));
+  const cluster = prepare(nodes, opts.baselines);
   let usage = opts.usage;
   return reqs.map((req) => {
-    const r = placeIn(cluster, req, { ...opts, usage });
+    const r = placeIn(cluster, req, opts.config, opts.quota, usage);
     if (r.ok) {
-      cluster.nodes[index.get(r.node.id)!] = withPlacement(r.node, req);
-      const u = usage ?? { partitions: 0, vcpus: 0, memoryMiB: 0 };
-      usage = { partitions: u.partitions + 1, vcpus: u.vcpus + req.vcpus, memoryMiB: u.memoryMiB + req.memoryMiB };
+      cluster.nodes[cluster.chosen] = withPlacement(r.node, req);
+      usage = usageAfter(usage, req);
     }
     return r;
   });
+}
+
+/**
+ * A cluster prepared once for many creates that build on each other (a batch of them): each
+ * {@link PlacementSession.placeAll} sees what the ones before it took, as {@link placeMany} over
+ * the updated nodes would, without preparing the cluster again for every create. The input
+ * nodes are not modified.
+ */
+export class PlacementSession {
+  private readonly cluster: Cluster;
+
+  constructor(
+    nodes: readonly NodeCandidate[],
+    private readonly opts: { config?: SchedulerConfig; baselines?: CpuBaselines } = {},
+  ) {
+    this.cluster = prepare(nodes, opts.baselines);
+  }
+
+  /** The nodes as the placements so far left them, in the caller's order. */
+  get nodes(): readonly NodeCandidate[] {
+    return this.cluster.nodes;
+  }
+
+  /**
+   * Places `reqs` one after another, all or nothing, against `quota` from `usage` (the requests'
+   * project's): the placed nodes in order, or the first refusal, in which case the session is
+   * left as it was.
+   */
+  placeAll(reqs: readonly PlacementRequest[], quota?: ProjectQuota, usage?: ProjectUsage): { ok: true; placed: Placed[] } | Rejected {
+    const c = this.cluster;
+    const placed: Placed[] = [];
+    const undo: Array<[number, NodeCandidate]> = [];
+    for (const req of reqs) {
+      const r = placeIn(c, req, this.opts.config, quota, usage);
+      if (!r.ok) {
+        for (let k = undo.length - 1; k >= 0; k--) c.nodes[undo[k]![0]] = undo[k]![1];
+        return r;
+      }
+      undo.push([c.chosen, c.nodes[c.chosen]!]);
+      c.nodes[c.chosen] = withPlacement(r.node, req);
+      usage = quota ? usageAfter(usage, req) : usage;
+      placed.push(r);
+    }
+    return { ok: true, placed };
+  }
+}
+
+function usageAfter(usage: ProjectUsage | undefined, req: PlacementRequest): ProjectUsage {
+  const u = usage ?? { partitions: 0, vcpus: 0, memoryMiB: 0 };
+  return { partitions: u.partitions + 1, vcpus: u.vcpus + req.vcpus, memoryMiB: u.memoryMiB + req.memoryMiB };
 }
 
 /** A copy of `node` with `req`'s resources reserved and its group count raised; `node` is not modified. */
@@ -162,25 +216,50 @@ export function describeReasons(reasons: readonly ReasonCount[]): string {
 interface Cluster {
   /** In the caller's order (placeMany replaces entries with updated copies as it goes). */
   nodes: NodeCandidate[];
-  /** 0, 1, … n − 1: every node, in the caller's order. */
-  all: number[];
   /** Indices into `nodes`, ordered by node id: the input of the shuffle. */
-  byId: number[];
+  byId: Int32Array;
   baselines: CpuBaselines;
+  /** Index in `nodes` of the node the last successful {@link placeIn} chose. */
+  chosen: number;
+  /** Scratch space of one placement: the shuffled order, and each node's rank in it. */
+  order: Int32Array;
+  rank: Int32Array;
 }
 
-function prepare(nodes: readonly NodeCandidate[]): Cluster {
-  const all = nodes.map((_, i) => i);
-  const byId = all.slice().sort((a, b) => cmp(nodes[a].id, nodes[b].id));
-  return { nodes: nodes.slice(), all, byId, baselines: new CpuBaselines(nodes) };
+function prepare(nodes: readonly NodeCandidate[], baselines?: CpuBaselines): Cluster {
+  const n = nodes.length;
+  const byId = new Int32Array(n);
+  for (let i = 0; i < n; i++) byId[i] = i;
+  // Snapshots are usually loaded in id order already: one pass to see it beats sorting.
+  let sorted = true;
+  for (let i = 1; i < n && sorted; i++) sorted = nodes[i - 1].id < nodes[i].id;
+  if (!sorted) byId.sort((a, b) => cmp(nodes[a].id, nodes[b].id));
+  return { nodes: nodes.slice(), byId, baselines: baselines ?? new CpuBaselines(nodes), chosen: -1, order: new Int32Array(n), rank: new Int32Array(n) };
+}
+
+/**
+ * Fills `c.rank` with each node's position in the shuffle of `c.byId` seeded by `seed`: the very
+ * order {@link shuffle} gives (same generator, same swaps), without allocating.
+ */
+function rankShuffled(c: Cluster, seed: number): void {
+  const order = c.order;
+  order.set(c.byId);
+  const rand = mulberry32(seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    const t = order[i]!;
+    order[i] = order[j]!;
+    order[j] = t;
+  }
+  for (let r = 0; r < order.length; r++) c.rank[order[r]!] = r;
 }
 
 function noFit(reason: string, detail: string): Rejected {
   return { ok: false, kind: 'no-fit', reasons: [{ reason, count: 0, message: detail }], message: `no node fits: ${detail}` };
 }
 
-function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): PlacementResult {
-  const overQuota = checkQuota(req, opts.quota, opts.usage);
+function placeIn(cluster: Cluster, req: PlacementRequest, config: SchedulerConfig = DEFAULT_SCHEDULER_CONFIG, quota?: ProjectQuota, usage?: ProjectUsage): PlacementResult {
+  const overQuota = checkQuota(req, quota, usage);
   if (overQuota.length > 0) {
     return {
       ok: false,
@@ -192,22 +271,22 @@ function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): P
   const nodes = cluster.nodes;
   if (nodes.length === 0) return noFit('no-nodes', 'no nodes are registered');
 
-  const config = opts.config ?? DEFAULT_SCHEDULER_CONFIG;
   const strategy = req.strategy ?? config.defaultStrategy;
   const seed = seedFrom(req.requestId);
   // The shuffle gives each node a rank; nodes are visited in the caller's order (kinder to the
   // memory cache at 10,000 nodes than a random walk) and ties go to the lowest rank, which is
   // the same pick as walking the shuffled order.
-  let candidates: number[];
-  const rank = new Int32Array(nodes.length);
+  // Pinned: the one node is the only candidate; else every node, from 0 to n - 1.
+  let first = 0;
+  let end = nodes.length;
+  const rank = cluster.rank;
   if (req.node !== undefined) {
     const pinned = findPinned(nodes, req.node);
     if (!pinned) return noFit('pinned', `node '${req.node}' does not exist`);
-    candidates = [nodes.indexOf(pinned)];
+    first = nodes.indexOf(pinned);
+    end = first + 1;
   } else {
-    const order = shuffle(cluster.byId, seed);
-    for (let r = 0; r < order.length; r++) rank[order[r]] = r;
-    candidates = cluster.all;
+    rankShuffled(cluster, seed);
   }
 
   const ctx = placementContext(nodes, req, strategy, cluster.baselines);
@@ -216,6 +295,8 @@ function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): P
   const scorerWeights = scorers.map(weight);
   const weightSum = scorerWeights.reduce((a, b) => a + b, 0);
 
+  // Filters that cannot refuse any node for this request are not asked at all.
+  const filters = FILTERS.filter((f) => !f.applies || f.applies(req, ctx));
   const tally = new Map<string, ReasonCount>();
   const parts = new Float64Array(scorers.length);
   let bestParts = new Float64Array(scorers.length);
@@ -223,9 +304,9 @@ function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): P
   let bestScore = -1;
   let feasible = 0;
 
-  visit: for (const i of candidates) {
+  visit: for (let i = first; i < end; i++) {
     const node = nodes[i];
-    for (const filter of FILTERS) {
+    for (const filter of filters) {
       const no = filter.check(node, req, ctx);
       if (no !== null) {
         const key = `${no.reason}\n${no.message}`;
@@ -255,13 +336,14 @@ function placeIn(cluster: Cluster, req: PlacementRequest, opts: PlaceOptions): P
   if (best < 0) {
     return { ok: false, kind: 'no-fit', reasons: rejected, message: `no node fits: ${describeReasons(rejected)}` };
   }
+  cluster.chosen = best;
   const scores: Partial<ScorerWeights> = {};
   scorers.forEach((sc, i) => (scores[sc.name] = bestParts[i]));
   return {
     ok: true,
     node: nodes[best],
     score: bestScore,
-    explain: { seed, strategy, candidates: candidates.length, feasible, rejected, scores },
+    explain: { seed, strategy, candidates: end - first, feasible, rejected, scores },
   };
 }
 

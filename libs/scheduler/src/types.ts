@@ -92,6 +92,8 @@ export interface PlacementRequest {
   /** Absent: the cluster default ({@link SchedulerConfig.defaultStrategy}). */
   strategy?: Strategy;
   imageRequirements?: ImageRequirements;
+  /** The image is in the project's library: a node without it fetches it, so the image filter passes everywhere. */
+  imageFetchable?: boolean;
 }
 
 /** A project's limits; an absent field is unlimited, 0 allows none. */

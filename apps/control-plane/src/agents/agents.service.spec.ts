@@ -21,6 +21,10 @@ describe('impliedState: what a node report means for the record', () => {
     ['deleting', 'absent', 'running', null],
     ['deleting', 'absent', 'absent', null],
     ['running', 'running', 'something-new', null],
+    // A migration decides where a migrating partition is: "migrated away" from the source does not fail it.
+    ['migrating', 'running', 'absent', null],
+    ['migrating', 'running', 'running', null],
+    ['migrating', 'stopped', 'stopped', null],
   ];
 
   it.each(table)('record %s (desired %s), node says %s → %s', (state, desired, observed, expected) => {

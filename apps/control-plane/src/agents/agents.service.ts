@@ -9,6 +9,7 @@ import { NodeRepository, NodeRow } from '../nodes/node.repository';
 import { nodeView } from '../nodes/nodes.service';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { partitionEvent, partitionView } from '../partitions/partition-view';
+import { NodeImageInventory, parseImageReports, usableByName } from '../images/node-image-inventory';
 import { OperationRepository } from '../operations/operation.repository';
 import { OperationsService } from '../operations/operations.service';
 import { ChainRuntime } from '../service-chains/chain-runtime';
@@ -36,6 +37,7 @@ export function specOf(r: PartitionRow): agentV1.PartitionSpec {
     image: r.image,
     desired: r.desired,
     generation: Number(r.generation),
+    libraryImageId: r.image_id ?? '',
   };
 }
 
@@ -48,6 +50,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
   private staleTimer: NodeJS.Timeout | undefined;
   private beatTimer: NodeJS.Timeout | undefined;
   private readonly beats = new Set<string>();
+  private retried = new Set<string>();
 
   constructor(
     private readonly nodes: NodeRepository,
@@ -61,6 +64,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     private readonly chainDisks: ChainRuntime,
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly log: Logger,
+    private readonly nodeImages: NodeImageInventory,
   ) {}
 
   onApplicationBootstrap(): void {
@@ -92,6 +96,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       if (fresh) throw new AgentRejectedError(`node name ${msg.nodeName} is in use by another connected node`);
       id = byName.id;
     }
+    const imageReports = parseImageReports(inv.images);
     const row = await this.nodes.upsertRegistration({
       id,
       name: msg.nodeName,
@@ -102,12 +107,13 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       cpuFlags: inv.cpuFlags ?? [],
       machineTypes: inv.machineTypes ?? [],
       labels: inv.labels ?? {},
-      images: (inv.images ?? []).map((i) => ({ name: i.name ?? '', format: i.format ?? '', sizeBytes: Number(i.sizeBytes ?? 0), virtualSizeBytes: Number(i.virtualSizeBytes ?? 0) })),
+      images: usableByName(imageReports),
       vcpus: inv.cpus ?? 0,
       memoryMiB: Number(inv.memoryMib),
       diskBytes: Number(inv.diskBytes),
       connectedTo: this.sessions.replicaId,
     });
+    await this.nodeImages.recordRegistration(id, imageReports, inv.imageStoreDir ?? '');
     if (Boolean(inv.tls) !== row.tls) await this.nodes.setTls(id, Boolean(inv.tls));
     await this.sessions.attach(id, writer);
     writer.write({ registered: { nodeId: id, heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS } });
@@ -131,7 +137,13 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     const ids = [...this.beats];
     this.beats.clear();
     try {
-      for (const r of await this.nodes.heartbeats(ids, this.sessions.replicaId)) await this.publishNode(r);
+      const { changed, missed } = await this.nodes.heartbeats(ids, this.sessions.replicaId);
+      // A row a placement held is tried once more at the next flush (a node that does not exist
+      // any more is not tried forever); its next heartbeat brings it back anyway.
+      const retried = this.retried;
+      this.retried = new Set(missed.filter((id) => !retried.has(id)));
+      for (const id of this.retried) this.beats.add(id);
+      for (const r of changed) await this.publishNode(r);
     } catch (err) {
       for (const id of ids) this.beats.add(id);
       this.log.warn({ err }, 'could not record heartbeats');
@@ -153,6 +165,11 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     const state = impliedState(row, observed);
     const updated = await this.partitions.observe(row.id, observed, Number(s.generation ?? 0), state, s.reason ?? '', nodeId);
     if (updated) await this.publishPartition(updated);
+  }
+
+  /** The node's image store changed (ImageInventory): its record and placement follow. */
+  onImages(nodeId: string, m: agentV1.ImageInventory__Output): Promise<void> {
+    return this.nodeImages.recordChange(nodeId, m.images);
   }
 
   /** A command's result, for whoever waits on it. */

@@ -3,6 +3,7 @@
  */
 import { MIGRATIONS } from '@hyperplane/migrations';
 import { DataSource, EntityManager } from 'typeorm';
+import { Batcher } from '../common/batcher';
 
 /** Creates (does not connect) the control plane's DataSource. */
 export function createDataSource(databaseUrl: string, poolSize = 20): DataSource {
@@ -66,6 +67,22 @@ function poolOf(db: Db): { query(text: string, params: unknown[]): Promise<{ row
   if (!(db instanceof DataSource)) return undefined;
   const master = (db.driver as unknown as { master?: { query: (t: string, p: unknown[]) => Promise<{ rows: unknown[] }> } }).master;
   return master && typeof master.query === 'function' ? master : undefined;
+}
+
+/** The rows for `ids`, in that order (undefined where none came back): the answer of a batched statement. */
+export function inOrder<T extends { id: string }>(found: T[], ids: readonly string[]): Array<T | undefined> {
+  const m = new Map(found.map((r) => [r.id, r]));
+  return ids.map((id) => m.get(id));
+}
+
+/** Reads by id coalesced into one `SELECT * FROM <table> WHERE id = ANY(...)` per moment. */
+export function rowsByIdBatcher<T extends { id: string }>(ds: () => DataSource, table: string): Batcher<string, T | undefined> {
+  return new Batcher<string, T | undefined>(async (ids) => inOrder(await rows<T>(ds(), `SELECT * FROM ${table} WHERE id = ANY($1::uuid[])`, [ids]), ids));
+}
+
+/** True when `db` is the DataSource or its own manager, i.e. no transaction is open on it. */
+export function outsideTransaction(db: Db, ds: DataSource): boolean {
+  return db === ds || db === ds.manager;
 }
 
 /** Runs an UPDATE/DELETE and returns how many rows it touched. */

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Inject, Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
 import { uuidv7 } from '@hyperplane/domain';
@@ -5,6 +6,7 @@ import { Redis } from 'ioredis';
 import { Logger } from 'pino';
 import { Config, CONFIG } from '../config';
 import { LOGGER, REDIS, REDIS_SUB } from '../common/tokens';
+import { Batcher } from '../common/batcher';
 
 /** A resource change, as the event stream (SSE, gRPC Watch) shows it. */
 export interface HpEvent {
@@ -19,23 +21,54 @@ export interface HpEvent {
   data: unknown;
 }
 
+/** What travels on the events channel: the events one replica published at one moment. */
+interface EventMessage {
+  origin: string;
+  events: HpEvent[];
+}
+
 /**
  * Fan-out of resource changes to every replica through Redis pub/sub, then to local listeners
  * (event streams and operations waiting on a change). Events are notifications, not a log:
  * Postgres stays the source of truth, and a missed event is made good by the next read.
+ * Events published at the same moment travel as one message; the publishing replica's own
+ * listeners hear them at once, not back from Redis; listeners of one resource are found by its
+ * id, not by asking every listener.
  */
 @Injectable()
 export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly local = new EventEmitter();
+  private readonly byResource = new Map<string, Set<(e: HpEvent) => void>>();
   private readonly channel: string;
+  /** Tags this replica's messages, so it does not deliver its own events a second time. */
+  private readonly origin = randomUUID();
+  /** How this replica's own messages begin (JSON.stringify keeps key order), to skip them unparsed. */
+  private readonly ownPrefix = `{"origin":${JSON.stringify(this.origin)},`;
   private readonly onMessage = (channel: string, message: string) => {
-    if (channel !== this.channel) return;
+    if (channel !== this.channel || message.startsWith(this.ownPrefix)) return;
+    let parsed: HpEvent | HpEvent[] | EventMessage;
     try {
-      this.local.emit('event', JSON.parse(message) as HpEvent);
+      parsed = JSON.parse(message) as HpEvent | HpEvent[] | EventMessage;
     } catch (e) {
       this.log.warn({ err: e }, 'dropped an unreadable event');
+      return;
     }
+    if (Array.isArray(parsed)) for (const e of parsed) this.deliver(e);
+    else if ('events' in parsed) {
+      if (parsed.origin !== this.origin) for (const e of parsed.events) this.deliver(e);
+    } else this.deliver(parsed);
   };
+  private readonly outbox = new Batcher<HpEvent, void>(
+    async (events) => {
+      try {
+        await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events } satisfies EventMessage));
+      } catch (err) {
+        this.log.warn({ err, events: events.length }, 'could not publish events to the other replicas');
+      }
+      return events.map(() => undefined);
+    },
+    { maxBatch: 1000, maxInFlight: 1 },
+  );
 
   constructor(
     @Inject(REDIS) private readonly redis: Redis,
@@ -55,22 +88,52 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async onModuleDestroy(): Promise<void> {
     this.sub.off('message', this.onMessage);
     this.local.removeAllListeners();
+    this.byResource.clear();
   }
 
-  /** Publishes a change to every replica. Never throws: a lost notification is not an error. */
+  /**
+   * Publishes a change to every replica: this one's listeners at once, the others' through Redis.
+   * Never throws: a lost notification is not an error.
+   */
   async publish(e: Omit<HpEvent, 'id' | 'at'>): Promise<void> {
     const event: HpEvent = { id: uuidv7(), at: new Date().toISOString(), ...e };
-    try {
-      await this.redis.publish(this.channel, JSON.stringify(event));
-    } catch (err) {
-      this.log.warn({ err, type: e.type }, 'could not publish event');
-      this.local.emit('event', event);
-    }
+    this.deliver(event);
+    await this.outbox.call(event);
   }
 
   /** Calls `fn` for every event until the returned function is called. */
   subscribe(fn: (e: HpEvent) => void): () => void {
     this.local.on('event', fn);
     return () => this.local.off('event', fn);
+  }
+
+  /** Calls `fn` for every event about the resource `resourceId` until the returned function is called. */
+  subscribeTo(resourceId: string, fn: (e: HpEvent) => void): () => void {
+    let set = this.byResource.get(resourceId);
+    if (!set) this.byResource.set(resourceId, (set = new Set()));
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+      if (set.size === 0 && this.byResource.get(resourceId) === set) this.byResource.delete(resourceId);
+    };
+  }
+
+  /** Hands an event to the listeners here; one that throws is logged, the others still hear it. */
+  private deliver(e: HpEvent): void {
+    try {
+      this.local.emit('event', e);
+    } catch (err) {
+      this.log.warn({ err, type: e.type }, 'an event listener failed');
+    }
+    const set = this.byResource.get(e.resourceId);
+    if (set) {
+      for (const fn of [...set]) {
+        try {
+          fn(e);
+        } catch (err) {
+          this.log.warn({ err, type: e.type }, 'an event listener failed');
+        }
+      }
+    }
   }
 }

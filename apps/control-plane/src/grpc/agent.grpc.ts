@@ -53,6 +53,8 @@ export class AgentGrpcApi {
           return this.agents.onGuestEvent(nodeId, m.event!);
         case 'consoleOutput':
           return this.agents.onConsoleOutput(m.consoleOutput!);
+        case 'images':
+          return this.agents.onImages(nodeId, m.images!);
         case 'migrationProgress':
           return this.agents.onMigrationProgress(nodeId, m.migrationProgress!);
         case 'providerStatus':

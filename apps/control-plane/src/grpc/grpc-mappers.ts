@@ -7,6 +7,7 @@ import { PartitionView } from '../partitions/partition-view';
 import { ProjectView, TokenView } from '../projects/projects.service';
 import { HpEvent } from '../events/event-bus';
 import { ImageView } from '../images/image-view';
+import { NodeStoreImageView } from '../images/node-image-inventory';
 
 const res = (r: { vcpus: number; memoryMiB: number; diskBytes: number }): v1.NodeResources => ({ vcpus: r.vcpus, memoryMib: r.memoryMiB, diskBytes: r.diskBytes });
 
@@ -54,10 +55,16 @@ export function eventMsg(e: HpEvent): v1.Event {
   return { id: e.id, type: e.type, resourceType: e.resourceType, resourceId: e.resourceId, projectId: e.projectId ?? '', at: e.at, dataJson: JSON.stringify(e.data) };
 }
 
-/** Image view → proto: the metadata document as JSON text. */
+/** A file of a node's image store → proto. */
+export function nodeStoreImageMsg(i: NodeStoreImageView): v1.NodeStoreImage {
+  const { metadata, rejected, libraryImageId, ...rest } = i;
+  return { ...rest, metadataJson: metadata ? JSON.stringify(metadata) : '', rejectedReason: rejected?.reason ?? '', rejectedMessage: rejected?.message ?? '', libraryImageId: libraryImageId ?? '' };
+}
+
+/** Image view → proto (metadata as its JSON text). */
 export function imageMsg(i: ImageView): v1.Image {
-  const { metadata, expiresAt, ...rest } = i;
-  return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '' };
+  const { metadata, expiresAt, digest, ...rest } = i;
+  return { ...rest, metadataJson: JSON.stringify(metadata), expiresAt: expiresAt ?? '', digest: digest ?? '' };
 }
 
 /** Snapshot view → proto. */

@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Inject, Injectable } from '@nestjs/common';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { Principal, UnavailableError, ValidationError } from '@hyperplane/domain';
+import { Principal, ValidationError } from '@hyperplane/domain';
 import { v1 } from '@hyperplane/proto';
 import { parseIfMatch } from '../common/etag';
 import { MutationOptions } from '../common/transactions';
@@ -19,13 +19,15 @@ import { AuthService } from '../projects/auth.service';
 import { CreateProjectInput, CreateTokenInput, UpdateProjectInput } from '../projects/projects.dto';
 import { ProjectsService } from '../projects/projects.service';
 import { toGrpcError } from './grpc-errors';
-import { eventMsg, imageMsg, nodeMsg, operationMsg, partitionMsg, projectMsg, snapshotMsg, tokenMsg } from './grpc-mappers';
+import { eventMsg, imageMsg, nodeMsg, nodeStoreImageMsg, operationMsg, partitionMsg, projectMsg, snapshotMsg, tokenMsg } from './grpc-mappers';
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { ImagesService } from '../images/images.service';
+import { NodeImageInventory } from '../images/node-image-inventory';
 import { MigratePartitionInput } from '../migration/migration.dto';
 import { MigrationService } from '../migration/migration.service';
-import { CreateSnapshotInput } from '../snapshots/snapshots.dto';
+import { CreateSnapshotInput, ExportSnapshotInput } from '../snapshots/snapshots.dto';
+import { SnapshotExports } from '../snapshots/snapshot-exports';
 import { SnapshotOperationView, SnapshotsService } from '../snapshots/snapshots.service';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
@@ -51,7 +53,9 @@ export class PublicGrpcApi {
     private readonly events: EventsService,
     private readonly consoles: ConsoleService,
     private readonly images: ImagesService,
+    private readonly nodeImages: NodeImageInventory,
     private readonly snapshots: SnapshotsService,
+    private readonly snapshotExports: SnapshotExports,
     private readonly migration: MigrationService,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
@@ -122,6 +126,7 @@ export class PublicGrpcApi {
           const out = await this.nodes.drain(p, r.node ?? '', validateInput(DrainNodeInput, pick({ mode: r.mode || undefined })), { ...opts(r.requestId), requestId: rid });
           return { node: nodeMsg(out.node), operation: operationMsg(out.operation) };
         }),
+        ListNodeImages: this.unary<v1.GetNodeRequest__Output, v1.ListNodeImagesResponse>(async (p, r) => ({ items: (await this.nodeImages.list(p, r.node ?? '')).items.map(nodeStoreImageMsg) })),
       },
       PartitionService: {
         CreatePartition: this.unary<v1.CreatePartitionRequest__Output, v1.PartitionOperation>(async (p, r, md, rid) => {
@@ -234,8 +239,9 @@ export class PublicGrpcApi {
         answer(await this.snapshots.delete(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
       RevertSnapshot: this.unary<v1.SnapshotActionRequest__Output, v1.SnapshotOperation>(async (p, r, md, rid) =>
         answer(await this.snapshots.revert(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', { ...opts(r.requestId, r.etag), requestId: rid }))),
-      ExportSnapshot: this.unary<v1.ExportSnapshotRequest__Output, v1.SnapshotOperation>(async () => {
-        throw new UnavailableError('snapshot export is not available yet');
+      ExportSnapshot: this.unary<v1.ExportSnapshotRequest__Output, v1.SnapshotOperation>(async (p, r, md, rid) => {
+        const input = validateInput(ExportSnapshotInput, pick({ imageName: r.imageName ?? '' }));
+        return answer(await this.snapshotExports.export(p, await this.project(p, md), r.partitionId ?? '', r.id ?? '', input, { ...opts(r.requestId), requestId: rid }));
       }),
     };
   }
@@ -269,6 +275,10 @@ export class PublicGrpcApi {
           throw ValidationError.field('metadata_json', 'is not valid JSON');
         }
         return imageMsg(await this.images.putMetadata(p, await this.project(p, md), r.id ?? '', doc, opts(undefined, r.etag)));
+      }),
+      ImportImage: this.unary<v1.ImportImageRequest__Output, v1.ImageOperation>(async (p, r, md, rid) => {
+        const started = await this.images.startImport(p, await this.project(p, md), pick({ name: r.name || undefined, node: r.node || undefined, path: r.path || undefined }), { ...opts(r.requestId), requestId: rid });
+        return { image: imageMsg(started.image), operation: operationMsg(started.operation) };
       }),
       DownloadImage: (call: grpc.ServerWritableStream<v1.GetImageRequest__Output, v1.FileChunk>) => {
         void (async () => {

@@ -49,6 +49,8 @@ export function imageRequirementsOf(m: Partial<ImageMetadata>): ImageRequirement
 export interface ImageTerms {
   /** True when the name is in the project's library (else a node-reported image such as `sample`). */
   inLibrary: boolean;
+  /** The library image's id (partitions record it: their disk is based on that image, fetched to the node). */
+  imageId?: string;
   requirements?: ImageRequirements;
 }
 
@@ -79,7 +81,7 @@ export class ImagePolicy {
     const inUse = max > 0 && adding > 0 ? await this.images.partitionsUsing(db, projectId, image) : 0;
     const refusal = imagePolicyRefusal(m, { projectId, projectName: project?.name ?? projectId, image, adding, inUse, now: new Date() });
     if (refusal) throw refusal;
-    return { inLibrary: true, requirements: imageRequirementsOf(m) };
+    return { inLibrary: true, imageId: row.id, requirements: imageRequirementsOf(m) };
   }
 
   /**

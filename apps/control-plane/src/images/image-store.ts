@@ -1,19 +1,44 @@
 import { spawn } from 'node:child_process';
-import { createReadStream, createWriteStream, ReadStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { constants as fsConstants, createReadStream, createWriteStream, ReadStream } from 'node:fs';
+import { copyFile, link, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Inject, Injectable, OnModuleInit } from '@nestjs/common';
 import { PayloadTooLargeError, uuidv7 } from '@hyperplane/domain';
-import { ImageInfo, ImageMetadata, IntakeOptions, inspectImage, readMetadata, writeMetadata } from '@hyperplane/disk-formats';
+import {
+  BlockDigest,
+  FileDigest,
+  FileImageIo,
+  ImageInfo,
+  ImageMetadata,
+  IntakeOptions,
+  digestFile,
+  inspectImage,
+  readMetadata,
+  updateFileDigest,
+  writeMetadataIo,
+} from '@hyperplane/disk-formats';
 import { Config, CONFIG } from '../config';
 
 /** Limits qemu-img runs under at intake: hostile images must not exhaust the control plane's host. */
 export const QEMU_IMG_LIMITS = { cpuSeconds: 30, addressSpaceBytes: 2 * 1024 ** 3, timeoutSeconds: 60 } as const;
 
-/** An upload file untouched this long was abandoned by a crash. */
+/** An upload (or copy-on-write) file untouched this long was abandoned by a crash. */
 const STALE_UPLOAD_MS = 60 * 60 * 1000;
+
+/** Temporary files of the store: uploads and imports being received, copy-on-write rewrites. */
+const TEMP_PREFIXES = ['.upload-', '.cow-'];
+
+/** Prefix of the hard links that pin a file's content while a transfer reads it. */
+const SNAPSHOT_PREFIX = '.xfer-';
+
+/** A file after a metadata write: its size, digest (with block hashes) and mtime. */
+export interface WrittenFile {
+  sizeBytes: number;
+  digest: FileDigest;
+  mtimeMs: number;
+}
 
 /** What `qemu-img check` said about a file. */
 export interface CheckResult {
@@ -42,7 +67,7 @@ export class ImageStore implements OnModuleInit {
   async onModuleInit(): Promise<void> {
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const cutoff = Date.now() - STALE_UPLOAD_MS;
-    for (const n of names.filter((x) => x.startsWith('.upload-'))) {
+    for (const n of names.filter((x) => TEMP_PREFIXES.some((p) => x.startsWith(p)))) {
       const p = join(this.dir, n);
       const st = await stat(p).catch(() => undefined);
       if (st && st.mtimeMs < cutoff) await this.remove(p);
@@ -53,14 +78,15 @@ export class ImageStore implements OnModuleInit {
    * Streams `body` into a new temporary file in the store, never holding it in memory; more than
    * `maxBytes` is {@link PayloadTooLargeError} and leaves no file behind. Returns its path and size.
    */
-  async receive(body: Readable, maxBytes = this.config.maxImageBytes): Promise<{ path: string; bytes: number }> {
-    await mkdir(this.dir, { recursive: true });
-    const path = join(this.dir, `.upload-${uuidv7()}`);
+  async receive(body: Readable, maxBytes = this.config.maxImageBytes): Promise<{ path: string; bytes: number; digest: FileDigest }> {
+    const path = await this.newTempPath();
     let bytes = 0;
+    const hash = new BlockDigest();
     const limit = new Transform({
       transform(chunk: Buffer, _enc, done) {
         bytes += chunk.length;
         if (bytes > maxBytes) return done(new PayloadTooLargeError(`image upload is larger than ${maxBytes} bytes (HYPERPLANE_MAX_IMAGE_BYTES)`));
+        hash.update(chunk);
         done(null, chunk);
       },
     });
@@ -70,7 +96,13 @@ export class ImageStore implements OnModuleInit {
       await this.remove(path);
       throw e;
     }
-    return { path, bytes };
+    return { path, bytes, digest: hash.finish() };
+  }
+
+  /** A new temporary path in the store (`.upload-*`: removed by the start-up sweep once stale), not created yet. */
+  async newTempPath(): Promise<string> {
+    await mkdir(this.dir, { recursive: true });
+    return join(this.dir, `.upload-${uuidv7()}`);
   }
 
   /** disk-formats intake: format from magic bytes, every hostile structure rejected (throws ImageRejectedError). */
@@ -132,15 +164,95 @@ export class ImageStore implements OnModuleInit {
     return readMetadata(path);
   }
 
-  /** Writes metadata into the file crash-safely (caller serialises writers of one file); returns the new file size. */
-  async writeMetadata(path: string, metadata: ImageMetadata): Promise<number> {
-    await writeMetadata(path, metadata);
-    return (await stat(path)).size;
+  /**
+   * Writes metadata into the file crash-safely (the caller serialises writers of one file) and
+   * updates its digest from `previous` by re-hashing only the blocks the write touched (a full
+   * hash when `previous` is missing). While a transfer or download reads the file through a
+   * snapshot link (the file has more than one link), the write goes to a copy that then replaces
+   * the file atomically, so the reader keeps the bytes it started with.
+   */
+  async writeMetadata(path: string, metadata: ImageMetadata, previous?: Pick<FileDigest, 'blocks' | 'bytes'>): Promise<WrittenFile> {
+    const st = await stat(path);
+    let target = path;
+    if (st.nlink > 1) {
+      target = join(this.dir, `.cow-${uuidv7()}`);
+      await copyFile(path, target, fsConstants.COPYFILE_FICLONE);
+    }
+    try {
+      const io = await FileImageIo.open(target, 'write');
+      let ranges;
+      try {
+        ranges = (await writeMetadataIo(io, metadata)).writtenRanges;
+      } finally {
+        await io.close();
+      }
+      const digest = previous && previous.bytes === st.size ? await updateFileDigest(target, previous, ranges) : await digestFile(target);
+      if (target !== path) {
+        await fsyncFile(target);
+        await rename(target, path);
+        await fsyncFile(this.dir);
+      }
+      const after = await stat(path);
+      return { sizeBytes: after.size, digest, mtimeMs: after.mtimeMs };
+    } catch (e) {
+      if (target !== path) await this.remove(target);
+      throw e;
+    }
   }
 
-  /** A stream of the file, and its size, for download. */
+  /** The digest of a whole file and its mtime (reads all of it). */
+  async digest(path: string): Promise<{ digest: FileDigest; mtimeMs: number }> {
+    const [digest, st] = await Promise.all([digestFile(path), stat(path)]);
+    return { digest, mtimeMs: st.mtimeMs };
+  }
+
+  /** Size and mtime of a file, to tell whether its recorded digest still describes it. */
+  async fileState(path: string): Promise<{ sizeBytes: number; mtimeMs: number }> {
+    const st = await stat(path);
+    return { sizeBytes: st.size, mtimeMs: st.mtimeMs };
+  }
+
+  /**
+   * Pins the file's current content for a reader: a hard link `.xfer-<key>` next to it. Writers
+   * see the second link and copy on write (see writeMetadata), so the link keeps these bytes until
+   * `release`. Call under the lock that serialises writers of the file.
+   */
+  async snapshot(path: string, key: string): Promise<string> {
+    const snap = join(this.dir, `${SNAPSHOT_PREFIX}${key}`);
+    await link(path, snap);
+    return snap;
+  }
+
+  /** Keys of the snapshot links in the store (for sweeping those whose reader is gone). */
+  async snapshotKeys(): Promise<string[]> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    return names.filter((n) => n.startsWith(SNAPSHOT_PREFIX)).map((n) => n.slice(SNAPSHOT_PREFIX.length));
+  }
+
+  /** Removes a snapshot link (by key). */
+  async release(key: string): Promise<void> {
+    await this.remove(join(this.dir, `${SNAPSHOT_PREFIX}${key}`));
+  }
+
+  /**
+   * A stream of the file as it is now, and its size, for download: read through a snapshot link
+   * (released when the stream closes), so a metadata write during the download does not tear it.
+   */
   async open(path: string): Promise<{ stream: ReadStream; bytes: number }> {
-    const s = await stat(path);
-    return { stream: createReadStream(path), bytes: s.size };
+    const key = `dl-${uuidv7()}`;
+    const snap = await this.snapshot(path, key);
+    const s = await stat(snap);
+    const stream = createReadStream(snap);
+    stream.once('close', () => void this.release(key));
+    return { stream, bytes: s.size };
+  }
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const h = await open(path, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
   }
 }

@@ -12,12 +12,15 @@ export interface ImageRow {
   project_id: string;
   name: string;
   format: 'qcow2' | 'vhdx' | 'raw';
-  state: 'ready' | 'deleting';
+  /** importing: a name reserved by an import in progress (no file yet; never listed). */
+  state: 'importing' | 'ready' | 'deleting';
   size_bytes: string | number;
   virtual_size_bytes: string | number;
   storage_path: string;
   metadata: Record<string, unknown>;
   expires_at: Date | null;
+  /** `sha256-64m:<hex>` of the file (libs/disk-formats block-digest); null for rows made before digests. */
+  digest: string | null;
   version: number;
   created_at: Date;
   updated_at: Date;
@@ -34,6 +37,16 @@ export interface NewImage {
   storagePath: string;
   metadata: object;
   expiresAt: string | null;
+  digest: string;
+}
+
+/** An image_digests row: the per-block hashes behind images.digest, and the file state they describe. */
+export interface ImageDigestRow {
+  image_id: string;
+  block_bytes: number;
+  blocks: Buffer;
+  file_bytes: string | number;
+  file_mtime_ms: number;
 }
 
 /** A comparison on a dotted metadata path (`hardware.minMemoryMiB >= 2048`). */
@@ -154,9 +167,9 @@ export class ImageRepository {
   async insert(tx: Db, i: NewImage): Promise<ImageRow> {
     try {
       const found = await rows<ImageRow>(tx,
-        `INSERT INTO images (id, project_id, name, format, size_bytes, virtual_size_bytes, storage_path, metadata, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *`,
-        [i.id, i.projectId, i.name, i.format, i.sizeBytes, i.virtualSizeBytes, i.storagePath, JSON.stringify(i.metadata), i.expiresAt],
+        `INSERT INTO images (id, project_id, name, format, size_bytes, virtual_size_bytes, storage_path, metadata, expires_at, digest)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *`,
+        [i.id, i.projectId, i.name, i.format, i.sizeBytes, i.virtualSizeBytes, i.storagePath, JSON.stringify(i.metadata), i.expiresAt, i.digest],
       );
       return found[0]!;
     } catch (e) {
@@ -165,14 +178,72 @@ export class ImageRepository {
     }
   }
 
+  /** Reserves a name for an import in progress: a row in state `importing`, without a file. A taken name is {@link AlreadyExistsError}. */
+  async insertImporting(tx: Db, i: { id: string; projectId: string; name: string }): Promise<ImageRow> {
+    try {
+      return (await rows<ImageRow>(tx,
+        `INSERT INTO images (id, project_id, name, format, state, size_bytes, virtual_size_bytes, storage_path) VALUES ($1, $2, $3, 'raw', 'importing', 0, 0, '') RETURNING *`,
+        [i.id, i.projectId, i.name],
+      ))[0]!;
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExistsError('image', i.name);
+      throw e;
+    }
+  }
+
+  /** Turns an `importing` row into a ready image; undefined when it is no longer importing (cancelled). */
+  async completeImport(tx: Db, i: NewImage): Promise<ImageRow | undefined> {
+    return (await rows<ImageRow>(tx,
+      `UPDATE images SET state = 'ready', format = $2, size_bytes = $3, virtual_size_bytes = $4, storage_path = $5, metadata = $6, expires_at = $7, digest = $8,
+         version = version + 1, updated_at = now()
+       WHERE id = $1 AND state = 'importing' RETURNING *`,
+      [i.id, i.format, i.sizeBytes, i.virtualSizeBytes, i.storagePath, JSON.stringify(i.metadata), i.expiresAt, i.digest],
+    ))[0];
+  }
+
+  /** Drops an import's reservation (the import failed or was cancelled); a ready image is left alone. */
+  async deleteImporting(id: string): Promise<ImageRow | undefined> {
+    return (await rows<ImageRow>(this.ds, `DELETE FROM images WHERE id = $1 AND state = 'importing' RETURNING *`, [id]))[0];
+  }
+
+  /** An image by id in any project and state (operation handlers). */
+  async getById(id: string, db: Db = this.ds): Promise<ImageRow | undefined> {
+    return (await rows<ImageRow>(db, `SELECT * FROM images WHERE id = $1`, [id]))[0];
+  }
+
+  /** An image by id in any project, locked for the rest of the transaction (ready ones only). */
+  async lockById(tx: Db, id: string): Promise<ImageRow | undefined> {
+    return (await rows<ImageRow>(tx, `SELECT * FROM images WHERE id = $1 AND state = 'ready' FOR UPDATE`, [id]))[0];
+  }
+
+  /** Records the per-block hashes of an image's file and the state of the file they describe. */
+  async saveDigest(tx: Db, imageId: string, d: { blocks: Buffer }, blockBytes: number, fileBytes: number, mtimeMs: number): Promise<void> {
+    await tx.query(
+      `INSERT INTO image_digests (image_id, block_bytes, blocks, file_bytes, file_mtime_ms) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (image_id) DO UPDATE SET block_bytes = EXCLUDED.block_bytes, blocks = EXCLUDED.blocks, file_bytes = EXCLUDED.file_bytes,
+         file_mtime_ms = EXCLUDED.file_mtime_ms, updated_at = now()`,
+      [imageId, blockBytes, d.blocks, fileBytes, mtimeMs],
+    );
+  }
+
+  /** The per-block hashes of an image's file, if recorded. */
+  async getDigest(db: Db, imageId: string): Promise<ImageDigestRow | undefined> {
+    return (await rows<ImageDigestRow>(db, `SELECT * FROM image_digests WHERE image_id = $1`, [imageId]))[0];
+  }
+
+  /** Sets an image's digest (after it was recomputed); does not bump the version (the content did not change). */
+  async setDigest(tx: Db, id: string, digest: string): Promise<void> {
+    await tx.query(`UPDATE images SET digest = $2 WHERE id = $1`, [id, digest]);
+  }
+
   /** True when the project already has an image with this name. */
   async nameTaken(projectId: string, name: string): Promise<boolean> {
     return (await rows(this.ds, `SELECT 1 FROM images WHERE project_id = $1 AND name = $2`, [projectId, name])).length > 0;
   }
 
-  /** An image in a project. */
+  /** An image in a project (ready, or being imported). */
   async get(projectId: string, id: string, db: Db = this.ds): Promise<ImageRow | undefined> {
-    return (await rows<ImageRow>(db, `SELECT * FROM images WHERE id = $1 AND project_id = $2 AND state = 'ready'`, [id, projectId]))[0];
+    return (await rows<ImageRow>(db, `SELECT * FROM images WHERE id = $1 AND project_id = $2 AND state IN ('ready', 'importing')`, [id, projectId]))[0];
   }
 
   /** An image in a project by name. */
@@ -197,11 +268,11 @@ export class ImageRepository {
     return { text: `SELECT * FROM images ${w} ORDER BY id LIMIT ${w.bind(page.pageSize + 1)}`, params: w.params };
   }
 
-  /** Replaces the indexed metadata, bumping the version. */
-  async updateMetadata(tx: Db, id: string, metadata: object, expiresAt: string | null, sizeBytes: number): Promise<ImageRow> {
+  /** Replaces the indexed metadata (and the file's new size and digest), bumping the version. */
+  async updateMetadata(tx: Db, id: string, metadata: object, expiresAt: string | null, sizeBytes: number, digest: string): Promise<ImageRow> {
     return (await rows<ImageRow>(tx,
-      `UPDATE images SET metadata = $2, expires_at = $3, size_bytes = $4, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`,
-      [id, JSON.stringify(metadata), expiresAt, sizeBytes],
+      `UPDATE images SET metadata = $2, expires_at = $3, size_bytes = $4, digest = $5, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`,
+      [id, JSON.stringify(metadata), expiresAt, sizeBytes, digest],
     ))[0]!;
   }
 

@@ -20,12 +20,22 @@ export class ImagesController {
     private readonly auth: AuthService,
   ) {}
 
+  /**
+   * Registers an image: the file as an `application/octet-stream` body (`?name=`; 201), or, with an
+   * `application/json` body `{"name","node","path"}`, a file already in a node's image store (202
+   * with the image, state `importing`, and the operation that brings it in).
+   */
   @Post()
   @HttpCode(201)
-  @ApiConsumes('application/octet-stream')
-  @ApiQuery({ name: 'name', required: true, description: 'DNS label, unique in the project' })
+  @ApiConsumes('application/octet-stream', 'application/json')
+  @ApiQuery({ name: 'name', required: false, description: 'upload: DNS label, unique in the project' })
   async upload(@Caller() p: Principal, @Req() req: FastifyRequest, @Res({ passthrough: true }) res: FastifyReply, @Mutation() m: MutationOptions, @Query('name') name?: string, @Query('project') project?: string) {
     const projectId = await this.auth.projectScope(p, project);
+    if (req.headers['content-type']?.startsWith('application/json')) {
+      const started = await this.images.startImport(p, projectId, req.body, m);
+      void res.status(202).header('location', `/v1/operations/${started.operation.id}`);
+      return started;
+    }
     const body = req.headers['content-type']?.startsWith('application/octet-stream') ? (req.body as Readable) : undefined;
     try {
       const view = await this.images.upload(p, projectId, name, body, m);

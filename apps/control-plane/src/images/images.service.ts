@@ -4,7 +4,6 @@ import {
   AlreadyExistsError,
   FailedPreconditionError,
   NotFoundError,
-  PayloadTooLargeError,
   Principal,
   UUID_RE,
   ValidationError,
@@ -12,7 +11,8 @@ import {
   requireRole,
   uuidv7,
 } from '@hyperplane/domain';
-import { DiskFormatError, ImageMetadata, ImageRejectedError, MetadataInvalidError, MetadataTooLargeError, MetadataUnsupportedError, appendHistory, validateMetadata } from '@hyperplane/disk-formats';
+import { DIGEST_BLOCK_BYTES, ImageMetadata, validateMetadata } from '@hyperplane/disk-formats';
+import { diskFormatDomainError } from './image-errors';
 import { checkIfMatch } from '../common/etag';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { MutationOptions, TransactionRunner } from '../common/transactions';
@@ -22,6 +22,11 @@ import { NodeRepository } from '../nodes/node.repository';
 import { ImageRepository, ImageRow, ImageSearch, MetadataFilter, NodeFit } from './image.repository';
 import { ImageStore } from './image-store';
 import { ImageView, imageView } from './image-view';
+import { IMAGE_HISTORY_LIMIT, withHistoryEntry } from './image-history';
+import { ImageWriter } from './image-writer';
+import { ImageIntake } from './image-intake';
+import { ImageImports, ImportFromNodeInput, ImportStarted } from './image-imports';
+import { OperationContext } from '../operations/operation-runner';
 
 /** Query parameters a search accepts (REST query string or the gRPC request's fields). */
 export interface ImageSearchQuery {
@@ -59,15 +64,7 @@ export function parseFilter(raw: string): MetadataFilter {
   return { path: path.split('.'), op, value };
 }
 
-/** Maps disk-formats errors (a library's own classes) to domain errors for both transports. */
-export function diskFormatDomainError(e: unknown, what: string): unknown {
-  if (e instanceof ImageRejectedError) return new ValidationError([{ field: 'body', message: `${what} rejected (${e.reason}): ${e.message}` }], `${what} rejected (${e.reason}): ${e.message}`);
-  if (e instanceof MetadataInvalidError) return new ValidationError(e.errors.map((f) => ({ field: f.field ? `metadata.${f.field}` : 'metadata', message: f.message })));
-  if (e instanceof MetadataTooLargeError) return new PayloadTooLargeError(`metadata needs ${e.neededBytes} bytes but the image has room for ${e.availableBytes}`);
-  if (e instanceof MetadataUnsupportedError) return new FailedPreconditionError(`${what}: ${e.message}`);
-  if (e instanceof DiskFormatError) return new ValidationError([{ field: 'body', message: e.message }]);
-  return e;
-}
+export { diskFormatDomainError } from './image-errors';
 
 /**
  * The image library: intake of uploaded files (hostile until proven otherwise), search over the
@@ -81,6 +78,9 @@ export class ImagesService {
     private readonly nodes: NodeRepository,
     private readonly events: EventBus,
     private readonly tx: TransactionRunner,
+    private readonly writer: ImageWriter,
+    private readonly intake: ImageIntake,
+    private readonly imports: ImageImports,
   ) {}
 
   /**
@@ -99,22 +99,21 @@ export class ImagesService {
       body.resume();
       throw new AlreadyExistsError('image', name);
     }
-    const { path: tmp, bytes } = await this.store.receive(body);
+    const { path: tmp, bytes, digest: received } = await this.store.receive(body);
     let finalPath: string | undefined;
     try {
-      if (bytes === 0) throw ValidationError.field('body', 'is empty: send the image file');
-      const info = await this.store.inspect(tmp).catch((e) => { throw diskFormatDomainError(e, 'image'); });
-      const checked = await this.store.check(tmp, info.format);
-      if (!checked.ok) throw new ValidationError([{ field: 'body', message: `image rejected: ${checked.message}` }], `image rejected: ${checked.message}`);
+      const info = await this.intake.check(tmp, bytes);
+      const stamped = await this.intake.stampCreated(tmp, info, { bytes, blocks: received.blocks }, { by: `token:${principal.tokenId}`, how: 'upload' });
       const id = uuidv7();
-      const metadata = info.metadata ?? { schemaVersion: 1 };
+      const metadata = stamped.metadata;
       const view = await this.tx.run(
         { scope: `project:${projectId}`, name: 'images.upload', input: { name, bytes }, key: opts.idempotencyKey },
         async (db) => {
           const row = await this.images.insert(db, {
-            id, projectId, name, format: info.format, sizeBytes: info.fileSizeBytes, virtualSizeBytes: info.virtualSizeBytes,
-            storagePath: this.store.pathOf(id, info.format), metadata, expiresAt: metadata.expiresAt ?? null,
+            id, projectId, name, format: info.format, sizeBytes: stamped.sizeBytes, virtualSizeBytes: info.virtualSizeBytes,
+            storagePath: this.store.pathOf(id, info.format), metadata, expiresAt: metadata.expiresAt ?? null, digest: stamped.digest,
           });
+          await this.images.saveDigest(db, id, { blocks: stamped.blocks }, DIGEST_BLOCK_BYTES, stamped.sizeBytes, stamped.mtimeMs);
           finalPath = await this.store.commit(tmp, id, info.format);
           return imageView(row);
         },
@@ -127,6 +126,23 @@ export class ImagesService {
       if (finalPath) await this.store.remove(finalPath); // the transaction did not commit
       throw e;
     }
+  }
+
+  /**
+   * Starts importing a file already in a node's image store (`{"name","node","path"}`): the name is
+   * reserved and an operation moves the file and registers it (see ImageImports).
+   */
+  startImport(principal: Principal, projectId: string, input: unknown, opts: MutationOptions = {}): Promise<ImportStarted> {
+    return this.imports.start(principal, projectId, input, opts);
+  }
+
+  /**
+   * For other operation handlers (a snapshot export, say): registers the file `path` of node
+   * `nodeId`'s store as image `name` of the project, through the same intake as an upload, within
+   * the caller's operation. All or nothing; see ImageImports.importFromNode.
+   */
+  importFromNode(projectId: string, input: ImportFromNodeInput, ctx: OperationContext): Promise<ImageView> {
+    return this.imports.importFromNode(projectId, input, ctx);
   }
 
   /** An image of the project. */
@@ -163,7 +179,7 @@ export class ImagesService {
   /** The metadata stored in the image file (read from the file, not the index). */
   async getMetadata(principal: Principal, projectId: string, id: string): Promise<{ metadata: ImageMetadata | Record<string, never>; etag: string }> {
     requireRole(principal, 'viewer', 'read image metadata');
-    const row = await this.find(projectId, id);
+    const row = await this.find(projectId, id, true);
     const metadata = row.format === 'raw' ? null : await this.store.readMetadata(row.storage_path).catch((e) => { throw diskFormatDomainError(e, `image ${row.name}`); });
     return { metadata: metadata ?? {}, etag: imageView(row).etag };
   }
@@ -179,12 +195,17 @@ export class ImagesService {
     const view = await this.tx.run({ scope: `project:${projectId}`, name: 'images.metadata', input: { id, input } }, async (db) => {
       if (!UUID_RE.test(id)) throw new NotFoundError('image', id);
       const row = await this.images.lock(db, projectId, id);
-      if (!row) throw new NotFoundError('image', id);
+      if (!row) {
+        if ((await this.images.get(projectId, id, db))?.state === 'importing') throw new FailedPreconditionError(`image ${id} is being imported`);
+        throw new NotFoundError('image', id);
+      }
       checkIfMatch('image', id, opts.ifMatch, row.version);
       if (row.format === 'raw') throw new FailedPreconditionError(`image ${row.name} is raw: raw images cannot hold metadata`);
-      const metadata = appendHistory(valid.value, { at: new Date().toISOString(), operation: 'metadata-updated', by: `token:${principal.tokenId}` }, { maxEntries: 100 });
-      const size = await this.store.writeMetadata(row.storage_path, metadata).catch((e) => { throw diskFormatDomainError(e, `image ${row.name}`); });
-      return imageView(await this.images.updateMetadata(db, id, metadata, metadata.expiresAt ?? null, size));
+      // The history is the control plane's record of what was done: a PUT keeps the file's, and adds to it.
+      const current = await this.store.readMetadata(row.storage_path).catch((e) => { throw diskFormatDomainError(e, `image ${row.name}`); });
+      const { history: _ignored, ...doc } = valid.value;
+      const next = withHistoryEntry({ ...doc, ...(current?.history ? { history: current.history } : {}) }, { at: new Date().toISOString(), operation: 'metadata-updated', by: `token:${principal.tokenId}` }, IMAGE_HISTORY_LIMIT)!;
+      return imageView(await this.writer.writeMetadata(db, row, next).catch((e) => { throw diskFormatDomainError(e, `image ${row.name}`); }));
     });
     await this.events.publish({ type: 'image.updated', resourceType: 'image', resourceId: view.id, projectId, data: view });
     return view;
@@ -196,7 +217,10 @@ export class ImagesService {
     const row = await this.tx.run({ scope: `project:${projectId}`, name: 'images.delete', input: { id } }, async (db) => {
       if (!UUID_RE.test(id)) throw new NotFoundError('image', id);
       const r = await this.images.lock(db, projectId, id);
-      if (!r) throw new NotFoundError('image', id);
+      if (!r) {
+        if ((await this.images.get(projectId, id, db))?.state === 'importing') throw new FailedPreconditionError(`cannot delete image ${id}: it is being imported; cancel its operation instead`);
+        throw new NotFoundError('image', id);
+      }
       checkIfMatch('image', id, opts.ifMatch, r.version);
       const using = await this.images.partitionsUsing(db, projectId, r.name);
       if (using > 0) throw new FailedPreconditionError(`cannot delete image ${r.name}: ${using} partition${using === 1 ? '' : 's'} use${using === 1 ? 's' : ''} it`);
@@ -207,18 +231,27 @@ export class ImagesService {
     await this.events.publish({ type: 'image.deleted', resourceType: 'image', resourceId: row.id, projectId, data: imageView(row) });
   }
 
-  /** The image file for download (metadata inside). */
+  /**
+   * The image file for download (metadata inside), as it is at the request: the row lock that
+   * serialises writers is held while a snapshot link pins the content, so a history append during
+   * the download cannot tear it.
+   */
   async file(principal: Principal, projectId: string, id: string) {
     requireRole(principal, 'viewer', 'download images');
-    const row = await this.find(projectId, id);
-    return { row, ...(await this.store.open(row.storage_path)) };
+    const row = await this.find(projectId, id, true);
+    return this.tx.run({ scope: `project:${projectId}`, name: 'images.file', input: { id } }, async (db) => {
+      const locked = await this.images.lock(db, projectId, row.id);
+      if (!locked) throw new NotFoundError('image', id);
+      return { row: locked, ...(await this.store.open(locked.storage_path)) };
+    });
   }
 
-  /** An image by id within the project; anything else is 404. */
-  async find(projectId: string, id: string): Promise<ImageRow> {
+  /** An image by id within the project (with `ready`, only a ready one: not one being imported); anything else is 404. */
+  async find(projectId: string, id: string, ready = false): Promise<ImageRow> {
     if (!UUID_RE.test(id)) throw new NotFoundError('image', id);
     const row = await this.images.get(projectId, id);
     if (!row) throw new NotFoundError('image', id);
+    if (ready && row.state !== 'ready') throw new FailedPreconditionError(`image ${row.name} is being imported`);
     return row;
   }
 

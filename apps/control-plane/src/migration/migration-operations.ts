@@ -6,6 +6,7 @@ import { DataSource } from 'typeorm';
 import { AgentSessions, CommandBody } from '../agents/agent-sessions';
 import { agentFailure } from '../agents/agent-errors';
 import { specOf } from '../agents/agents.service';
+import { PartitionImages } from '../images/partition-images';
 import { Config, CONFIG } from '../config';
 import { DATA_SOURCE, LOGGER } from '../common/tokens';
 import { inTransaction } from '../database/database';
@@ -65,6 +66,7 @@ export class MigrationOperations implements OnModuleInit {
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly log: Logger,
+    private readonly images: PartitionImages,
   ) {}
 
   onModuleInit(): void {
@@ -89,14 +91,15 @@ export class MigrationOperations implements OnModuleInit {
     let outcome: Outcome | undefined;
     let failure: DomainError | undefined;
     let result: MigrationResult | undefined;
-    if (stage === 'started') {
-      log.info('re-run of a migration whose start was sent: asking the source where the guest is');
+    if (stage === 'started' || stage === 'moved') {
+      log.info({ stage }, 're-run of a migration whose start was sent: asking the source where the guest is');
       outcome = await this.outcomeFromSource(row, p, ctx);
     } else {
       if (stage === 'preparing') await this.abortTarget(row, p, log); // a re-run: what the last attempt prepared goes first
       await this.record(op, 'preparing', 'preparing the destination', 5, { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' });
       let targetInfo: Record<string, unknown>;
       try {
+        await this.images.ensureOnNode(row, p.targetNodeId, ctx); // a library image the destination lacks is fetched first
         targetInfo = await this.prepare(row, p);
       } catch (e) {
         await this.abortTarget(row, p, log);
@@ -127,7 +130,8 @@ export class MigrationOperations implements OnModuleInit {
     }
 
     // Moved: the destination holds the guest's only copy. Let it run there, then the record follows.
-    await this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) });
+    // Shown while the destination is finished; not waited for (a re-run treats `moved` as `started`).
+    void this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) }).catch(() => undefined);
     if (p.live) {
       const finished = await this.untilAnswered(p.targetNodeId, { migrationFinishTarget: { partitionId: row.id } }, PREPARE_TIMEOUT_MS, ctx, 'finish on the destination');
       if (!finished.ok) {
@@ -137,6 +141,7 @@ export class MigrationOperations implements OnModuleInit {
       }
     }
     await this.end(row, 'moved', p, '');
+    await this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
     await this.record(op, 'done', 'done', 100, { phase: 'completed' });
     log.info({ ...result }, 'partition migrated');
   }

@@ -38,6 +38,8 @@ export interface NodeRow {
   cpu_allocation_ratio: number;
   memory_allocation_ratio: number;
   connected_to: string | null;
+  /** Absolute path of the node's image store, as its agent reported it ('' when unknown). */
+  image_store_dir?: string;
   last_heartbeat_at: Date | null;
   /** The node has TLS credentials: it can take part in encrypted migrations. */
   tls: boolean;
@@ -106,17 +108,23 @@ export class NodeRepository {
 
   /**
    * Records heartbeats of many nodes in one statement; nodes that were unreachable become ready
-   * again. Returns the rows whose status changed.
+   * again. A node row locked at that moment (a placement reserving on it) is skipped rather than
+   * waited for: it is in `missed`, for the next flush, and no placement ever queues behind a
+   * heartbeat. Returns the rows whose status changed, and the ids missed.
    */
-  async heartbeats(ids: string[], replica: string): Promise<NodeRow[]> {
-    return rows<NodeRow>(this.ds,
+  async heartbeats(ids: string[], replica: string): Promise<{ changed: NodeRow[]; missed: string[] }> {
+    const done = await rows<{ id: string; changed: boolean }>(this.ds,
       `UPDATE nodes n SET last_heartbeat_at = now(), status = 'ready', connected_to = $2,
          version = CASE WHEN o.status = 'ready' THEN n.version ELSE n.version + 1 END,
          updated_at = CASE WHEN o.status = 'ready' THEN n.updated_at ELSE now() END
-       FROM (SELECT id, status FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) o
-       WHERE n.id = o.id RETURNING n.*, (o.status <> 'ready') AS changed`,
+       FROM (SELECT id, status FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED) o
+       WHERE n.id = o.id RETURNING n.id, (o.status <> 'ready') AS changed`,
       [ids, replica],
-    ).then((r) => r.filter((x) => (x as NodeRow & { changed: boolean }).changed));
+    );
+    const got = new Set(done.map((d) => d.id));
+    const changedIds = done.filter((d) => d.changed).map((d) => d.id);
+    const changed = changedIds.length ? await rows<NodeRow>(this.ds, `SELECT * FROM nodes WHERE id = ANY($1::uuid[])`, [changedIds]) : [];
+    return { changed, missed: ids.filter((id) => !got.has(id)) };
   }
 
   /** Marks nodes whose last heartbeat is older than `timeoutMs` unreachable; returns them. */
@@ -183,6 +191,27 @@ export class NodeRepository {
       [nodeId, d.vcpus, d.memoryMiB, d.diskBytes],
     );
     return found[0];
+  }
+
+  /**
+   * {@link tryReserve} for several nodes in one statement: the rows are locked in id order (so
+   * concurrent batches cannot deadlock), and each is reserved only if it still qualifies. Returns
+   * the rows reserved; fewer than asked means some node no longer had room, and the caller must
+   * undo the others (a savepoint).
+   */
+  async tryReserveMany(db: Db, demands: Array<{ id: string; vcpus: number; memoryMiB: number; diskBytes: number }>): Promise<NodeRow[]> {
+    return rows<NodeRow>(db,
+      `UPDATE nodes n SET allocated_vcpus = n.allocated_vcpus + d.vcpus, allocated_memory_mib = n.allocated_memory_mib + d.memory_mib,
+         allocated_disk_bytes = n.allocated_disk_bytes + d.disk_bytes, version = n.version + 1, updated_at = now()
+       FROM (SELECT id FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) l,
+            unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[]) AS d(id, vcpus, memory_mib, disk_bytes)
+       WHERE n.id = l.id AND n.id = d.id AND n.status = 'ready' AND NOT n.cordoned AND NOT n.draining
+         AND n.allocated_vcpus + d.vcpus <= floor(n.vcpus * n.cpu_allocation_ratio)
+         AND n.allocated_memory_mib + d.memory_mib <= floor(n.memory_mib * n.memory_allocation_ratio)
+         AND n.allocated_disk_bytes + d.disk_bytes <= n.disk_bytes
+       RETURNING n.*`,
+      [demands.map((d) => d.id), demands.map((d) => d.vcpus), demands.map((d) => d.memoryMiB), demands.map((d) => d.diskBytes)],
+    );
   }
 
   /** Savepoints around a batch of reservations, so a lost compare-and-swap undoes the ones before it. */

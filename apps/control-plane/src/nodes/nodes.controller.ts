@@ -7,13 +7,17 @@ import { Principal } from '@hyperplane/domain';
 import { Caller } from '../common/auth';
 import { DrainNodeInput } from './nodes.dto';
 import { NodesService } from './nodes.service';
+import { NodeImageInventory } from '../images/node-image-inventory';
 
 /** REST door for nodes (cluster admins). */
 @ApiTags('nodes')
 @ApiBearerAuth()
 @Controller('v1/nodes')
 export class NodesController {
-  constructor(private readonly nodes: NodesService) {}
+  constructor(
+    private readonly nodes: NodesService,
+    private readonly nodeImages: NodeImageInventory,
+  ) {}
 
   @Get()
   list(@Caller() p: Principal, @Query('pageSize') pageSize?: string, @Query('pageToken') pageToken?: string, @Query('state') state?: string) {
@@ -23,6 +27,12 @@ export class NodesController {
   @Get(':id')
   get(@Caller() p: Principal, @Param('id') id: string) {
     return this.nodes.get(p, id);
+  }
+
+  /** What the node's agent last reported of its image store (metadata, rejections, library copies). */
+  @Get(':id/images')
+  images(@Caller() p: Principal, @Param('id') id: string) {
+    return this.nodeImages.list(p, id);
   }
 
   @Post(':id/cordon')

@@ -3,6 +3,7 @@ import { Job, Queue, Worker } from 'bullmq';
 import { Logger } from 'pino';
 import { Config, CONFIG } from '../config';
 import { LOGGER } from '../common/tokens';
+import { Batcher } from '../common/batcher';
 
 /** The payload of an operation's job; the job id is the operation id. */
 export interface OperationJobData {
@@ -31,10 +32,18 @@ export class OperationQueueRepository implements OnModuleDestroy {
     this.queue.on('error', (err) => this.log.warn({ err }, 'operation queue error'));
   }
 
-  /** Enqueues the job for an operation; a job with that id already queued is left as it is. */
+  /**
+   * Enqueues the job for an operation; a job with that id already queued is left as it is. Jobs
+   * enqueued at the same moment go to Redis in one round trip.
+   */
   async enqueue(operationId: string, kind: string): Promise<void> {
-    await this.queue.add(kind, { operationId }, { jobId: operationId, removeOnComplete: { count: 1000 }, removeOnFail: { count: 1000 }, attempts: 1 });
+    await this.adds.call({ id: operationId, kind });
   }
+
+  private readonly adds = new Batcher<{ id: string; kind: string }, void>(async (ops) => {
+    await this.enqueueMany(ops);
+    return ops.map(() => undefined);
+  });
 
   /** Enqueues many operations' jobs in one round trip (creates with `count`). */
   async enqueueMany(ops: Array<{ id: string; kind: string }>): Promise<void> {

@@ -3,6 +3,7 @@ import { CancelledError, DomainError, isFinal } from '@hyperplane/domain';
 import { Job } from 'bullmq';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
+import { Config, CONFIG, runsOperations } from '../config';
 import { EventBus } from '../events/event-bus';
 import { OperationJobData, OperationQueueRepository } from './operation-queue.repository';
 import { OperationError, OperationRepository, OperationRow } from './operation.repository';
@@ -46,6 +47,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     private readonly service: OperationsService,
     private readonly events: EventBus,
     @Inject(LOGGER) private readonly log: Logger,
+    @Inject(CONFIG) private readonly config: Config,
   ) {}
 
   /** Registers the handler for a kind; each kind has exactly one. */
@@ -55,12 +57,12 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   }
 
   async onApplicationBootstrap(): Promise<void> {
-    if (process.env.HYPERPLANE_NO_OPERATION_WORKER === '1') return;
+    if (process.env.HYPERPLANE_NO_OPERATION_WORKER === '1' || !runsOperations(this.config.role)) return;
     this.started = true;
     this.unsubscribe = this.events.subscribe((e) => {
       if (e.type === 'operation.cancel-requested') this.running.get(e.resourceId)?.abort();
     });
-    this.queue.startWorker((job) => this.onJob(job), 64);
+    this.queue.startWorker((job) => this.onJob(job), this.config.operationConcurrency);
     await this.sweep();
     this.sweepTimer = setInterval(() => void this.sweep(), SWEEP_MS);
     this.sweepTimer.unref();

@@ -1,10 +1,11 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { OperationStatus } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
-import { Db, rows } from '../database/database';
+import { Db, inOrder, outsideTransaction, rows, rowsByIdBatcher } from '../database/database';
 import { PageRequest } from '../common/pagination';
 import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
+import { Batcher } from '../common/batcher';
 
 /** The error a failed operation carries. */
 export interface OperationError {
@@ -76,9 +77,53 @@ export interface NewOperation {
   requestId?: string;
 }
 
-/** SQL for operations. Status changes are conditional on the current status, so a final operation never changes. */
+/** One status change of a live operation, as the runner makes them. */
+type StatusChange =
+  | { id: string; to: 'running' }
+  | { id: string; to: 'progress'; phase: string; progress: number }
+  | { id: string; to: 'succeeded' | 'failed' | 'cancelled'; error: OperationError | null };
+
+/**
+ * SQL for operations. Status changes are conditional on the current status, so a final operation
+ * never changes. The runner's reads by id and status changes are coalesced with those made at the
+ * same moment into one statement each.
+ */
 @Injectable()
 export class OperationRepository {
+  private readonly byId = rowsByIdBatcher<OperationRow>(() => this.ds, 'operations');
+
+  private readonly changes = new Batcher<StatusChange, OperationRow | undefined>(
+    async (cs) => {
+      // One statement for every kind of change: the new status (or the current one, for
+      // progress), and phase/progress/error/times per the kind, each guarded by the current status.
+      const found = await rows<OperationRow>(this.ds,
+        `UPDATE operations o SET
+           status = CASE WHEN u.kind = 'progress' THEN o.status ELSE u.kind END,
+           started_at = CASE WHEN u.kind = 'running' THEN COALESCE(o.started_at, now()) ELSE o.started_at END,
+           attempts = CASE WHEN u.kind = 'running' THEN o.attempts + 1 ELSE o.attempts END,
+           finished_at = CASE WHEN u.kind IN ('succeeded', 'failed', 'cancelled') THEN now() ELSE o.finished_at END,
+           error = CASE WHEN u.kind IN ('succeeded', 'failed', 'cancelled') THEN u.error ELSE o.error END,
+           phase = CASE WHEN u.kind = 'progress' THEN u.phase WHEN u.kind = 'succeeded' THEN 'done' ELSE o.phase END,
+           progress = CASE WHEN u.kind = 'progress' THEN u.progress WHEN u.kind = 'succeeded' THEN 100 ELSE o.progress END,
+           version = o.version + 1, updated_at = now()
+         FROM (SELECT id FROM operations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) l,
+              unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[]) AS u(id, kind, phase, progress, error)
+         WHERE o.id = l.id AND o.id = u.id
+           AND (CASE WHEN u.kind = 'progress' THEN o.status = 'running' ELSE o.status IN ('pending', 'running') END)
+         RETURNING o.*`,
+        [
+          cs.map((c) => c.id),
+          cs.map((c) => c.to),
+          cs.map((c) => (c.to === 'progress' ? c.phase : null)),
+          cs.map((c) => (c.to === 'progress' ? c.progress : null)),
+          cs.map((c) => (c.to !== 'running' && c.to !== 'progress' && c.error ? JSON.stringify(c.error) : null)),
+        ],
+      );
+      return inOrder(found, cs.map((c) => c.id));
+    },
+    { key: (c) => c.id },
+  );
+
   constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
 
   /** Records a new pending operation (in the transaction that creates its work). */
@@ -91,18 +136,21 @@ export class OperationRepository {
     return found[0]!;
   }
 
-  /** Records many pending operations of one kind, one per target, in one statement. */
-  async insertMany(tx: Db, base: Omit<NewOperation, 'id' | 'targetId'>, each: Array<{ id: string; targetId: string }>): Promise<OperationRow[]> {
+  /** Records any pending operations in one statement, in order. */
+  async insertRows(tx: Db, ops: NewOperation[]): Promise<OperationRow[]> {
     return rows<OperationRow>(tx,
       `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id)
-       SELECT u.id, $3, $4, $5, u.target_id, 'pending', $6, $7
-       FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS u(id, target_id, ord) ORDER BY u.ord RETURNING *`,
-      [each.map((e) => e.id), each.map((e) => e.targetId), base.projectId, base.kind, base.targetType, JSON.stringify(base.params ?? {}), base.requestId ?? ''],
+       SELECT u.id, u.project_id, u.kind, u.target_type, u.target_id, 'pending', u.params, u.request_id
+       FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[], $7::text[])
+         WITH ORDINALITY AS u(id, project_id, kind, target_type, target_id, params, request_id, ord)
+       ORDER BY u.ord RETURNING *`,
+      [ops.map((o) => o.id), ops.map((o) => o.projectId), ops.map((o) => o.kind), ops.map((o) => o.targetType), ops.map((o) => o.targetId), ops.map((o) => JSON.stringify(o.params ?? {})), ops.map((o) => o.requestId ?? '')],
     );
   }
 
   /** An operation by id, optionally only within a project. */
   async get(id: string, projectId?: string | null): Promise<OperationRow | undefined> {
+    if (projectId === undefined) return this.byId.call(id);
     const found = await rows<OperationRow>(this.ds, 
       `SELECT * FROM operations WHERE id = $1 AND ($2::uuid IS NULL OR project_id = $2)`,
       [id, projectId ?? null],
@@ -118,23 +166,12 @@ export class OperationRepository {
 
   /** pending|running → running; returns the row, or undefined if it is already final. */
   async markRunning(id: string): Promise<OperationRow | undefined> {
-    const found = await rows<OperationRow>(this.ds, 
-      `UPDATE operations SET status = 'running', started_at = COALESCE(started_at, now()), attempts = attempts + 1,
-         version = version + 1, updated_at = now()
-       WHERE id = $1 AND status IN ('pending', 'running') RETURNING *`,
-      [id],
-    );
-    return found[0];
+    return this.changes.call({ id, to: 'running' });
   }
 
   /** Records progress of a running operation. */
   async progress(id: string, phase: string, progress: number): Promise<OperationRow | undefined> {
-    const found = await rows<OperationRow>(this.ds, 
-      `UPDATE operations SET phase = $2, progress = $3, version = version + 1, updated_at = now()
-       WHERE id = $1 AND status = 'running' RETURNING *`,
-      [id, phase, Math.max(0, Math.min(100, Math.round(progress)))],
-    );
-    return found[0];
+    return this.changes.call({ id, to: 'progress', phase, progress: Math.max(0, Math.min(100, Math.round(progress))) });
   }
 
   /**
@@ -155,6 +192,7 @@ export class OperationRepository {
 
   /** Moves a live operation to a final status; no-op (undefined) if it is final already. */
   async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null, db: Db = this.ds): Promise<OperationRow | undefined> {
+    if (outsideTransaction(db, this.ds)) return this.changes.call({ id, to: status, error });
     const found = await rows<OperationRow>(db, 
       `UPDATE operations SET status = $2, error = $3, finished_at = now(), version = version + 1, updated_at = now(),
          progress = CASE WHEN $2 = 'succeeded' THEN 100 ELSE progress END,

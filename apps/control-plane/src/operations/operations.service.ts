@@ -98,8 +98,8 @@ export class OperationsService {
         resolve();
       };
       const check = () => void this.ops.get(id).then((r) => (!r || isFinal(r.status) ? done() : undefined), () => undefined);
-      const unsubscribe = this.events.subscribe((e) => {
-        if (e.resourceType === 'operation' && e.resourceId === id && isFinal((e.data as OperationView).status as OperationStatus)) done();
+      const unsubscribe = this.events.subscribeTo(id, (e) => {
+        if (e.resourceType === 'operation' && isFinal((e.data as OperationView).status as OperationStatus)) done();
       });
       // Events are notifications only: look now (it may have finished before we subscribed) and now and then.
       const poll = setInterval(check, 2000);

@@ -9,6 +9,7 @@ import { EventBus } from '../events/event-bus';
 import { NodeRepository } from '../nodes/node.repository';
 import { OperationContext, OperationRunner } from '../operations/operation-runner';
 import { OperationRow } from '../operations/operation.repository';
+import { PartitionImages } from '../images/partition-images';
 import { PartitionRepository, PartitionRow } from './partition.repository';
 import { partitionEvent, partitionView } from './partition-view';
 
@@ -30,6 +31,7 @@ export class PartitionOperations implements OnModuleInit {
     private readonly events: EventBus,
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
     @Inject(CONFIG) private readonly config: Config,
+    private readonly images: PartitionImages,
   ) {}
 
   onModuleInit(): void {
@@ -45,6 +47,7 @@ export class PartitionOperations implements OnModuleInit {
     let row = await this.mustGet(op);
     if (row.state === 'running' && row.observed_state === 'running') return;
     if (row.state === 'deleting') throw new CancelledError(`partition ${row.name} is being deleted`);
+    await this.images.beforeStart(op, row, ctx);
     await ctx.progress('starting', 10);
     if (row.desired !== 'running' || (row.state !== 'starting' && row.state !== 'running')) {
       row = (await this.partitions.setDesired(this.ds.manager, row.id, 'running', 'starting')) ?? row;
@@ -72,7 +75,7 @@ export class PartitionOperations implements OnModuleInit {
       }
       throw e;
     }
-    await ctx.progress('running', 100);
+    // Done: finishing the operation records progress 100 (phase 'done'), so no step of its own.
   }
 
   /** stop: desired stopped, a stop command (graceful or forced), then wait for the node to report it stopped. */
@@ -126,6 +129,7 @@ export class PartitionOperations implements OnModuleInit {
       return deleted;
     });
     if (gone) await this.events.publish(partitionEvent('partition.deleted', partitionView(gone)));
+    if (gone) await this.images.afterDelete(op, gone);
   }
 
   private async mustGet(op: OperationRow): Promise<PartitionRow> {
@@ -178,8 +182,8 @@ export class PartitionOperations implements OnModuleInit {
           checking = false;
         }
       };
-      const unsubscribe = this.events.subscribe((e) => {
-        if (e.resourceType === 'partition' && e.resourceId === id) void check();
+      const unsubscribe = this.events.subscribeTo(id, (e) => {
+        if (e.resourceType === 'partition') void check();
       });
       const poll = setInterval(() => void check(), POLL_MS);
       const timer = setTimeout(() => end(new DeadlineExceededError(`partition ${id} did not reach the expected state within ${this.config.operationTimeoutMs / 1000} s`)), this.config.operationTimeoutMs);

@@ -1,10 +1,11 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { AlreadyExistsError, PartitionState } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
-import { Db, rows, isUniqueViolation } from '../database/database';
+import { Db, inOrder, rows, rowsByIdBatcher, isUniqueViolation, outsideTransaction } from '../database/database';
 import { PageRequest } from '../common/pagination';
 import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
+import { Batcher } from '../common/batcher';
 
 /** What the control plane wants a node to do with a partition. */
 export type Desired = 'running' | 'stopped' | 'absent';
@@ -26,6 +27,8 @@ export interface PartitionRow {
   memory_mib: string | number;
   disk_gib: number;
   image: string;
+  /** The library image the disk is based on; null for a file of the node's own store. */
+  image_id: string | null;
   labels: Record<string, string>;
   placement: PlacementSpecRow;
   placement_group: string | null;
@@ -55,6 +58,8 @@ export interface NewPartition {
   memoryMiB: number;
   diskGiB: number;
   image: string;
+  /** The library image's id when `image` names one (see ImagePolicy.admit). */
+  imageId?: string | null;
   labels: Record<string, string>;
   placement?: PlacementSpecRow;
 }
@@ -66,29 +71,101 @@ export interface PartitionFilter {
   nodeId?: string;
 }
 
-/** SQL for partitions. */
+/** A node's report, as {@link PartitionRepository.observe} records it. */
+interface Observation {
+  id: string;
+  observed: string;
+  generation: number;
+  state: PartitionState | null;
+  reason: string;
+  /** The reporting node; null: any. */
+  nodeId: string | null;
+}
+
+/** A desired-state change outside a transaction, as {@link PartitionRepository.setDesired} makes it. */
+interface DesiredChange {
+  id: string;
+  desired: Desired;
+  state: PartitionState | null;
+  reason: string;
+  setNode: boolean;
+  nodeId: string | null;
+}
+
+/**
+ * SQL for partitions. Reads by id, node reports and desired-state changes made outside a
+ * transaction are coalesced with those made at the same moment into one statement each (the
+ * operations and agent streams of a fleet make thousands a second).
+ */
 @Injectable()
 export class PartitionRepository {
+  private readonly byId = rowsByIdBatcher<PartitionRow>(() => this.ds, 'partitions');
+
+  private readonly observations = new Batcher<Observation, PartitionRow | undefined>(
+    async (obs) => {
+      const found = await rows<PartitionRow>(this.ds,
+        `UPDATE partitions p SET observed_state = u.observed, observed_generation = u.generation, observed_reason = u.reason,
+           state = COALESCE(u.state, p.state), state_reason = CASE WHEN u.state IS NULL THEN p.state_reason ELSE u.reason END,
+           version = p.version + 1, updated_at = now()
+         FROM (SELECT id FROM partitions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) l,
+              unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::uuid[]) AS u(id, observed, generation, state, reason, node_id)
+         WHERE p.id = l.id AND p.id = u.id AND (u.node_id IS NULL OR p.node_id = u.node_id)
+           AND (p.observed_state <> u.observed OR p.observed_generation <> u.generation OR p.observed_reason <> u.reason
+                OR (u.state IS NOT NULL AND (p.state <> u.state OR p.state_reason <> u.reason)))
+         RETURNING p.*`,
+        [obs.map((o) => o.id), obs.map((o) => o.observed), obs.map((o) => o.generation), obs.map((o) => o.state), obs.map((o) => o.reason), obs.map((o) => o.nodeId)],
+      );
+      return inOrder(found, obs.map((o) => o.id));
+    },
+    { key: (o) => o.id },
+  );
+
+  private readonly desiredChanges = new Batcher<DesiredChange, PartitionRow | undefined>(
+    async (cs) => {
+      const found = await rows<PartitionRow>(this.ds,
+        `UPDATE partitions p SET desired = u.desired, generation = p.generation + 1, state = COALESCE(u.state, p.state),
+           state_reason = CASE WHEN u.state IS NULL THEN p.state_reason ELSE u.reason END,
+           node_id = CASE WHEN u.set_node THEN u.node_id ELSE p.node_id END,
+           version = p.version + 1, updated_at = now()
+         FROM (SELECT id FROM partitions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) l,
+              unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::uuid[]) AS u(id, desired, state, reason, set_node, node_id)
+         WHERE p.id = l.id AND p.id = u.id
+         RETURNING p.*`,
+        [cs.map((c) => c.id), cs.map((c) => c.desired), cs.map((c) => c.state), cs.map((c) => c.reason), cs.map((c) => c.setNode), cs.map((c) => c.nodeId)],
+      );
+      return inOrder(found, cs.map((c) => c.id));
+    },
+    { key: (c) => c.id },
+  );
+
   constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
 
-  /**
-   * Inserts partitions that differ only in id, name and node (a create with `count`) in one
-   * statement; a taken name is {@link AlreadyExistsError}.
-   */
-  async insertMany(tx: Db, base: Omit<NewPartition, 'id' | 'name' | 'nodeId'>, each: Array<{ id: string; name: string; nodeId: string }>): Promise<PartitionRow[]> {
+  /** Inserts any partitions in one statement, in order; a taken name is {@link AlreadyExistsError}. */
+  async insertRows(tx: Db, ps: NewPartition[]): Promise<PartitionRow[]> {
+    const col = <T>(f: (p: NewPartition) => T) => ps.map(f);
     try {
       return await rows<PartitionRow>(tx,
-        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group)
-         SELECT u.id, $4, u.name, $5, $6, u.node_id, $7, $8, $9, $10, $11, $12, $13
-         FROM unnest($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS u(id, name, node_id, ord)
+        `INSERT INTO partitions (id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group, image_id)
+         SELECT u.id, u.project_id, u.name, u.description, u.state, u.node_id, u.vcpus, u.memory_mib, u.disk_gib, u.image, u.labels, u.placement, u.placement_group, u.image_id
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::int[], $8::bigint[], $9::int[], $10::text[], $11::jsonb[], $12::jsonb[], $13::text[], $14::uuid[])
+           WITH ORDINALITY AS u(id, project_id, name, description, state, node_id, vcpus, memory_mib, disk_gib, image, labels, placement, placement_group, image_id, ord)
          ORDER BY u.ord RETURNING *`,
-        [each.map((e) => e.id), each.map((e) => e.name), each.map((e) => e.nodeId), base.projectId, base.description, base.state, base.vcpus, base.memoryMiB, base.diskGiB, base.image,
-          JSON.stringify(base.labels), JSON.stringify(base.placement ?? {}), base.placement?.group ?? null],
+        [col((p) => p.id), col((p) => p.projectId), col((p) => p.name), col((p) => p.description), col((p) => p.state), col((p) => p.nodeId), col((p) => p.vcpus), col((p) => p.memoryMiB),
+          col((p) => p.diskGiB), col((p) => p.image), col((p) => JSON.stringify(p.labels)), col((p) => JSON.stringify(p.placement ?? {})), col((p) => p.placement?.group ?? null), col((p) => p.imageId ?? null)],
       );
     } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExistsError('partition', each[0]?.name ?? '');
+      if (isUniqueViolation(e)) throw new AlreadyExistsError('partition', ps.length === 1 ? ps[0]!.name : takenName(e) ?? ps[0]?.name ?? '');
       throw e;
     }
+  }
+
+  /** Which of the (project, name) pairs are taken, as `projectId/name` keys. */
+  async namesTakenIn(db: Db, pairs: Array<{ projectId: string; name: string }>): Promise<Set<string>> {
+    const found = await rows<{ project_id: string; name: string }>(db,
+      `SELECT p.project_id, p.name FROM partitions p JOIN unnest($1::uuid[], $2::text[]) AS u(project_id, name) ON p.project_id = u.project_id AND p.name = u.name`,
+      [pairs.map((x) => x.projectId), pairs.map((x) => x.name)],
+    );
+    return new Set(found.map((r) => `${r.project_id}/${r.name}`));
   }
 
   /** Which of `names` the project already uses. */
@@ -105,6 +182,7 @@ export class PartitionRepository {
 
   /** A partition by id alone (internal: operations, agents). */
   async getById(id: string, db: Db = this.ds): Promise<PartitionRow | undefined> {
+    if (db === this.ds) return this.byId.call(id);
     const found = await rows<PartitionRow>(db, `SELECT * FROM partitions WHERE id = $1`, [id]);
     return found[0];
   }
@@ -141,6 +219,7 @@ export class PartitionRepository {
    * can tell a new order from an old one.
    */
   async setDesired(db: Db, id: string, desired: Desired, state?: PartitionState, reason = '', nodeId?: string | null): Promise<PartitionRow | undefined> {
+    if (outsideTransaction(db, this.ds)) return this.desiredChanges.call({ id, desired, state: state ?? null, reason, setNode: nodeId !== undefined, nodeId: nodeId ?? null });
     const found = await rows<PartitionRow>(db, 
       `UPDATE partitions SET desired = $2, generation = generation + 1, state = COALESCE($3, state),
          state_reason = CASE WHEN $3::text IS NULL THEN state_reason ELSE $4 END,
@@ -166,16 +245,7 @@ export class PartitionRepository {
    * `nodeId` is the reporting node: the report counts only while the partition is placed there.
    */
   async observe(id: string, observed: string, generation: number, state: PartitionState | null, reason: string, nodeId?: string): Promise<PartitionRow | undefined> {
-    const found = await rows<PartitionRow>(this.ds, 
-      `UPDATE partitions SET observed_state = $2, observed_generation = $3, observed_reason = $5,
-         state = COALESCE($4, state), state_reason = CASE WHEN $4::text IS NULL THEN state_reason ELSE $5 END,
-         version = version + 1, updated_at = now()
-       WHERE id = $1 AND ($6::uuid IS NULL OR node_id = $6)
-         AND (observed_state <> $2 OR observed_generation <> $3 OR observed_reason <> $5 OR ($4::text IS NOT NULL AND (state <> $4 OR state_reason <> $5)))
-       RETURNING *`,
-      [id, observed, generation, state, reason, nodeId ?? null],
-    );
-    return found[0];
+    return this.observations.call({ id, observed, generation, state, reason, nodeId: nodeId ?? null });
   }
 
   /** Sets the snapshot the partition's state now descends from. */
@@ -232,4 +302,11 @@ export class PartitionRepository {
   incomingTo(nodeId: string): Promise<PartitionRow[]> {
     return rows(this.ds, `SELECT * FROM partitions WHERE target_node_id = $1 ORDER BY id`, [nodeId]);
   }
+}
+
+/** The name in a unique violation on (project_id, name), from PostgreSQL's detail. */
+function takenName(e: unknown): string | undefined {
+  const err = e as { detail?: string; driverError?: { detail?: string } };
+  const m = /\(project_id, name\)=\([^,]+, (.+)\) already exists/.exec(err?.driverError?.detail ?? err?.detail ?? '');
+  return m?.[1];
 }

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import {
   AlreadyExistsError,
+  DomainError,
   FailedPreconditionError,
   NotFoundError,
   PARTITION_STATES,
@@ -18,13 +19,14 @@ import { MutationOptions, TransactionRunner } from '../common/transactions';
 import { Db } from '../database/database';
 import { labelsProblem, parseLabelSelectors } from '../common/validation';
 import { EventBus } from '../events/event-bus';
-import { PlacementService, PlacementSpec } from './placement.service';
+import { PlacementDemand, PlacementService, PlacementSpec } from './placement.service';
+import { Batcher } from '../common/batcher';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
-import { OperationRepository } from '../operations/operation.repository';
+import { NewOperation, OperationRepository } from '../operations/operation.repository';
 import { OperationView, OperationsService, operationView } from '../operations/operations.service';
 import { AgentSessions } from '../agents/agent-sessions';
-import { ImagePolicy } from '../images/image-policy';
-import { PartitionRepository, PartitionRow, PlacementSpecRow } from './partition.repository';
+import { ImagePolicy, ImageTerms } from '../images/image-policy';
+import { NewPartition, PartitionRepository, PartitionRow, PlacementSpecRow } from './partition.repository';
 import { PartitionView, partitionEvent, partitionView } from './partition-view';
 import { CreatePartitionInput, StopPartitionInput, UpdatePartitionInput } from './partitions.dto';
 
@@ -40,8 +42,52 @@ export interface PartitionBatchView {
   operations: OperationView[];
 }
 
+/** A create request, checked and ready to place. */
+interface CreateRequest {
+  projectId: string;
+  input: CreatePartitionInput;
+  opts: MutationOptions;
+  names: string[];
+  spec: PlacementSpec;
+  diskGiB: number;
+  /** Seeds the placement order (replayable from the idempotency key or request id). */
+  seed: string;
+  /** `performance.now()` when it came. */
+  asked: number;
+}
+
+/** What became of one create of a batch. */
+type CreateOutcome = { ok: true; value: PartitionOperationView | PartitionBatchView } | { ok: false; error: unknown };
+
+/** The placement demands of a create's partitions. */
+function demandsOf(req: CreateRequest, terms: ImageTerms): PlacementDemand[] {
+  const { input, spec, diskGiB } = req;
+  return req.names.map((_, i) => ({ requestId: `${req.seed}/${i}`, vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, spec, imageRequirements: terms.requirements, imageInLibrary: terms.inLibrary }));
+}
+
+/** The rows of a create's partitions, placed on `nodeIds` in order. */
+function newPartitions(req: CreateRequest, nodeIds: string[], terms: ImageTerms): NewPartition[] {
+  const { input } = req;
+  return req.names.map((name, i) => ({
+    id: uuidv7(), projectId: req.projectId, name, description: input.description ?? '', state: 'scheduled' as const, nodeId: nodeIds[i]!, vcpus: input.vcpus, memoryMiB: input.memoryMiB,
+    diskGiB: req.diskGiB, image: input.image, imageId: terms.imageId ?? null, labels: input.labels ?? {}, placement: req.spec as PlacementSpecRow,
+  }));
+}
+
+/** The `partition.create` operation of a new partition. */
+function newCreateOperation(req: CreateRequest, p: PartitionRow): NewOperation {
+  return { id: uuidv7(), projectId: req.projectId, kind: 'partition.create', targetType: 'partition', targetId: p.id, requestId: req.opts.requestId };
+}
+
+/** The answer to a create: one partition and its operation, or (with `count`) all of them. */
+function answerOf(req: CreateRequest, partitions: PartitionView[], operations: OperationView[]): PartitionOperationView | PartitionBatchView {
+  return req.input.count === undefined ? { partition: partitions[0]!, operation: operations[0]! } : { partitions, operations };
+}
+
 /** Default disk when the request names none. */
 const DEFAULT_DISK_GIB = 1;
+/** Most partitions one batch of creates commits at once. */
+const MAX_BATCH_PARTITIONS = 300;
 /** Largest console tail one request returns. */
 const MAX_CONSOLE_BYTES = 1024 * 1024;
 
@@ -63,10 +109,15 @@ export class PartitionsService {
     private readonly imagePolicy: ImagePolicy,
   ) {}
 
+  /** Creates arriving together, committed together (see {@link create}). */
+  private readonly creates = new Batcher<CreateRequest, CreateOutcome>((reqs) => this.createBatch(reqs), { maxBatch: MAX_BATCH_PARTITIONS, weight: (r) => r.names.length, maxInFlight: 3 });
+
   /**
    * Creates a partition (or `count` of them, named NAME-1..NAME-N, all or nothing), places it, and
    * starts an operation per partition that boots it. Placement happens here, so "no node fits" is
-   * a 422 that creates nothing.
+   * a 422 that creates nothing. Creates without an idempotency key, a pinned node or a placement
+   * group are committed together with those arriving at the same moment (one transaction, one
+   * statement per step for all of them); each still succeeds or fails on its own.
    */
   async create(principal: Principal, projectId: string, input: CreatePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView | PartitionBatchView> {
     requireRole(principal, 'operator', 'create partitions');
@@ -76,46 +127,119 @@ export class PartitionsService {
     const longest = names[names.length - 1]!;
     if (longest.length > 63) throw ValidationError.field('name', `with count ${count} the names run up to ${longest}, longer than 63 characters`);
     const spec: PlacementSpec = { ...(input.placement ?? {}) };
-    const seed = opts.idempotencyKey ?? opts.requestId ?? uuidv7();
+    const req: CreateRequest = { projectId, input, opts, names, spec, diskGiB, seed: opts.idempotencyKey ?? opts.requestId ?? uuidv7(), asked: performance.now() };
+    if (opts.idempotencyKey || spec.group || spec.node) return this.createAlone(req);
+    const r = await this.creates.call(req);
+    if (!r.ok) throw r.error;
+    return r.value;
+  }
+
+  /** One create in its own transaction (with its idempotency key, group lock, pinned node). */
+  private createAlone(req: CreateRequest): Promise<PartitionOperationView | PartitionBatchView> {
+    const { projectId, input, opts, names } = req;
     return this.tx.run(
       { scope: `project:${projectId}`, name: 'partitions.create', input, key: opts.idempotencyKey },
       async (db) => {
         const taken = await this.partitions.namesTaken(db, projectId, names);
         if (taken.length) throw new AlreadyExistsError('partition', taken[0]!);
         const terms = await this.imagePolicy.admit(db, projectId, input.image, names.length);
-        const nodeIds = await this.placement.place(
-          db,
-          projectId,
-          names.map((n, i) => ({ requestId: `${seed}/${i}`, vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, spec, imageRequirements: terms.requirements, imageInLibrary: terms.inLibrary })),
-        );
-        const rowsIn = await this.partitions.insertMany(
-          db,
-          { projectId, description: input.description ?? '', state: 'scheduled', vcpus: input.vcpus, memoryMiB: input.memoryMiB, diskGiB, image: input.image, labels: input.labels ?? {}, placement: spec as PlacementSpecRow },
-          names.map((name, i) => ({ id: uuidv7(), name, nodeId: nodeIds[i]! })),
-        );
-        const ops = await this.ops.insertMany(
-          db,
-          { projectId, kind: 'partition.create', targetType: 'partition', requestId: opts.requestId },
-          rowsIn.map((r) => ({ id: uuidv7(), targetId: r.id })),
-        );
-        const partitions = rowsIn.map(partitionView);
-        const operations = ops.map(operationView);
-        const out: PartitionOperationView | PartitionBatchView = count === undefined ? { partition: partitions[0]!, operation: operations[0]! } : { partitions, operations };
-        return out;
+        const nodeIds = await this.placement.place(db, projectId, demandsOf(req, terms));
+        const rowsIn = await this.partitions.insertRows(db, newPartitions(req, nodeIds, terms));
+        const ops = await this.ops.insertRows(db, rowsIn.map((r) => newCreateOperation(req, r)));
+        return answerOf(req, rowsIn.map(partitionView), ops.map(operationView));
       },
-      async (r) => {
-        if ('partition' in r) return this.launched(r, 'partition.created');
-        await this.queue.enqueueMany(r.operations.map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined);
-        await Promise.all(
-          r.partitions.map((p, i) =>
-            Promise.all([
-              this.events.publish(partitionEvent('partition.created', p)),
-              this.operations.publishView(r.operations[i]!),
-            ]),
-          ),
-        );
+      (r) => this.announce('partition' in r ? [r.partition] : r.partitions, 'partition' in r ? [r.operation] : r.operations),
+    );
+  }
+
+  /**
+   * Creates arriving at the same moment, in one transaction: names checked in one statement, image
+   * policy once per image, placement of each in turn on one snapshot and one reservation statement
+   * for all, one insert of all partitions and one of all operations. A create refused by what the
+   * batch cannot judge exactly for it alone (a shared image limit, a name asked twice, nodes read
+   * before it came) is redone by itself afterwards. If the transaction fails as a whole (a name
+   * taken meanwhile by another replica, a deadlock), each create is tried again in a batch of its
+   * own. Never rejects: every create gets its own outcome.
+   */
+  private async createBatch(reqs: CreateRequest[]): Promise<CreateOutcome[]> {
+    const outcomes: CreateOutcome[] = new Array(reqs.length);
+    const alone: number[] = [];
+    try {
+      await this.batchTransaction(reqs, outcomes, alone);
+    } catch (error) {
+      if (reqs.length === 1) return [{ ok: false, error }];
+      return (await Promise.all(reqs.map((r) => this.createBatch([r])))).map((o) => o[0]!);
+    }
+    await Promise.all(alone.map(async (k) => {
+      outcomes[k] = await this.createAlone(reqs[k]!).then((value): CreateOutcome => ({ ok: true, value }), (error: unknown): CreateOutcome => ({ ok: false, error }));
+    }));
+    return outcomes;
+  }
+
+  /** The transaction of {@link createBatch}: fills `outcomes`, and `alone` with the creates to redo by themselves. */
+  private async batchTransaction(reqs: CreateRequest[], outcomes: CreateOutcome[], alone: number[]): Promise<void> {
+    await this.tx.run(
+      { scope: 'partitions', name: 'partitions.create', input: null },
+      async (db) => {
+        const taken = await this.partitions.namesTakenIn(db, reqs.flatMap((r) => r.names.map((name) => ({ projectId: r.projectId, name }))));
+        const asked = new Set<string>();
+        const live: number[] = [];
+        reqs.forEach((r, k) => {
+          const keys = r.names.map((n) => `${r.projectId}/${n}`);
+          const takenName = r.names.find((_, i) => taken.has(keys[i]!));
+          if (takenName !== undefined) outcomes[k] = { ok: false, error: new AlreadyExistsError('partition', takenName) };
+          else if (keys.some((key) => asked.has(key))) alone.push(k);
+          else live.push(k);
+          for (const key of keys) asked.add(key);
+        });
+        const terms = new Map<string, ImageTerms | DomainError>();
+        for (const k of live) {
+          const r = reqs[k]!;
+          const key = `${r.projectId}\0${r.input.image}`;
+          if (terms.has(key)) continue;
+          const adding = live.reduce((n, j) => n + (reqs[j]!.projectId === r.projectId && reqs[j]!.input.image === r.input.image ? reqs[j]!.names.length : 0), 0);
+          terms.set(key, await this.imagePolicy.admit(db, r.projectId, r.input.image, adding).catch((e: unknown) => {
+            if (e instanceof DomainError) return e;
+            throw e;
+          }));
+        }
+        const placing = live.filter((k) => {
+          if (!(terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) instanceof DomainError)) return true;
+          alone.push(k);
+          return false;
+        });
+        const placed = await this.placement.placeBatch(db, placing.map((k) => ({ projectId: reqs[k]!.projectId, demands: demandsOf(reqs[k]!, terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) as ImageTerms), asked: reqs[k]!.asked })));
+        const made: Array<{ k: number; rows: NewPartition[] }> = [];
+        placed.forEach((p, j) => {
+          const k = placing[j]!;
+          if (p.ok) made.push({ k, rows: newPartitions(reqs[k]!, p.nodeIds, terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) as ImageTerms) });
+          else if ('retryAlone' in p) alone.push(k);
+          else outcomes[k] = { ok: false, error: p.error };
+        });
+        if (made.length === 0) return [];
+        const rowsIn = await this.partitions.insertRows(db, made.flatMap((m) => m.rows));
+        const owner = made.flatMap((m) => m.rows.map(() => reqs[m.k]!));
+        const ops = await this.ops.insertRows(db, rowsIn.map((r, i) => newCreateOperation(owner[i]!, r)));
+        let at = 0;
+        for (const m of made) {
+          const n = m.rows.length;
+          outcomes[m.k] = { ok: true, value: answerOf(reqs[m.k]!, rowsIn.slice(at, at + n).map(partitionView), ops.slice(at, at + n).map(operationView)) };
+          at += n;
+        }
+        return [{ partitions: rowsIn.map(partitionView), operations: ops.map(operationView) }];
+      },
+      // Committed: from here on nothing may fail the batch (its creates exist). The jobs and events
+      // go out while the creates are answered (the sweep queues any job Redis missed).
+      async (created) => {
+        for (const c of created) void this.announce(c.partitions, c.operations).catch(() => undefined);
       },
     );
+  }
+
+  /** After commit: queue the create operations' jobs and tell the event streams. */
+  private async announce(partitions: PartitionView[], operations: OperationView[]): Promise<void> {
+    await this.queue.enqueueMany(operations.map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined); // the sweep re-queues them if Redis hiccupped
+    await Promise.all(partitions.map((p, i) => Promise.all([this.events.publish(partitionEvent('partition.created', p)), this.operations.publishView(operations[i]!)])));
   }
 
   /** Gets a partition in the project. */

@@ -5,6 +5,7 @@ import { Logger } from 'pino';
 import { DataSource } from 'typeorm';
 import { AgentSessions } from '../agents/agent-sessions';
 import { DATA_SOURCE, LOGGER } from '../common/tokens';
+import { Config, CONFIG, runsOperations } from '../config';
 import { inTransaction, lockForTransaction } from '../database/database';
 import { EventBus } from '../events/event-bus';
 import type { NodeView } from '../nodes/nodes.service';
@@ -58,11 +59,12 @@ export class ChainAgents implements OnApplicationBootstrap, OnModuleDestroy {
     private readonly queue: OperationQueueRepository,
     private readonly operations: OperationsService,
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
+    @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly log: Logger,
   ) {}
 
   onApplicationBootstrap(): void {
-    if (process.env.HYPERPLANE_NO_OPERATION_WORKER === '1') return;
+    if (process.env.HYPERPLANE_NO_OPERATION_WORKER === '1' || !runsOperations(this.config.role)) return;
     this.unsubscribe = this.events.subscribe((e) => {
       if (e.type === 'node.updated' && (e.data as NodeView).state === 'unreachable') void this.onNodeUnreachable(e.resourceId);
     });

@@ -13,6 +13,7 @@ import { PartitionRepository, PartitionRow } from '../partitions/partition.repos
 import { partitionEvent, partitionView } from '../partitions/partition-view';
 import { SnapshotRepository, SnapshotRow } from './snapshot.repository';
 import { snapshotEvent, snapshotView } from './snapshot-view';
+import { PartitionImages } from '../images/partition-images';
 
 /** Longest a node may take to save or load a snapshot (RAM is written to the disk file). */
 const SNAPSHOT_TIMEOUT_MS = 10 * 60_000;
@@ -38,6 +39,7 @@ export class SnapshotOperations implements OnModuleInit {
     private readonly sessions: AgentSessions,
     private readonly events: EventBus,
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
+    private readonly images: PartitionImages,
   ) {}
 
   onModuleInit(): void {
@@ -51,11 +53,11 @@ export class SnapshotOperations implements OnModuleInit {
     const { partition, snap } = await this.load(op);
     if (snap.state === 'ready') return;
     const node = partition.node_id!;
-    await ctx.progress(snap.with_memory ? 'saving memory and disk' : 'saving disk', 20);
+    void ctx.progress(snap.with_memory ? 'saving memory and disk' : 'saving disk', 20).catch(() => undefined); // shown while the node works; not waited for
     let entry: SnapshotEntry | undefined;
     try {
       // A re-run after a crash: the node may have finished it already.
-      entry = (await this.list(node, partition)).find((e) => e.tag === snap.id);
+      if (op.attempts > 1) entry = (await this.list(node, partition)).find((e) => e.tag === snap.id);
       if (!entry) {
         const r = await this.sessions.command(node, { snapshotCreate: { partitionId: partition.id, tag: snap.id, withMemory: snap.with_memory } }, SNAPSHOT_TIMEOUT_MS);
         if (r.ok) entry = JSON.parse(r.payload || '{}') as SnapshotEntry;
@@ -78,16 +80,18 @@ export class SnapshotOperations implements OnModuleInit {
     });
     if (ready.s) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(ready.s, snap.id)));
     if (ready.p) await this.events.publish(partitionEvent('partition.updated', partitionView(ready.p)));
+    await this.images.record(op, partition, 'snapshotted', { details: { snapshot: snap.name, withMemory: snap.with_memory } });
   }
 
   /** snapshot.revert: the node loads it (a running guest resumes from it); it becomes the current snapshot. */
   async handleRevert(op: OperationRow, ctx: OperationContext): Promise<void> {
     const { partition, snap } = await this.load(op);
-    await ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30);
+    void ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30).catch(() => undefined);
     const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
     if (!r.ok) throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
     const p = await this.partitions.setCurrentSnapshot(this.ds.manager, partition.id, snap.id);
     if (p) await this.events.publish(partitionEvent('partition.updated', partitionView(p)));
+    await this.images.record(op, partition, 'reverted', { details: { snapshot: snap.name } });
   }
 
   /** snapshot.delete: the node drops it (already gone is fine); children move up to its parent. */
@@ -96,7 +100,7 @@ export class SnapshotOperations implements OnModuleInit {
     if (!partition) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     const snap = await this.snapshots.get(partition.id, String(op.params.snapshotId));
     if (!snap) return; // removed already: a re-run after a crash
-    await ctx.progress('deleting', 30);
+    void ctx.progress('deleting', 30).catch(() => undefined);
     const r = await this.sessions.command(partition.node_id!, { snapshotDelete: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
     if (!r.ok && r.errorCode !== 'NOT_FOUND') {
       const back = await this.snapshots.setState(this.ds.manager, snap.id, 'ready');

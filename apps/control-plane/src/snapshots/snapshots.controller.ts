@@ -7,7 +7,8 @@ import { Mutation } from '../common/rest';
 import { MutationOptions } from '../common/transactions';
 import { EmptyInput } from '../partitions/partitions.dto';
 import { AuthService } from '../projects/auth.service';
-import { CreateSnapshotInput } from './snapshots.dto';
+import { CreateSnapshotInput, ExportSnapshotInput } from './snapshots.dto';
+import { SnapshotExports } from './snapshot-exports';
 import { SnapshotsService } from './snapshots.service';
 
 /** REST door for a partition's snapshots. Changes answer 202 with the operation and a Location header. */
@@ -18,6 +19,7 @@ import { SnapshotsService } from './snapshots.service';
 export class SnapshotsController {
   constructor(
     private readonly snapshots: SnapshotsService,
+    private readonly exports: SnapshotExports,
     private readonly auth: AuthService,
   ) {}
 
@@ -47,6 +49,12 @@ export class SnapshotsController {
   @HttpCode(202)
   async revert(@Caller() p: Principal, @Param('id') id: string, @Param('sid') sid: string, @Body() _body: EmptyInput, @Res({ passthrough: true }) res: FastifyReply, @Mutation() m: MutationOptions, @Query('project') project?: string) {
     return located(res, await this.snapshots.revert(p, await this.auth.projectScope(p, project), id, sid, m));
+  }
+
+  @Post(':sid/export')
+  @HttpCode(202)
+  async export(@Caller() p: Principal, @Param('id') id: string, @Param('sid') sid: string, @Body() body: ExportSnapshotInput, @Res({ passthrough: true }) res: FastifyReply, @Mutation() m: MutationOptions, @Query('project') project?: string) {
+    return located(res, await this.exports.export(p, await this.auth.projectScope(p, project), id, sid, body, m));
   }
 }
 

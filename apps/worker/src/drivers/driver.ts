@@ -20,6 +20,11 @@ export interface GuestSpec {
   diskGiB: number;
   /** Image name in the node's image store (`sample` means `images/sample.qcow2`). */
   image: string;
+  /**
+   * When set, the disk is based on the copy of this library image (`images/library/<id>.<format>`,
+   * fetched beforehand) and `image` is only its name for logs.
+   */
+  libraryImageId?: string;
   /** Service-chain disks the guest gets besides its boot disk. */
   disks?: ChainDiskSpec[];
 }
@@ -76,6 +81,9 @@ export interface HostFacts {
   tls?: boolean;
 }
 
+/** Disk formats an image store holds. A file's format is detected from its bytes, then pinned. */
+export type ImageFormat = 'qcow2' | 'vhdx' | 'raw';
+
 /** One image of the node's store. */
 export interface ImageEntry {
   name: string;
@@ -83,6 +91,49 @@ export interface ImageEntry {
   sizeBytes: number;
   virtualSizeBytes: number;
   path: string;
+  /** The metadata stored inside the file (libs/disk-formats), as JSON; absent or '' when none. */
+  metadataJson?: string;
+  /** Set when the file failed the hostile-image checks: it is reported, never used. */
+  rejected?: { reason: string; message: string };
+  /** Set for a copy of a control-plane library image (usable only through `GuestSpec.libraryImageId`). */
+  libraryImageId?: string;
+}
+
+/** Where a fetch writes, and how it ends: `commit` checks and moves the file into place, `abort` removes it. */
+export interface FetchTarget {
+  /** A new temporary file (mode 0600) in the store, not yet written. */
+  path: string;
+  /** Checks the written file (format pinned, hostile structures rejected), fsyncs and renames it into place; returns the final path. */
+  commit(): Promise<string>;
+  /** Removes the temporary file (no-op after commit). */
+  abort(): Promise<void>;
+}
+
+/**
+ * A node's image store as image transfers use it (QEMU driver only; hollow nodes have none). Top-level
+ * files are the node's own images, usable by name; `library/` holds copies of control-plane library
+ * images; `staging/` holds files the node produced for the control plane (exports).
+ */
+export interface NodeImageStore {
+  /** Absolute path of the store. */
+  readonly dir: string;
+  /** True when a checked copy of library image `id` is in the store. */
+  hasLibraryCopy(id: string): Promise<boolean>;
+  /** Prepares a fetch of library image `id` in `format`. */
+  beginFetch(id: string, format: ImageFormat): Promise<FetchTarget>;
+  /**
+   * The absolute, symlink-free path of a file of the store that may be sent to the control plane.
+   * Throws ValidationError when `path` resolves outside the store (`..`, a symlink out, an absolute
+   * path elsewhere), names a hidden file, a library copy, a directory, or (without `allowStaging`)
+   * a staging file.
+   */
+  resolveSendPath(path: string, options: { allowStaging: boolean }): Promise<string>;
+  /** Removes a staging file after it was sent (refuses anything outside `staging/`). */
+  removeStaged(path: string): Promise<void>;
+  /** Removes fetches an earlier agent process left unfinished; returns how many. Call at start. */
+  sweepPartialFetches(): Promise<number>;
+  /** Calls `onChange` (debounced) when files of the store change; returns how to stop watching. */
+  watch(onChange: () => void): () => void;
 }
 
 /** The end of a guest's serial log. */
@@ -226,8 +277,10 @@ export interface PartitionDriver {
   setListener(listener: DriverListener): void;
   /** Host facts (cached after the first call). */
   hostFacts(): Promise<HostFacts>;
-  /** The images this node can start guests from. */
+  /** The images of this node's store, rejected ones included (with the reason). */
   listImages(): Promise<ImageEntry[]>;
+  /** The image store, when the driver has one (QEMU); transfers of images go through it. */
+  readonly imageStore?: NodeImageStore;
   /** Where a partition's disk file is on this node (drivers with real disks), for shared-storage migration. */
   diskPath?(id: string): string;
   /**
@@ -271,6 +324,12 @@ export interface PartitionDriver {
   snapshotDelete(id: string, tag: string): Promise<void>;
   /** The snapshots of a partition's disk (running or stopped), oldest first. */
   snapshotList(id: string): Promise<SnapshotEntry[]>;
+  /**
+   * Writes snapshot `tag` of the partition's disk as a standalone qcow2 image `fileName` in this
+   * node's image store (its backing image flattened in), while the guest runs or not. Drivers
+   * without real disks leave it out. Returns the file's path relative to the store and its size.
+   */
+  snapshotExport?(id: string, tag: string, fileName: string): Promise<{ path: string; sizeBytes: number }>;
   /**
    * On the destination: prepares to receive `spec` (its disk and a QEMU waiting for the incoming
    * stream, paused). The guest runs here only after `migrationFinishTarget`.

@@ -79,8 +79,8 @@ export interface ProviderDriverOptions {
   nodeName: string;
   /** QEMU tls-creds-x509 directory; TCP exports use TLS when it is set. */
   tlsDir?: string;
-  /** The node's image store: file of an image by name. */
-  imagePath: (name: string) => string;
+  /** The node's image store: the file of an image by name and its pinned format (ValidationError when it is not there). */
+  resolveImage: (name: string) => Promise<{ path: string; format: string }>;
   log: Logger;
   qsdBinary?: string;
   qemuImgBinary?: string;
@@ -306,11 +306,10 @@ export class ProviderDriver {
     }
     if (spec.kind === 'base') {
       if (spec.image) {
-        const image = this.options.imagePath(spec.image);
-        if (!(await exists(image))) throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not in this node's store`);
-        const info = JSON.parse(await run(this.qemuImg, ['info', '-f', 'qcow2', '--output=json', image])) as { 'virtual-size': number };
-        await run(this.qemuImg, ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', image, data, String(Math.max(spec.sizeBytes, info['virtual-size']))]);
-        await qmp.blockdevAdd({ driver: 'qcow2', 'node-name': 'store', file: { driver: 'file', filename: data }, backing: { driver: 'qcow2', file: { driver: 'file', filename: image, 'read-only': true }, 'read-only': true } });
+        const image = await this.options.resolveImage(spec.image);
+        const info = JSON.parse(await run(this.qemuImg, ['info', '-f', image.format, '--output=json', image.path])) as { 'virtual-size': number };
+        await run(this.qemuImg, ['create', '-q', '-f', 'qcow2', '-F', image.format, '-b', image.path, data, String(Math.max(spec.sizeBytes, info['virtual-size']))]);
+        await qmp.blockdevAdd({ driver: 'qcow2', 'node-name': 'store', file: { driver: 'file', filename: data }, backing: { driver: image.format, file: { driver: 'file', filename: image.path, 'read-only': true }, 'read-only': true } });
       } else {
         if (!(spec.sizeBytes > 0)) throw ValidationError.field('sizeBytes', 'a blank base needs a size');
         await this.createQcow2(data, spec.sizeBytes);

@@ -36,7 +36,7 @@ class Node {
   readonly reconciler: ProviderReconciler;
   readonly driver: ProviderDriver;
   constructor(readonly name: string, readonly address: string, readonly dir: string, tlsDir: string) {
-    this.driver = new ProviderDriver({ dataDir: dir, address, nodeName: name, tlsDir, imagePath: (n) => join(dir, 'images', `${n}.qcow2`), log: silent });
+    this.driver = new ProviderDriver({ dataDir: dir, address, nodeName: name, tlsDir, resolveImage: async (n) => ({ path: join(dir, 'images', `${n}.qcow2`), format: 'qcow2' }), log: silent });
     this.reconciler = new ProviderReconciler({
       driver: this.driver,
       store: new ProviderStore(dir),

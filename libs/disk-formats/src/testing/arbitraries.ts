@@ -24,6 +24,8 @@ export const historyEntryArb: fc.Arbitrary<HistoryEntry> = fc.record(
     at: timestamp,
     operation: nonEmpty(40),
     by: nonEmpty(60),
+    partition: nonEmpty(40),
+    node: nonEmpty(40),
     details: fc.dictionary(key, detailValue, { maxKeys: 4 }),
   },
   { requiredKeys: ['at', 'operation', 'by'] },

@@ -59,9 +59,9 @@ export async function qcow2Info(qemuImg: string, file: string, timeoutMs = TOOL_
   };
 }
 
-/** Creates a qcow2 overlay `file` over the qcow2 `backing` (absolute path), `sizeBytes` large. */
-export async function createOverlay(qemuImg: string, file: string, backing: string, sizeBytes: number, timeoutMs = TOOL_TIMEOUT_MS): Promise<void> {
-  await run(qemuImg, ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, file, String(sizeBytes)], timeoutMs);
+/** Creates a qcow2 overlay `file` over `backing` (absolute path, its format pinned), `sizeBytes` large. */
+export async function createOverlay(qemuImg: string, file: string, backing: string, sizeBytes: number, backingFormat: 'qcow2' | 'vhdx' | 'raw' = 'qcow2', timeoutMs = TOOL_TIMEOUT_MS): Promise<void> {
+  await run(qemuImg, ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, file, String(sizeBytes)], timeoutMs);
 }
 
 /** The version from `qemu-system-x86_64 --version` ("7.2.22"), or the whole first line. */

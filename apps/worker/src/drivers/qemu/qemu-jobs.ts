@@ -40,8 +40,9 @@ export function snapshotsFromImageInfo(image: unknown): SnapshotEntry[] {
 }
 
 /**
- * Waits until job `id` concluded (polling `query-jobs`, so no event can be missed), dismisses it
- * and throws its error, if any. A job that vanished counts as done (auto-dismissed).
+ * Waits until job `id` concluded (polling `query-jobs`, so no event can be missed, and woken at
+ * once by JOB_STATUS_CHANGE), dismisses it and throws its error, if any. A job that vanished
+ * counts as done (auto-dismissed).
  */
 export async function waitJob(qmp: QmpClient, id: string, timeoutMs: number, pollMs = 50): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -50,7 +51,7 @@ export async function waitJob(qmp: QmpClient, id: string, timeoutMs: number, pol
     job = (await qmp.queryJobs()).find((j) => j.id === id);
     if (!job || job.status === 'concluded' || job.status === 'null') break;
     if (Date.now() > deadline) throw new InternalError(`QEMU job ${id} (${job.type}) did not finish within ${timeoutMs} ms (status ${job.status})`);
-    await sleep(pollMs);
+    await untilEvent(qmp, 'JOB_STATUS_CHANGE', pollMs);
   }
   if (job) await qmp.jobDismiss(id).catch(() => undefined);
   if (job?.error) throw new InternalError(job.error);
@@ -98,6 +99,19 @@ export function progressOf(info: MigrationInfo): MigrationProgress {
     cpuThrottlePercent: Number(info['cpu-throttle-percentage'] ?? 0),
     status: String(info.status ?? 'none'),
   };
+}
+
+/** Resolves at the next QMP event `name`, or after `ms` at the latest (a poll that an event cuts short). */
+export function untilEvent(qmp: QmpClient, name: string, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      off();
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    const off = qmp.onEvent(name, done);
+  });
 }
 
 /** Resolves after `ms`. */

@@ -62,6 +62,14 @@ function beats(text: string): number[] {
   return [...text.replaceAll('\r', '').matchAll(/hb (\d+)$/gm)].map((m) => Number(m[1]));
 }
 
+/** Waits (up to 10 s) until a node's data dir has nothing left of a partition that migrated away. */
+async function sourceGone(dir: string, id: string): Promise<void> {
+  const pdir = join(dir, 'partitions', id);
+  for (let i = 0; i < 100 && (existsSync(pdir) || qemusMentioning(pdir).length > 0); i++) await new Promise((r) => setTimeout(r, 100));
+  expect(existsSync(pdir)).toBe(false);
+  expect(qemusMentioning(pdir)).toEqual([]);
+}
+
 /** A TCP port that is free, with the next one free too (migration stream + NBD). */
 async function freePortPair(): Promise<number> {
   const probe = (port: number) =>
@@ -237,9 +245,10 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     await b.migrationFinishTarget(id);
     const switchMs = Date.now() - t0;
 
+    // The paused source quits while the destination takes over: gone within moments.
+    await sourceGone(dirA, id);
     expect(pidAlive(sourcePid)).toBe(false);
     expect(a.isRunning(id)).toBe(false);
-    expect(existsSync(join(dirA, 'partitions', id))).toBe(false);
     expect(b.isRunning(id)).toBe(true);
     expect(progress.map((p) => p.phase)).toEqual(expect.arrayContaining(['storage', 'memory']));
     const onDest = await nextBeats(dirB, id, 0, 2);
@@ -269,7 +278,7 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     });
     await b.migrationFinishTarget(id);
 
-    expect(existsSync(join(dirA, 'partitions', id))).toBe(false);
+    await sourceGone(dirA, id);
     const onDest = await nextBeats(dirB, id, 0, 2);
     expect(onDest[0]).toBeGreaterThan(1);
     expect(onDest[0]).toBeLessThanOrEqual(lastOnSource + 3);

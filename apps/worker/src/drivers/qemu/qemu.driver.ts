@@ -31,11 +31,13 @@ import type {
   GuestSpec,
   HostFacts,
   ImageEntry,
+  ImageFormat,
   MigrationOptions,
   MigrationProgress,
   MigrationResult,
   MigrationTarget,
   MigrationTargetOptions,
+  NodeImageStore,
   PartitionDriver,
   RecoveredGuest,
   RunningGuest,
@@ -48,7 +50,7 @@ import { readTail } from './console-log';
 import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnections, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
-import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob } from './qemu-jobs';
+import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, untilEvent, waitJob } from './qemu-jobs';
 import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
 
 /** Settings of a QEMU driver; paths are made absolute. */
@@ -129,6 +131,8 @@ const MIG = { mirrorJob: 'mig-mirror', nbdNode: 'mig-nbd', exportId: 'mig-export
 
 /** Default limits of snapshot jobs and migrations. */
 const SNAPSHOT_JOB_TIMEOUT_MS = 300_000;
+/** Longest a snapshot export (qemu-img convert of the whole disk) may take. */
+const EXPORT_TIMEOUT_MS = 30 * 60_000;
 const DEFAULT_MAX_DOWNTIME_MS = 300;
 const DEFAULT_POSTCOPY_AFTER_MS = 10_000;
 const DEFAULT_STALL_TIMEOUT_MS = 30_000;
@@ -137,6 +141,14 @@ const MIGRATION_POLL_MS = 200;
 const DEFAULT_START_TIMEOUT_MS = 20_000;
 const DEFAULT_QUIT_TIMEOUT_MS = 5_000;
 const KILL_TIMEOUT_MS = 5_000;
+
+/** What `validate` found: the base image (format pinned), the disk size and the accelerator. */
+interface LaunchPlan {
+  imagePath: string;
+  imageFormat: ImageFormat;
+  diskBytes: number;
+  accel: 'kvm' | 'tcg';
+}
 
 /** Runs partitions as QEMU processes. See the file comment for the start sequence. */
 export class QemuDriver implements PartitionDriver {
@@ -154,6 +166,8 @@ export class QemuDriver implements PartitionDriver {
   private readonly diskQueues = new Map<string, Promise<void>>();
   /** Cold-migration receivers waiting for a disk, by partition id: how to give up on one. */
   private readonly coldReceivers = new Map<string, { abort: (error: Error) => void; received: Promise<void> }>();
+  /** Sources of completed migrations whose QEMU is quitting and files going (see retireSource). */
+  private readonly retiring = new Map<string, Promise<void>>();
   private listener: DriverListener = { onExit: () => undefined, onEvent: () => undefined };
   private facts: Promise<HostFacts> | undefined;
   private closed = false;
@@ -194,6 +208,11 @@ export class QemuDriver implements PartitionDriver {
 
   listImages(): Promise<ImageEntry[]> {
     return this.images.list();
+  }
+
+  /** The node's image store (the same object as `images`), for image transfers. */
+  get imageStore(): NodeImageStore {
+    return this.images;
   }
 
   isRunning(id: string): boolean {
@@ -291,7 +310,7 @@ export class QemuDriver implements PartitionDriver {
   }
 
   /** Every check that needs no side effect; returns what the launch needs. */
-  private async validate(spec: GuestSpec, dir: string): Promise<{ imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' }> {
+  private async validate(spec: GuestSpec, dir: string): Promise<LaunchPlan> {
     const errors: { field: string; message: string }[] = [];
     if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 255) errors.push({ field: 'vcpus', message: `must be 1-255 (got ${spec.vcpus})` });
     const hostMiB = Math.floor(totalmem() / 2 ** 20);
@@ -306,27 +325,25 @@ export class QemuDriver implements PartitionDriver {
       if (Buffer.byteLength(path) > MAX_SOCKET_PATH) errors.push({ field: 'dataDir', message: `socket path ${path} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter data dir` });
     }
     if (errors.length) throw new ValidationError(errors);
-    const imagePath = this.images.pathOf(spec.image);
-    const imageStat = await stat(imagePath).catch(() => undefined);
-    if (!imageStat?.isFile()) throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not in this node's store (${this.images.dir})`);
+    const image = spec.libraryImageId ? await this.images.resolveLibrary(spec.libraryImageId) : await this.images.resolve(spec.image);
     let virtualSize: number;
     try {
-      virtualSize = await this.images.virtualSize(imagePath);
+      virtualSize = await this.images.virtualSize(image.path, image.format);
     } catch (error) {
-      throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not a readable qcow2 file: ${(error as Error).message}`);
+      throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not a readable ${image.format} file: ${(error as Error).message}`);
     }
     const stalePid = await readPidFile(join(dir, RUNTIME_FILES.pid));
     if (stalePid !== undefined && pidAlive(stalePid) && cmdlineContains(stalePid, spec.id)) {
       throw new FailedPreconditionError(`a qemu process (pid ${stalePid}) already runs for partition ${spec.name || spec.id}`);
     }
     const accel = (await this.hostFacts()).accelerator as 'kvm' | 'tcg';
-    return { imagePath, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel };
+    return { imagePath: image.path, imageFormat: image.format, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel };
   }
 
   private async launch(
     spec: GuestSpec,
     dir: string,
-    plan: { imagePath: string; diskBytes: number; accel: 'kvm' | 'tcg' },
+    plan: LaunchPlan,
     log: Logger,
     incoming?: MigrationTargetOptions & { nbdPort: number },
   ): Promise<Instance> {
@@ -346,7 +363,7 @@ export class QemuDriver implements PartitionDriver {
         await link(incoming.sharedDiskPath!, disk);
         reverter.add(() => unlink(disk));
       } else if (!(await exists(disk))) {
-        await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes);
+        await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes, plan.imageFormat);
         reverter.add(() => unlink(disk));
       }
       for (const file of [RUNTIME_FILES.qemuLog, RUNTIME_FILES.consoleLog]) {
@@ -442,7 +459,7 @@ export class QemuDriver implements PartitionDriver {
         if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) {
           throw new InternalError(`qemu did not answer on QMP: ${(error as Error).message}`);
         }
-        await new Promise((r) => setTimeout(r, 25));
+        await new Promise((r) => setTimeout(r, 5)); // the socket appears within ms of the spawn: look often
       }
     }
   }
@@ -668,6 +685,34 @@ export class QemuDriver implements PartitionDriver {
     });
   }
 
+  async snapshotExport(id: string, tag: string, fileName: string): Promise<{ path: string; sizeBytes: number }> {
+    checkTag(tag);
+    if (!/^[a-z0-9][a-z0-9._-]{0,120}\.qcow2$/.test(fileName)) throw ValidationError.field('fileName', `must be a plain file name ending in .qcow2 (got ${JSON.stringify(fileName)})`);
+    return this.exclusive(id, 'export a snapshot of', async () => {
+      if (!(await this.snapshotList(id)).some((s) => s.tag === tag)) throw new NotFoundError('snapshot', tag);
+      const disk = this.instances.get(id) ? join(this.dirOf(id), RUNTIME_FILES.disk) : await this.offlineDisk(id);
+      // In staging/: not an image of the store (not usable by name, not importable through the public
+      // API) until the control plane imports it into the partition's project (allowStaging).
+      await mkdir(this.images.stagingDir, { recursive: true, mode: 0o700 });
+      const out = join(this.images.stagingDir, fileName);
+      if (await exists(out)) throw new FailedPreconditionError(`the image store already has staging/${fileName}`);
+      const part = `${out}.part`;
+      const started = Date.now();
+      try {
+        // A snapshot's clusters never change while it exists (and this partition's queue keeps it
+        // from being deleted meanwhile), so reading it next to the running QEMU (-U) is safe.
+        await run(this.qemuImg, ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${tag}`, disk, part], EXPORT_TIMEOUT_MS);
+        await rename(part, out);
+      } catch (error) {
+        await rm(part, { force: true });
+        throw new InternalError(`exporting snapshot ${tag} of partition ${id} failed: ${(error as Error).message}`);
+      }
+      const { size } = await stat(out);
+      this.log.info({ partition: id, tag, file: out, bytes: size, ms: Date.now() - started }, 'snapshot exported');
+      return { path: `staging/${fileName}`, sizeBytes: size };
+    });
+  }
+
   /** After a failed save: the guest runs again as before, and no snapshot `tag` is left. */
   private async undoSnapshot(qmp: QmpClient, tag: string, wasRunning: boolean, log: Logger): Promise<void> {
     try {
@@ -731,6 +776,7 @@ export class QemuDriver implements PartitionDriver {
     if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw ValidationError.field('port', `must be 1-65535 (got ${options.port})`);
     const nbdPort = options.nbdPort ?? options.port + 1;
     if (options.storage === 'shared' && !options.sharedDiskPath) throw ValidationError.field('sharedDiskPath', 'shared storage needs the disk path');
+    await this.retired(spec.id);
     return this.exclusive(spec.id, 'receive', async () => {
       if (this.instances.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
       if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
@@ -747,8 +793,8 @@ export class QemuDriver implements PartitionDriver {
     const qmp = inst.qmp;
     // The source may see `completed` a moment before this side finished loading the state.
     let info = await qmp.queryMigrate();
-    for (let waited = 0; waited < 30_000 && info.status && ['setup', 'active', 'device'].includes(info.status); waited += 50) {
-      await sleep(50);
+    for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
+      await untilEvent(qmp, 'MIGRATION', 50);
       info = await qmp.queryMigrate();
     }
     if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
@@ -861,7 +907,7 @@ export class QemuDriver implements PartitionDriver {
             await this.breakConnections(target, log);
             throw new InternalError(`copying the disk stalled for ${stallMs} ms`);
           }
-          await sleep(MIGRATION_POLL_MS);
+          await untilEvent(qmp, 'BLOCK_JOB_READY', MIGRATION_POLL_MS);
         }
         storageMs = Date.now() - started;
         log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
@@ -900,7 +946,8 @@ export class QemuDriver implements PartitionDriver {
             run.postcopy = true;
           }
         }
-        await sleep(MIGRATION_POLL_MS);
+        // Progress every poll; a status change (completed, failed) wakes the loop at once.
+        await untilEvent(qmp, 'MIGRATION', MIGRATION_POLL_MS);
       }
     } catch (error) {
       if (run.postcopy) {
@@ -917,7 +964,9 @@ export class QemuDriver implements PartitionDriver {
       throw error;
     }
     // Completed: the guest is paused here (postmigrate) and whole on the destination, which stays
-    // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror), quit.
+    // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror);
+    // the paused QEMU quits and its files go while the destination takes over (as libvirt's
+    // confirm step runs after the destination resumed): nobody resumes a postmigrate guest here.
     await this.cleanupSource(inst, log, false);
     const result: MigrationResult = {
       totalTimeMs: Date.now() - started,
@@ -927,15 +976,29 @@ export class QemuDriver implements PartitionDriver {
       postcopy: run.postcopy,
     };
     inst.stopRequested = true;
-    await qmp.quit().catch(() => undefined);
+    const retire = this.retireSource(inst, log).finally(() => {
+      if (this.retiring.get(inst.id) === retire) this.retiring.delete(inst.id);
+    });
+    this.retiring.set(inst.id, retire);
+    log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU quits and its files go');
+    return result;
+  }
+
+  /** Quits the source QEMU of a completed migration and removes the partition's files here. */
+  private async retireSource(inst: Instance & { qmp: QmpClient }, log: Logger): Promise<void> {
+    await inst.qmp.quit().catch(() => undefined);
     if (!(await this.waitGone(inst, this.options.quitTimeoutMs ?? DEFAULT_QUIT_TIMEOUT_MS))) {
       if (inst.child) inst.child.kill('SIGKILL');
       else signalPid(inst.pid, 'SIGKILL');
       await this.waitGone(inst, KILL_TIMEOUT_MS);
     }
     await rm(inst.dir, { recursive: true, force: true });
-    log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU and files are gone');
-    return result;
+    log.debug('source QEMU gone, files removed');
+  }
+
+  /** Waits until a partition that migrated away is gone from here (its QEMU quit, its files removed). */
+  private async retired(id: string): Promise<void> {
+    await this.retiring.get(id)?.catch(() => undefined);
   }
 
   /**
@@ -992,6 +1055,7 @@ export class QemuDriver implements PartitionDriver {
   async coldMigrationPrepareTarget(spec: GuestSpec, options: { host: string; port: number; timeoutMs?: number }): Promise<ColdMigrationReceiver> {
     const dir = this.dirOf(spec.id);
     const log = this.log.child({ partition: spec.id, migration: 'cold-incoming' });
+    await this.retired(spec.id);
     if (this.instances.has(spec.id) || this.busy.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
     if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
     const plan = await this.validate(spec, dir);
@@ -1065,7 +1129,7 @@ export class QemuDriver implements PartitionDriver {
             await out.close();
           }
           // The overlay names its base by absolute path on the source: point it at this node's copy of the same image.
-          await run(this.qemuImg, ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', plan.imagePath, part]);
+          await run(this.qemuImg, ['rebase', '-u', '-f', 'qcow2', '-F', plan.imageFormat, '-b', plan.imagePath, part]);
           await run(this.qemuImg, ['check', '-q', '-f', 'qcow2', part]);
           await rename(part, join(dir, RUNTIME_FILES.disk));
           socket.end('ok\n');
@@ -1156,6 +1220,8 @@ export class QemuDriver implements PartitionDriver {
   }
 
   async close(): Promise<void> {
+    // A source that migrated away quits first: no paused copy of a guest stays behind.
+    await Promise.all([...this.retiring.values()].map((p) => p.catch(() => undefined)));
     this.closed = true;
     const all = [...this.instances.values()];
     this.instances.clear();
@@ -1203,3 +1269,4 @@ async function withTimeout(promise: Promise<unknown>, ms: number): Promise<void>
   await Promise.race([promise.catch(() => undefined), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, ms))))]);
   clearTimeout(timer);
 }
+

@@ -1,0 +1,241 @@
+/**
+ * `npm run bench:migrate`: live migration and snapshots through the API against the same done by
+ * a bare QMP script, interleaved in one run.
+ *
+ * Two guests of the sample image (128 MiB, TCG) dirty memory at a fixed rate (8 MiB/s: a shell
+ * loop in the guest rewrites 8 MiB of tmpfs every second, alternating two random patterns):
+ * - one is a partition, migrated through the API between two workers on this machine
+ *   (`POST /v1/partitions/{id}/migrate`, shared storage, max downtime 300 ms), timed from the
+ *   request to the operation's success (the guest runs on the destination then);
+ * - one is a bare `qemu-system-x86_64` with the same command line, migrated by this script over
+ *   QMP with the same limits: start the destination paused with `-incoming defer`,
+ *   `migrate-incoming`, `migrate` on the source, wait for `completed`, `cont` on the destination,
+ *   quit the source. Timed from starting the destination to `cont` answered.
+ * Downtime is QEMU's own figure (`query-migrate` on the source) on both sides. 9 pairs
+ * (BENCH_PAIRS).
+ * Then snapshot save (memory + disk) and revert, API (`POST .../snapshots`, `.../revert`, to
+ * the operation's success) against QMP `snapshot-save` / `snapshot-load` jobs, as many pairs.
+ * Prints each figure and medians; the last line is JSON.
+ */
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { createConnection } from 'node:net';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { QmpClient } from '@hyperplane/qmp';
+import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
+import { ROOT, freePort, projectHeaders, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+
+const PAIRS = Number(process.env.BENCH_PAIRS ?? 9);
+const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
+const MAX_DOWNTIME_MS = 300;
+const MEMORY_MIB = 128;
+/** Typed on the guest's console: rewrites 8 MiB of tmpfs once a second, alternating two random patterns. */
+const DIRTIER = `dd if=/dev/urandom of=/run/pa bs=1M count=1 2>/dev/null; dd if=/dev/urandom of=/run/pb bs=1M count=1 2>/dev/null; (n=0; while :; do n=$((n+1)); p=/run/pa; [ $((n%2)) = 0 ] && p=/run/pb; i=0; while [ $i -lt 8 ]; do dd if=$p of=/dev/shm/dirty bs=1M seek=$i conv=notrunc 2>/dev/null; i=$((i+1)); done; echo $n >/run/dirty.n; sleep 1; done) &`;
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+/** Types a line on a serial console socket (the guest's shell). */
+function typeOn(socket: string, text: string): Promise<void> {
+  return new Promise((res, rej) => {
+    const c = createConnection(socket, () => c.end(`\n${text}\n`, () => setTimeout(res, 300)));
+    c.on('error', rej);
+  });
+}
+
+/** A bare QEMU guest run by this script (the worker's command line, its own dir). */
+interface Bare {
+  dir: string;
+  proc: ChildProcess;
+  qmp: QmpClient;
+}
+
+async function bareStart(dir: string, disk: string, incoming: boolean): Promise<Bare> {
+  mkdirSync(dir, { recursive: true });
+  const args = buildQemuArgs({ id: '00000000-0000-4000-8000-000000000001', name: 'bare', dir, vcpus: 1, memoryMiB: MEMORY_MIB, accel: 'tcg', incoming }).map((a) => a.replace(join(dir, RUNTIME_FILES.disk), disk));
+  const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore', cwd: dir });
+  let qmp: QmpClient | undefined;
+  for (let i = 0; i < 200 && !qmp; i++) {
+    qmp = await QmpClient.connect(join(dir, RUNTIME_FILES.qmp)).catch(() => undefined);
+    if (!qmp) await sleep(10);
+  }
+  if (!qmp) throw new Error('bare QEMU did not answer on QMP');
+  return { dir, proc, qmp };
+}
+
+async function bareQuit(b: Bare): Promise<void> {
+  await b.qmp.quit().catch(() => undefined);
+  if (b.proc.exitCode === null && b.proc.signalCode === null) await new Promise((r) => b.proc.once('exit', r));
+}
+
+/** Waits for a QMP job to conclude; throws with its error. */
+async function waitJob(qmp: QmpClient, id: string): Promise<void> {
+  for (;;) {
+    const job = (await qmp.queryJobs()).find((j) => j.id === id);
+    if (job?.status === 'concluded') {
+      await qmp.jobDismiss(id);
+      if (job.error) throw new Error(job.error);
+      return;
+    }
+    await new Promise<void>((r) => {
+      const t = setTimeout(done, 20);
+      const off = qmp.onEvent('JOB_STATUS_CHANGE', done);
+      function done() { clearTimeout(t); off(); r(); }
+    });
+  }
+}
+
+async function main(): Promise<void> {
+  if (!existsSync(join(GUEST, 'sample.qcow2'))) throw new Error(`no sample guest in ${GUEST}: run npm run guest:build`);
+  await withBenchDatabase('hp_bench_migrate', run);
+}
+
+async function run(database: { url: string; name: string }): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'hp-bench-mig-'));
+  const children: ChildProcess[] = [];
+  const bares: Bare[] = [];
+  try {
+    const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
+    children.push(cp.proc);
+    const nodes = [{ name: 'bench-a', address: '127.0.0.81' }, { name: 'bench-b', address: '127.0.0.82' }];
+    for (const n of nodes) {
+      children.push(spawn(process.execPath, [join(ROOT, 'apps/worker/dist/main.js'), '--node', n.name, '--address', n.address, '--control-plane', cp.grpcAddress, '--data-dir', join(dir, n.name), '--driver', 'qemu'], { env: cp.env, stdio: ['ignore', 'ignore', 'inherit'] }));
+    }
+    const h = cp.adminHeaders();
+    for (let i = 0; i < 150; i++) {
+      const ready = ((await (await fetch(`${cp.base}/v1/nodes?state=ready`, { headers: h })).json()) as { items: unknown[] }).items.length;
+      if (ready === 2) break;
+      await sleep(200);
+    }
+    const th = (await projectHeaders(cp, 'operator')).headers;
+    const call = async (method: string, path: string, body?: unknown) => (await (await fetch(cp.base + path, { method, headers: th, body: body === undefined ? undefined : JSON.stringify(body) })).json()) as any;
+    const wait = async (op: string) => {
+      const r = await call('GET', `/v1/operations/${op}/wait?timeoutSeconds=120`);
+      if (r.status !== 'succeeded') throw new Error(`operation ${op}: ${JSON.stringify(r)}`);
+      return r;
+    };
+
+    // The partition, dirtying memory.
+    const created = await call('POST', '/v1/partitions', { name: 'mig', vcpus: 1, memoryMiB: MEMORY_MIB, image: 'sample', placement: { node: 'bench-a' } });
+    await wait(created.operation.id);
+    const id = created.partition.id;
+    const consoleOf = (node: string) => join(dir, node, 'partitions', id, RUNTIME_FILES.console);
+    for (let i = 0; i < 100 && !String((await call('GET', `/v1/partitions/${id}/console`)).data ?? '').includes('HYPERPLANE-GUEST-READY'); i++) await sleep(200);
+    await typeOn(consoleOf('bench-a'), DIRTIER);
+
+    // The bare guest: the same image and command line, its disk an overlay both bare QEMUs open (shared storage).
+    const disk = join(dir, 'bare-disk.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(GUEST, 'sample.qcow2'), disk]);
+    let src = await bareStart(join(dir, 'bare-0'), disk, false);
+    bares.push(src);
+    await src.qmp.resume();
+    await sleep(6000); // boot
+    await typeOn(join(src.dir, RUNTIME_FILES.console), DIRTIER);
+    await sleep(3000);
+
+    const breakdown: string[] = [];
+    const apiTotal: number[] = [];
+    const apiDown: number[] = [];
+    const bareTotal: number[] = [];
+    const bareDown: number[] = [];
+    for (let i = 0; i < PAIRS; i++) {
+      // API: to the other node.
+      const to = nodes[(i + 1) % 2]!.name;
+      const t0 = performance.now();
+      const m = await call('POST', `/v1/partitions/${id}/migrate`, { targetNode: to, storage: 'shared', maxDowntimeMs: MAX_DOWNTIME_MS });
+      if (!m.operation) throw new Error(`migrate: ${JSON.stringify(m)}`);
+      const done = await wait(m.operation.id);
+      apiTotal.push(performance.now() - t0);
+      breakdown.push(`migrate: queued ${Date.parse(done.startedAt) - Date.parse(done.createdAt)} ms, handler ${Date.parse(done.finishedAt) - Date.parse(done.startedAt)} ms`);
+      apiDown.push(Number(done.migration?.downtimeMs ?? NaN));
+
+      // Bare QMP, the same limits.
+      const b0 = performance.now();
+      const port = await freePort();
+      const dst = await bareStart(join(dir, `bare-${i + 1}`), disk, true);
+      bares.push(dst);
+      await dst.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
+      await dst.qmp.migrateIncoming(`tcp:127.0.0.1:${port}`);
+      await src.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
+      await src.qmp.migrateSetParameters({ 'downtime-limit': MAX_DOWNTIME_MS, 'max-bandwidth': 2 ** 40 });
+      await src.qmp.migrate(`tcp:127.0.0.1:${port}`);
+      let info = await src.qmp.queryMigrate();
+      while (info.status !== 'completed') {
+        if (info.status === 'failed') throw new Error(`bare migration failed: ${info['error-desc']}`);
+        await new Promise<void>((r) => {
+          const t = setTimeout(fin, 200);
+          const off = src.qmp.onEvent('MIGRATION', fin);
+          function fin() { clearTimeout(t); off(); r(); }
+        });
+        info = await src.qmp.queryMigrate();
+      }
+      for (let s = await dst.qmp.queryMigrate(); s.status !== 'completed'; s = await dst.qmp.queryMigrate()) await sleep(5);
+      await dst.qmp.resume();
+      bareTotal.push(performance.now() - b0);
+      bareDown.push(Number(info.downtime ?? NaN));
+      await bareQuit(src);
+      src = dst;
+      console.log(`migration ${i + 1}: api ${apiTotal[i]!.toFixed(0)} ms (downtime ${apiDown[i]} ms), bare QMP ${bareTotal[i]!.toFixed(0)} ms (downtime ${bareDown[i]} ms)`);
+    }
+
+    const apiSave: number[] = [];
+    const apiRevert: number[] = [];
+    const bareSave: number[] = [];
+    const bareRevert: number[] = [];
+    for (let i = 0; i < PAIRS; i++) {
+      let t0 = performance.now();
+      const s = await call('POST', `/v1/partitions/${id}/snapshots`, { name: `s${i}` });
+      if (!s.operation) throw new Error(`snapshot: ${JSON.stringify(s)}`);
+      await wait(s.operation.id);
+      apiSave.push(performance.now() - t0);
+      await sleep(1000);
+      t0 = performance.now();
+      const r = await call('POST', `/v1/partitions/${id}/snapshots/${s.snapshot.id}/revert`);
+      const rev = await wait(r.operation.id);
+      apiRevert.push(performance.now() - t0);
+      breakdown.push(`revert: queued ${Date.parse(rev.startedAt) - Date.parse(rev.createdAt)} ms, handler ${Date.parse(rev.finishedAt) - Date.parse(rev.startedAt)} ms`);
+
+      t0 = performance.now();
+      await src.qmp.snapshotSave(`save-${i}`, `b${i}`, 'disk0', ['disk0']);
+      await waitJob(src.qmp, `save-${i}`);
+      bareSave.push(performance.now() - t0);
+      await sleep(1000);
+      t0 = performance.now();
+      await src.qmp.snapshotLoad(`load-${i}`, `b${i}`, 'disk0', ['disk0']);
+      await waitJob(src.qmp, `load-${i}`);
+      bareRevert.push(performance.now() - t0);
+      console.log(`snapshot ${i + 1}: save api ${apiSave[i]!.toFixed(0)} ms, bare ${bareSave[i]!.toFixed(0)} ms; revert api ${apiRevert[i]!.toFixed(0)} ms, bare ${bareRevert[i]!.toFixed(0)} ms`);
+    }
+
+    if (process.env.BENCH_VERBOSE) console.log(breakdown.join('\n'));
+    const r = (a: number[], b: number[]) => Number((median(a) / median(b)).toFixed(3));
+    const out = {
+      migrateTotalRatio: r(apiTotal, bareTotal),
+      downtimeRatio: r(apiDown, bareDown),
+      snapshotSaveRatio: r(apiSave, bareSave),
+      snapshotRevertRatio: r(apiRevert, bareRevert),
+    };
+    console.log(`live migration (128 MiB guest dirtying 8 MiB/s, shared storage, TCG): median total api ${median(apiTotal).toFixed(0)} ms vs bare ${median(bareTotal).toFixed(0)} ms (ratio ${out.migrateTotalRatio}, goal <= 1.2)`);
+    console.log(`downtime: median api ${median(apiDown)} ms vs bare ${median(bareDown)} ms (ratio ${out.downtimeRatio}, goal <= 1.0)`);
+    console.log(`snapshot save: median api ${median(apiSave).toFixed(0)} ms vs bare ${median(bareSave).toFixed(0)} ms (ratio ${out.snapshotSaveRatio}, goal <= 1.15)`);
+    console.log(`snapshot revert: median api ${median(apiRevert).toFixed(0)} ms vs bare ${median(bareRevert).toFixed(0)} ms (ratio ${out.snapshotRevertRatio}, goal <= 1.15)`);
+    console.log(JSON.stringify(out));
+  } finally {
+    for (const b of bares) b.proc.kill('SIGKILL');
+    await stopAll(children);
+    try {
+      execFileSync('bash', ['-c', `for f in ${dir}/*/partitions/*/qemu.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null; done; true`]);
+    } catch {
+      /* none */
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
