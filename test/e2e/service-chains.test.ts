@@ -53,6 +53,7 @@ let admin: Api;
 let api: Api;
 let token: string;
 let other: Api;
+let otherToken: string;
 const workers: WorkerProcess[] = [];
 const events: any[] = [];
 let eventStream: AbortController | undefined;
@@ -153,7 +154,7 @@ d('service chains end to end', () => {
     admin = new Api(cp.url, await clusterAdminToken());
     await waitUntil(async () => (await admin.get('/v1/nodes?state=ready&pageSize=100')).body.items.filter((x: any) => NODES.some((n) => n.name === x.name)).length === NODES.length, 60_000, 'workers registered');
     ({ api, token } = await admin.newProject('chain-e2e', 'operator'));
-    ({ api: other } = await admin.newProject('chain-e2e-other', 'operator'));
+    ({ api: other, token: otherToken } = await admin.newProject('chain-e2e-other', 'operator'));
     eventStream = new AbortController();
     void (async () => {
       const res = await fetch(`${cp.url}/v1/events?type=service-chain`, { headers: { authorization: `Bearer ${token}` }, signal: eventStream!.signal });
@@ -311,6 +312,31 @@ d('service chains end to end', () => {
     expect(seenLow[2]).toBe('0'); // the overlay's write is not in the base
     const ro = await run(vm2, 'printf x | dd of=/dev/vdb bs=512 conv=notrunc 2>/dev/null; echo "RO $?-$((40+2))"', /RO (\d+)-42/);
     expect(ro[1]).not.toBe('0');
+
+    // Stopped and started again, the guest has the disk from its first instruction (on the command line, not hot-plugged).
+    consoles.get(vm2)?.ws.close();
+    consoles.delete(vm2);
+    await opOk(await api.post(`/v1/partitions/${vm2}/stop`, { force: true }));
+    await opOk(await api.post(`/v1/partitions/${vm2}/start`));
+    await waitUntil(async () => /hp\.disks: vda vdb\r?\n/.test((await api.get(`/v1/partitions/${vm2}/console?tailBytes=65536`)).body.data ?? ''), 90_000, 'vdb at boot');
+    expect((await run(vm2, `echo "L2 $(dd if=/dev/vdb bs=16 count=1 2>/dev/null)-$((40+2))"`, /L2 (\S+)-42/))[1]).toBe('LOWER-LAYER-DATA');
+
+    // The same chain through gRPC: status per link, the partition's attachments.
+    const g = new GrpcApi(cp.grpcAddress, token);
+    try {
+      const st = await g.call('ServiceChainService', 'GetServiceChainStatus', { id: chainId });
+      expect(st.links.map((l: any) => [l.name, l.state, l.healthyReplicas])).toEqual([['base', 'ready', 1], ['ov', 'ready', 1]]);
+      const list = await g.call('ServiceChainService', 'ListAttachments', { partitionId: vm2 });
+      expect(list.items.map((a: any) => [a.link, a.readOnly, a.state])).toEqual([['base', true, 'attached']]);
+    } finally {
+      g.close();
+    }
+    const og = new GrpcApi(cp.grpcAddress, otherToken);
+    try {
+      expect((await og.fail('ServiceChainService', 'GetServiceChain', { id: chainId })).code).toBe(5); // NOT_FOUND
+    } finally {
+      og.close();
+    }
 
     // The overlay's file holds the upper write in clear (no encryption in this chain): the search above can see plaintext.
     const ov = (await chain(chainId)).links[1].replicaStatus[0];

@@ -163,11 +163,14 @@ export class ChainAgents implements OnApplicationBootstrap, OnModuleDestroy {
     }
   }
 
-  /** Starts a repair when a ready link of the chain has a failed replica or fewer live replicas than it should. */
+  /**
+   * Starts a repair when a ready link of the chain has a failed replica, fewer live replicas than
+   * it should, or a replica left half-added (an operation that failed before its consumers used it).
+   */
   async maybeRepair(chainId: string): Promise<void> {
     const s = await this.runtime.load(chainId);
     if (!s || s.chain.state === 'creating' || s.chain.state === 'deleting') return;
-    const needs = s.links.some((l) => l.state === 'ready' && (liveOf(s, l.name).length < l.replicas || s.replicas.some((r) => r.link_name === l.name && r.state === 'failed' && r.desired === 'running')));
+    const needs = s.links.some((l) => l.state === 'ready' && (liveOf(s, l.name).length < l.replicas || s.replicas.some((r) => r.link_name === l.name && r.desired === 'running' && (r.state === 'failed' || (!r.joined && r.state !== 'removing')))));
     if (!needs) return;
     const failedAt = await this.repo.lastFailure(chainId, 'service-chain.repair');
     if (failedAt && Date.now() - failedAt.getTime() < REPAIR_BACKOFF_MS) return;

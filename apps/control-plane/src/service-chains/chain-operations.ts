@@ -160,34 +160,39 @@ export class ChainOperations implements OnModuleInit {
       }
       const live = liveOf(s, link.name);
       const missing = link.replicas - live.length;
-      if (missing <= 0) continue;
       const healthy = healthyOf(s, link.name);
       const stateful = STATEFUL_KINDS.includes(link.kind);
-      if (stateful && healthy.length === 0) {
-        throw new FailedPreconditionError(`link ${link.name} has no healthy replica left to copy its data from: the chain cannot be repaired`);
+      if (missing > 0) {
+        if (stateful && healthy.length === 0) {
+          throw new FailedPreconditionError(`link ${link.name} has no healthy replica left to copy its data from: the chain cannot be repaired`);
+        }
+        await ctx.progress(`placing ${missing} new replica(s) of link ${link.name}`, 30);
+        const nodeIds = await this.placement.place(this.ds.manager, {
+          projectId: s.chain.project_id,
+          chainId: s.chain.id,
+          link: link.name,
+          field: 'link',
+          image: link.image,
+          count: missing,
+          pinned: [],
+          taken: new Set(live.map((r) => r.node_id)),
+          avoid: new Set(failed.map((r) => r.node_id)),
+          requestId: op.id,
+        });
+        const fresh = await this.repo.insertReplicas(this.ds.manager, nodeIds.map((nodeId) => ({ id: uuidv7(), chainId: s.chain.id, linkName: link.name, nodeId, syncFrom: stateful ? healthy[0]!.id : null, joined: false })));
+        await this.repo.touch(s.chain.id);
+        this.log.info({ chain: s.chain.id, link: link.name, replicas: fresh.map((r) => r.id), nodes: nodeIds, from: stateful ? healthy[0]!.id : undefined }, 'replacing failed replicas');
+        await this.runtime.refresh(s.chain.id);
+        s = (await this.runtime.load(s.chain.id))!;
       }
-      await ctx.progress(`placing ${missing} new replica(s) of link ${link.name}`, 30);
-      const nodeIds = await this.placement.place(this.ds.manager, {
-        projectId: s.chain.project_id,
-        chainId: s.chain.id,
-        link: link.name,
-        field: 'link',
-        image: link.image,
-        count: missing,
-        pinned: [],
-        taken: new Set(live.map((r) => r.node_id)),
-        avoid: new Set(failed.map((r) => r.node_id)),
-        requestId: op.id,
-      });
-      const fresh = await this.repo.insertReplicas(this.ds.manager, nodeIds.map((nodeId) => ({ id: uuidv7(), chainId: s.chain.id, linkName: link.name, nodeId, syncFrom: stateful ? healthy[0]!.id : null, joined: false })));
-      await this.repo.touch(s.chain.id);
-      this.log.info({ chain: s.chain.id, link: link.name, replicas: fresh.map((r) => r.id), nodes: nodeIds, from: stateful ? healthy[0]!.id : undefined }, 'replacing failed replicas');
-      await this.runtime.refresh(s.chain.id);
+      // New replicas (this run's, or an earlier run's that a crash interrupted) come up and join.
+      const joining = liveOf(s, link.name).filter((r) => r.state !== 'healthy' || !r.joined);
+      if (joining.length === 0) continue;
       await ctx.progress(`starting replacement(s) of link ${link.name}`, 50);
-      await this.startReplicas(s.chain.id, fresh.map((r) => r.id), ctx);
+      await this.startReplicas(s.chain.id, joining.map((r) => r.id), ctx);
       await ctx.progress(`adding the replacement(s) of link ${link.name} to its consumers`, 80);
       await this.runtime.updateConsumers(s.chain.id, link.name);
-      await this.repo.join(fresh.map((r) => r.id));
+      await this.repo.join(joining.map((r) => r.id));
     }
     await this.runtime.refresh(s.chain.id);
   }
