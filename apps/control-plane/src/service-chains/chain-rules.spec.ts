@@ -1,5 +1,7 @@
 import { ValidationError } from '@hyperplane/domain';
+import { impliedReplicaState } from './chain-agents';
 import { attachMode, chainHealth, freeDeviceIndex, validateLinks, type LinkDefinition } from './chain-rules';
+import { chainView } from './chain-view';
 
 const key32 = Buffer.alloc(32, 7).toString('base64');
 
@@ -76,5 +78,30 @@ describe('attachMode and freeDeviceIndex', () => {
   it('hands out the lowest free device index, none past 15', () => {
     expect(freeDeviceIndex([0, 1, 3])).toBe(2);
     expect(freeDeviceIndex(Array.from({ length: 16 }, (_, i) => i))).toBeUndefined();
+  });
+});
+
+describe('replica states from node reports, and how the chain shows them', () => {
+  it.each([
+    ['pending', 'starting', 'starting'],
+    ['starting', 'syncing', 'syncing'],
+    ['syncing', 'running', 'healthy'],
+    ['healthy', 'failed', 'failed'],
+    ['failed', 'running', null],
+    ['removing', 'running', null],
+    ['healthy', 'absent', null],
+  ] as const)('a %s replica reported %s becomes %s', (current, reported, expected) => {
+    expect(impliedReplicaState(current, reported)).toBe(expected);
+  });
+
+  it('shows a healthy replica its consumers do not use yet as joining, and the link degraded until they do', () => {
+    const at = new Date('2026-12-01T00:00:00Z');
+    const chain = { id: 'c', project_id: 'p', name: 'x', description: '', state: 'ready' as const, state_reason: '', version: 3, created_at: at, updated_at: at };
+    const link = { chain_id: 'c', name: 'base', position: 0, kind: 'base' as const, replicas: 2, image: '', size_bytes: 0, throttle: {}, key_sealed: null, placement: {}, state: 'ready' as const, created_at: at };
+    const replica = (id: string, joined: boolean) => ({ id, chain_id: 'c', link_name: 'base', node_id: 'n', state: 'healthy' as const, state_reason: '', desired: 'running' as const, generation: 1, observed_state: 'running', observed_generation: 1, sync_from: null, format: false, expose_tcp: false, unix_path: '/s', tcp_host: '', tcp_port: 0, tls: false, tls_hostname: '', size_bytes: 1 << 20, sync_percent: 100, joined, created_at: at, updated_at: at });
+    const v = chainView(chain, [link], [replica('r1', true), replica('r2', false)]);
+    expect(v).toMatchObject({ state: 'degraded', head: 'base', sizeBytes: 1 << 20, etag: '"3"' });
+    expect(v.links[0]!.replicaStatus.map((r) => r.state)).toEqual(['healthy', 'joining']);
+    expect(chainView(chain, [link], [replica('r1', true), replica('r2', true)]).state).toBe('ready');
   });
 });
