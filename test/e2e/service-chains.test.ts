@@ -262,6 +262,13 @@ d('service chains end to end', () => {
     expect(status.links[0]).toMatchObject({ name: 'base', healthyReplicas: 2, replicas: 2 });
     // The guest's disk uses the replacement now (the attachment updated); the killed one is gone for good.
     expect(processes('qemu-storage-daemon', baseA.id)).toEqual([]);
+    // The providers' logs tell it: the encrypt link dropped the killed replica, the replacement was copied from the survivor.
+    const encLog = await api.get(`/v1/service-chains/${chainId}/links/enc/replicas/${c.links[1].replicaStatus[0].id}/log`);
+    expect(encLog.status).toBe(200);
+    expect(encLog.body.data).toContain(`dropped replica ${baseA.id} of the link below`);
+    const newLog = (await api.get(`/v1/service-chains/${chainId}/links/base/replicas/${replacement.id}/log?tailBytes=4096`)).body.data;
+    expect(newLog).toContain(`copying from replica ${baseB.id}`);
+    expect(newLog).toContain('copy complete');
 
     // The other original replica dies too: the copy on chain-c has everything.
     process.kill(providerPid(baseB.id), 'SIGKILL');

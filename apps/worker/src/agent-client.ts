@@ -218,7 +218,9 @@ export class AgentClient implements TickMember {
       case 'command': {
         const command = message.command!;
         const transfers = this.options.transfers;
-        void (transfers?.handles(command) ? transfers.command(command) : reconciler.command(command)).then((result) => {
+        const providers = this.options.providers;
+        const handled = transfers?.handles(command) ? transfers.command(command) : command.body === 'providerLog' && providers ? providers.command(command) : reconciler.command(command);
+        void handled.then((result) => {
           if (!this.send({ result })) this.log.warn({ command: command.id }, 'command result not delivered: no stream');
         });
         return;

@@ -65,6 +65,12 @@ export class ServiceChainsController {
     return accepted(res, await this.chains.addReplica(p, await this.auth.projectScope(p, project), id, link, body, m));
   }
 
+  @Get(':id/links/:link/replicas/:replica/log')
+  @ApiQuery({ name: 'tailBytes', required: false })
+  async replicaLog(@Caller() p: Principal, @Param('id') id: string, @Param('link') link: string, @Param('replica') replica: string, @Query('tailBytes') tailBytes?: string, @Query('project') project?: string) {
+    return this.chains.replicaLog(p, await this.auth.projectScope(p, project), id, link, replica, tailBytes);
+  }
+
   @Delete(':id/links/:link/replicas/:replica')
   @HttpCode(202)
   async removeReplica(@Caller() p: Principal, @Param('id') id: string, @Param('link') link: string, @Param('replica') replica: string, @Res({ passthrough: true }) res: FastifyReply, @Mutation() m: MutationOptions, @Query('project') project?: string) {

@@ -122,6 +122,7 @@ export class ServiceChainsGrpcApi {
         }),
         RemoveReplica: this.unary<v1.RemoveReplicaRequest__Output, v1.ServiceChainOperation>(async (p, r, project, opts) =>
           pair(await this.chains.removeReplica(p, project, r.id ?? '', r.link ?? '', r.replicaId ?? '', opts(r.requestId, r.etag)))),
+        GetReplicaLog: this.unary<v1.GetReplicaLogRequest__Output, v1.ReplicaLog>(async (p, r, project) => this.chains.replicaLog(p, project, r.id ?? '', r.link ?? '', r.replicaId ?? '', r.tailBytes)),
         AttachChain: this.unary<v1.AttachChainRequest__Output, v1.AttachmentOperation>(async (p, r, project, opts) => {
           const input = validateInput(AttachInput, pick({ chainId: r.chainId ?? '', link: r.link, readOnly: r.readOnly }));
           return attached(await this.chains.attach(p, project, r.partitionId ?? '', input, opts(r.requestId)));

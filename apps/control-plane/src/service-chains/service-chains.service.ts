@@ -1,5 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { FailedPreconditionError, NotFoundError, Principal, UUID_RE, ValidationError, requireRole, uuidv7 } from '@hyperplane/domain';
+import { agentFailure } from '../agents/agent-errors';
+import { AgentSessions } from '../agents/agent-sessions';
 import { checkIfMatch } from '../common/etag';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { MutationOptions, TransactionRunner } from '../common/transactions';
@@ -47,6 +49,7 @@ export class ServiceChainsService {
     private readonly operations: OperationsService,
     private readonly events: EventBus,
     private readonly tx: TransactionRunner,
+    private readonly sessions: AgentSessions,
   ) {}
 
   /** Creates a chain: validates every link, places every replica, records it all, and starts the operation that brings it up. */
@@ -175,6 +178,24 @@ export class ServiceChainsService {
       await this.repo.setLinkReplicas(db, c.id, linkName, link.replicas - 1);
       return (await this.repo.touch(c.id, db)) ?? c;
     });
+  }
+
+  /** The end of a replica's log, read from its node. */
+  async replicaLog(principal: Principal, projectId: string, id: string, linkName: string, replicaId: string, tailBytes?: unknown): Promise<{ replicaId: string; data: string; truncated: boolean }> {
+    requireRole(principal, 'operator', 'read provider logs');
+    let bytes = 16 * 1024;
+    if (tailBytes !== undefined && tailBytes !== '' && tailBytes !== 0) {
+      const n = Number(tailBytes);
+      if (!Number.isInteger(n) || n < 1 || n > 1024 * 1024) throw ValidationError.field('tailBytes', 'must be an integer between 1 and 1048576');
+      bytes = n;
+    }
+    const c = await this.find(projectId, id);
+    const r = UUID_RE.test(replicaId) ? (await this.repo.replicas(c.id)).find((x) => x.id === replicaId && x.link_name === linkName) : undefined;
+    if (!r) throw new NotFoundError('replica', replicaId);
+    const res = await this.sessions.command(r.node_id, { providerLog: { providerId: r.id, bytes } }, 10_000);
+    if (!res.ok) throw agentFailure(res, `log of replica ${r.id}`);
+    const tail = JSON.parse(res.payload || '{}') as { data?: string; truncated?: boolean };
+    return { replicaId: r.id, data: tail.data ?? '', truncated: tail.truncated ?? false };
   }
 
   /** Attaches a chain (its head, or an earlier link read-only) to a partition as a disk. */

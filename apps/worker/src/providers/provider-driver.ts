@@ -20,11 +20,12 @@
  * agent never restarts it (a replica that missed writes must never be read again), the control
  * plane replaces it.
  */
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { FailedPreconditionError, InternalError, UUID_RE, ValidationError } from '@hyperplane/domain';
 import type { QmpClient, QmpEvent } from '@hyperplane/qmp';
 import type { Logger } from 'pino';
+import { readTail } from '../drivers/qemu/console-log';
 import { findOnPath, run } from '../drivers/qemu/host-tools';
 import { Reverter } from '../reverter';
 import { childNodeName, dropFailedChild, LINK_EXPORT, NBD_TLS_CLIENT, nbdChild, needsTls, quorumOf, syncQuorum, type Endpoint } from './nbd-graph';
@@ -32,7 +33,7 @@ import { STATEFUL_KINDS, type LinkKind, type ProviderSpecRecord, type ThrottleLi
 import { adoptQsd, qsdFiles, spawnQsd, type QsdProcess } from './qsd-process';
 
 /** Files of a replica's directory (`<data-dir>/providers/<id>/`). */
-export const PROVIDER_FILES = { data: 'data.qcow2', nbd: 'nbd.sock', state: 'state.json' } as const;
+export const PROVIDER_FILES = { data: 'data.qcow2', nbd: 'nbd.sock', state: 'state.json', log: 'provider.log' } as const;
 
 /** Longest unix socket path the kernel accepts. */
 const MAX_SOCKET_PATH = 107;
@@ -233,6 +234,7 @@ export class ProviderDriver {
       reverter.success();
       this.track(inst);
       log.info({ pid: p.pid, sizeBytes, tcpPort: inst.info.tcp?.port, syncing }, 'provider started');
+      await this.note(dir, `${spec.kind} link ${spec.link} serving ${sizeBytes} bytes (pid ${p.pid}${inst.info.tcp ? `, TCP ${inst.info.tcp.host}:${inst.info.tcp.port}${inst.info.tcp.tls ? ' with TLS' : ''}` : ''}${syncing ? `, copying from replica ${spec.syncFrom!.replicaId}` : ''})`);
       return inst.info;
     } catch (error) {
       const undo = await reverter.fail();
@@ -253,13 +255,17 @@ export class ProviderDriver {
     if (spec.kind !== 'base' && !inst.info.standalone && spec.upstream.length > 0) {
       await this.ensureTlsClient(inst.provider.qmp, spec.upstream);
       const change = await syncQuorum(inst.provider.qmp, 'up', spec.upstream);
-      if (change.added.length || change.removed.length) this.options.log.info({ provider: spec.id, ...change }, 'upstream replicas changed');
+      if (change.added.length || change.removed.length) {
+        this.options.log.info({ provider: spec.id, ...change }, 'upstream replicas changed');
+        await this.note(inst.dir, `replicas below: added ${change.added.join(', ') || 'none'}, removed ${change.removed.length}`);
+      }
       inst.upstream = spec.upstream;
     }
     if (spec.exposeTcp && !inst.gateway) {
       inst.gateway = await this.startGateway(inst.dir, tcpPort);
       this.watchGateway(inst);
       inst.info.tcp = this.tcpInfo(tcpPort);
+      await this.note(inst.dir, `serving on TCP ${this.options.address}:${tcpPort}${this.options.tlsDir ? ' with TLS' : ''}`);
     }
     return inst.info;
   }
@@ -405,6 +411,7 @@ export class ProviderDriver {
     this.instances.delete(inst.id);
     void inst.gateway?.kill();
     if (inst.stopping) return;
+    void this.note(inst.dir, `ended: ${reason}`);
     this.options.log.warn({ provider: inst.id, reason }, 'provider ended');
     this.listener.onEnded(inst.id, reason);
   }
@@ -420,6 +427,7 @@ export class ProviderDriver {
         if (await dropFailedChild(inst.provider.qmp, 'up', node)) {
           inst.upstream = inst.upstream.filter((u) => u !== lost);
           log.warn({ replica: lost.replicaId, reason }, 'dropped a replica of the link below after an I/O error');
+          await this.note(inst.dir, `dropped replica ${lost.replicaId} of the link below: ${reason}`);
           this.listener.onUpstreamLost(inst.id, lost.replicaId, reason);
         }
         return;
@@ -430,11 +438,22 @@ export class ProviderDriver {
         inst.info.syncPercent = error ? inst.info.syncPercent : 100;
         if (!error) await inst.provider.qmp.blockdevDel('src').catch(() => undefined);
         log.info({ error }, error ? 'resync failed' : 'resync complete');
+        await this.note(inst.dir, error ? `copy failed: ${error}` : 'copy complete: the replica holds all the data');
         this.listener.onSynced(inst.id, error);
       }
     } catch (error) {
       log.warn({ err: error, event: e.event }, 'provider event handling failed');
     }
+  }
+
+  /** The end of a replica's log: the agent's lines about it and what its daemons printed. */
+  async logTail(id: string, bytes: number): Promise<{ data: string; truncated: boolean }> {
+    return readTail(join(this.dirOf(id), PROVIDER_FILES.log), bytes);
+  }
+
+  /** Appends one line about a replica to its log (the daemons write their output there too). */
+  private async note(dir: string, line: string): Promise<void> {
+    await appendFile(join(dir, PROVIDER_FILES.log), `${new Date().toISOString()} hyperplane: ${line}\n`, { mode: 0o600 }).catch(() => undefined);
   }
 
   /** Progress of a running resync, refreshed from the daemon. */

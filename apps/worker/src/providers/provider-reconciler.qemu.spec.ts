@@ -186,6 +186,23 @@ d('service-chain providers (real qemu-storage-daemon)', () => {
     await n1.until(A, 'failed');
   });
 
+  it('a cache link keeps what it read from the link below in its own file (copy-on-read)', async () => {
+    const BASE = id(21), CACHE = id(22);
+    n1.reconciler.upsert(spec({ id: BASE, link: 'b', kind: 'base', sizeBytes: 16 * MiB }));
+    const base = await n1.until(BASE, 'running');
+    io(base.unixPath!, ['write -P 0x3c 4M 1M']);
+    n1.reconciler.upsert(spec({ id: CACHE, link: 'c', kind: 'cache', upstream: [n1.endpoint(BASE, n1)] }));
+    const cache = await n1.until(CACHE, 'running');
+    const file = join(n1.dir, 'providers', CACHE, 'data.qcow2');
+    const allocated = () => JSON.parse(execFileSync('qemu-img', ['map', '-U', '-f', 'qcow2', '--output=json', file], { encoding: 'utf8' })).filter((m: { data: boolean; depth: number }) => m.data && m.depth === 0);
+    expect(allocated()).toEqual([]);
+    io(cache.unixPath!, ['read -P 0x3c 4M 1M', 'flush']);
+    expect(allocated()).toEqual([expect.objectContaining({ start: 4 * MiB, length: MiB })]);
+    n1.reconciler.upsert(spec({ id: CACHE, desired: 'absent' }));
+    n1.reconciler.upsert(spec({ id: BASE, desired: 'absent' }));
+    await n1.reconciler.idle();
+  });
+
   it('removes a replica it is told is absent, and everything of it; a failed replica is never started again', async () => {
     n1.reconciler.upsert(spec({ id: A, link: 'base', kind: 'base', sizeBytes: 32 * MiB, exposeTcp: true }));
     await n1.reconciler.idle();

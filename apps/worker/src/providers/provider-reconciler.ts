@@ -22,7 +22,7 @@ const SYNC_REPORT_MS = 1_000;
 
 /** What the provider reconciler needs. */
 export interface ProviderReconcilerDeps {
-  driver: Pick<ProviderDriver, 'setListener' | 'recover' | 'start' | 'update' | 'destroy' | 'isRunning' | 'info' | 'syncProgress' | 'onDisk'>;
+  driver: Pick<ProviderDriver, 'setListener' | 'recover' | 'start' | 'update' | 'destroy' | 'isRunning' | 'info' | 'syncProgress' | 'onDisk' | 'logTail'>;
   store: Pick<ProviderStore, 'loadAll' | 'save' | 'forget'>;
   /** Called on every status change, and for every spec (even one that causes nothing). */
   report: (status: agentV1.ProviderStatus) => void;
@@ -148,6 +148,16 @@ export class ProviderReconciler {
       e.pending = { ...e.spec, desired: 'absent', generation: Math.max(e.applied, e.accepted) };
       void this.enqueue(e, () => this.applyPending(e));
     }
+  }
+
+  /** A provider command (provider_log); resolves with its result, never rejects. */
+  async command(cmd: agentV1.Command__Output): Promise<agentV1.CommandResult> {
+    const commandId = cmd.id ?? '';
+    const id = cmd.providerLog?.providerId ?? '';
+    if (!this.entries.has(id)) return { commandId, ok: false, errorCode: 'NOT_FOUND', errorMessage: `provider ${id} is not on this node`, payload: '' };
+    const asked = Number(cmd.providerLog?.bytes ?? 0);
+    const tail = await this.deps.driver.logTail(id, Math.min(asked > 0 ? asked : 64 * 1024, 1024 * 1024));
+    return { commandId, ok: true, errorCode: '', errorMessage: '', payload: JSON.stringify(tail) };
   }
 
   /** Resolves once no provider has queued work (tests, shutdown). */
