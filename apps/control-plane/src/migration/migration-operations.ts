@@ -142,7 +142,7 @@ export class MigrationOperations implements OnModuleInit {
     }
     await this.end(row, 'moved', p, '');
     await this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
-    await this.record(op, 'done', 'done', 100, { phase: 'completed' });
+    await this.record(op, 'done', 'done', 100, { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}) });
     log.info({ ...result }, 'partition migrated');
   }
 
