@@ -744,10 +744,12 @@ export class QemuDriver implements PartitionDriver {
         }
         const wasRunning = (await qmp.queryStatus()).running;
         const job = `snap-load-${Date.now()}`;
+        let loaded = false;
         try {
           await runJob(qmp, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+          loaded = true; // QEMU resumes a guest that ran before a load that succeeded
         } finally {
-          if (wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
+          if (!loaded && wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
         }
       }
       this.log.info({ partition: id, tag, ms: Date.now() - started }, 'reverted to snapshot');
