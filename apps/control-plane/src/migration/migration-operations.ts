@@ -90,6 +90,8 @@ export class MigrationOperations implements OnModuleInit {
 
     let outcome: Outcome | undefined;
     let failure: DomainError | undefined;
+    /** How long each step took, ms: shown on the operation, so an operator sees where time went. */
+    const timings: { prepareMs?: number; sourceMs?: number; finishMs?: number } = {};
     let result: MigrationResult | undefined;
     if (stage === 'started' || stage === 'moved') {
       log.info({ stage }, 're-run of a migration whose start was sent: asking the source where the guest is');
@@ -100,7 +102,9 @@ export class MigrationOperations implements OnModuleInit {
       let targetInfo: Record<string, unknown>;
       try {
         await this.images.ensureOnNode(row, p.targetNodeId, ctx); // a library image the destination lacks is fetched first
+        const t0 = Date.now();
         targetInfo = await this.prepare(row, p);
+        timings.prepareMs = Date.now() - t0;
       } catch (e) {
         await this.abortTarget(row, p, log);
         await this.end(row, 'stayed', p, `migration to node ${names.targetNode} failed: ${(e as Error).message}`);
@@ -113,7 +117,9 @@ export class MigrationOperations implements OnModuleInit {
       }
       stage = 'started';
       await this.record(op, 'started', p.live ? 'migrating' : 'copying the disk', 10, { phase: p.live ? 'memory' : 'storage' });
+      const t1 = Date.now();
       const sent = await this.start(op, row, p, targetInfo, ctx, log);
+      timings.sourceMs = Date.now() - t1;
       outcome = sent.outcome;
       failure = sent.failure;
       result = sent.result;
@@ -133,7 +139,9 @@ export class MigrationOperations implements OnModuleInit {
     // Shown while the destination is finished; not waited for (a re-run treats `moved` as `started`).
     void this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) }).catch(() => undefined);
     if (p.live) {
+      const t2 = Date.now();
       const finished = await this.untilAnswered(p.targetNodeId, { migrationFinishTarget: { partitionId: row.id } }, PREPARE_TIMEOUT_MS, ctx, 'finish on the destination');
+      timings.finishMs = Date.now() - t2;
       if (!finished.ok) {
         const lost = `the guest moved to node ${names.targetNode} but could not be resumed there: ${finished.errorMessage}`;
         await this.end(row, 'moved', p, lost, 'failed');
@@ -142,8 +150,8 @@ export class MigrationOperations implements OnModuleInit {
     }
     await this.end(row, 'moved', p, '');
     await this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
-    await this.record(op, 'done', 'done', 100, { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}) });
-    log.info({ ...result }, 'partition migrated');
+    await this.record(op, 'done', 'done', 100, { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}), ...timings });
+    log.info({ ...result, ...timings }, 'partition migrated');
   }
 
   /** Prepares the destination; returns what the source needs to reach it. */

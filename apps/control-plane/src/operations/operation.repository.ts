@@ -54,6 +54,10 @@ export interface MigrationMetadata {
   totalTimeMs?: number;
   downtimeMs?: number;
   postcopy?: boolean;
+  /** Where the time went: getting the destination ready, the source's part (disk and memory), resuming on the destination. */
+  prepareMs?: number;
+  sourceMs?: number;
+  finishMs?: number;
 }
 
 /** The `metadata` column: what the handler and the nodes record while the operation runs. */
