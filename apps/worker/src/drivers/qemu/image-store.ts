@@ -63,6 +63,8 @@ export class ImageStore implements NodeImageStore {
   readonly libraryDir: string;
   readonly stagingDir: string;
   private readonly cache = new Map<string, Inspected>();
+  /** Virtual sizes by path, valid while the file (inode, size, mtime) is the same. */
+  private readonly virtualSizes = new Map<string, { version: string; bytes: number }>();
 
   constructor(
     readonly dir: string,
@@ -142,9 +144,16 @@ export class ImageStore implements NodeImageStore {
 
   /** The virtual size of an image file, via `qemu-img info` with the format pinned. */
   async virtualSize(path: string, format: ImageFormat = 'qcow2'): Promise<number> {
+    // Every start and every incoming migration asks; qemu-img is a process spawn (tens of ms under
+    // TCG load), and a store file only changes by being replaced: remember it per file version.
+    const st = await stat(path);
+    const version = `${format}:${st.ino}:${st.size}:${st.mtimeMs}`;
+    const known = this.virtualSizes.get(path);
+    if (known?.version === version) return known.bytes;
     const info = JSON.parse(await run(this.qemuImg, ['info', '-f', format, '--output=json', path])) as Record<string, unknown>;
     const virtual = Number(info['virtual-size']);
     if (!Number.isFinite(virtual) || virtual <= 0) throw new Error(`qemu-img info ${path}: no virtual size`);
+    this.virtualSizes.set(path, { version, bytes: virtual });
     return virtual;
   }
 
