@@ -9,6 +9,7 @@ import { EventBus } from '../events/event-bus';
 import { NodeRepository } from '../nodes/node.repository';
 import { OperationContext, OperationRunner } from '../operations/operation-runner';
 import { OperationRow } from '../operations/operation.repository';
+import { waitFor } from '../operations/wait-for';
 import { PartitionImages } from '../images/partition-images';
 import { PartitionRepository, PartitionRow } from './partition.repository';
 import { partitionEvent, partitionView } from './partition-view';
@@ -156,41 +157,16 @@ export class PartitionOperations implements OnModuleInit {
 
   /** Waits until `done(row)` is true (or throws), the operation is cancelled, or the timeout passes. */
   private waitFor(id: string, ctx: OperationContext, done: (r: PartitionRow) => boolean): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      let settled = false;
-      let checking = false;
-      const end = (e?: unknown) => {
-        if (settled) return;
-        settled = true;
-        clearInterval(poll);
-        clearTimeout(timer);
-        unsubscribe();
-        ctx.signal.removeEventListener('abort', onAbort);
-        if (e) reject(e);
-        else resolve();
-      };
-      const check = async () => {
-        if (settled || checking) return;
-        checking = true;
-        try {
-          const r = await this.partitions.getById(id);
-          if (!r) return end(new CancelledError(`partition ${id} no longer exists`));
-          if (done(r)) end();
-        } catch (e) {
-          end(e);
-        } finally {
-          checking = false;
-        }
-      };
-      const unsubscribe = this.events.subscribeTo(id, (e) => {
-        if (e.resourceType === 'partition') void check();
-      });
-      const poll = setInterval(() => void check(), POLL_MS);
-      const timer = setTimeout(() => end(new DeadlineExceededError(`partition ${id} did not reach the expected state within ${this.config.operationTimeoutMs / 1000} s`)), this.config.operationTimeoutMs);
-      const onAbort = () => end(new CancelledError('cancelled'));
-      if (ctx.signal.aborted) return onAbort();
-      ctx.signal.addEventListener('abort', onAbort);
-      void check();
+    return waitFor(this.events, ctx, async () => {
+      const r = await this.partitions.getById(id);
+      if (!r) throw new CancelledError(`partition ${id} no longer exists`);
+      return done(r);
+    }, {
+      resourceId: id,
+      resourceType: 'partition',
+      pollMs: POLL_MS,
+      timeoutMs: this.config.operationTimeoutMs,
+      timeoutMessage: `partition ${id} did not reach the expected state within ${this.config.operationTimeoutMs / 1000} s`,
     });
   }
 

@@ -1,5 +1,4 @@
 import { Inject, Injectable, OnApplicationBootstrap } from '@nestjs/common';
-import { CancelledError, DeadlineExceededError } from '@hyperplane/domain';
 import { agentV1 } from '@hyperplane/proto';
 import { Logger } from 'pino';
 import { DataSource } from 'typeorm';
@@ -10,6 +9,7 @@ import { EventBus } from '../events/event-bus';
 import { NodeCache } from '../nodes/node-cache';
 import type { NodeRow } from '../nodes/node.repository';
 import { OperationContext } from '../operations/operation-runner';
+import { waitFor } from '../operations/wait-for';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { ChainKeys } from './chain-keys';
 import { chainHealth, STATEFUL_KINDS } from './chain-rules';
@@ -279,39 +279,12 @@ export class ChainRuntime implements OnApplicationBootstrap {
 
   /** Waits until `done(replicas of the chain)` holds (or throws), the operation is cancelled, or the timeout passes. */
   waitReplicas(chainId: string, ctx: OperationContext, done: (rs: ReplicaRow[]) => boolean, what: string, timeoutMs = this.config.operationTimeoutMs): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      let settled = false;
-      let checking = false;
-      const end = (e?: unknown) => {
-        if (settled) return;
-        settled = true;
-        clearInterval(poll);
-        clearTimeout(timer);
-        unsubscribe();
-        ctx.signal.removeEventListener('abort', onAbort);
-        if (e) reject(e);
-        else resolve();
-      };
-      const check = async () => {
-        if (settled || checking) return;
-        checking = true;
-        try {
-          if (done(await this.repo.replicas(chainId))) end();
-        } catch (e) {
-          end(e);
-        } finally {
-          checking = false;
-        }
-      };
-      const unsubscribe = this.events.subscribe((e) => {
-        if (e.resourceType === 'service-chain' && e.resourceId === chainId) void check();
-      });
-      const poll = setInterval(() => void check(), POLL_MS);
-      const timer = setTimeout(() => end(new DeadlineExceededError(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}`)), timeoutMs);
-      const onAbort = () => end(new CancelledError('cancelled'));
-      if (ctx.signal.aborted) return onAbort();
-      ctx.signal.addEventListener('abort', onAbort);
-      void check();
+    return waitFor(this.events, ctx, async () => done(await this.repo.replicas(chainId)), {
+      resourceId: chainId,
+      resourceType: 'service-chain',
+      pollMs: POLL_MS,
+      timeoutMs,
+      timeoutMessage: `timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}`,
     });
   }
 
