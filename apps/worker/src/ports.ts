@@ -1,4 +1,4 @@
-/** Free TCP ports on this node, for migration listeners the control plane asks for without a port. */
+/** Free TCP ports on this node, for migration listeners and provider gateways the control plane asks for without a port. */
 import { createServer } from 'node:net';
 
 function canListen(host: string, port: number): Promise<boolean> {
@@ -7,6 +7,15 @@ function canListen(host: string, port: number): Promise<boolean> {
     server.once('error', () => resolve(false));
     server.listen(port, host, () => server.close(() => resolve(true)));
   });
+}
+
+/** A TCP port free on `host` now (another process may still take it before it is bound; that start then fails cleanly). */
+export async function freePort(host: string): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 40_000);
+    if (await canListen(host, port)) return port;
+  }
+  throw new Error(`no free TCP port on ${host}`);
 }
 
 /**

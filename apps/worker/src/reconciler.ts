@@ -23,6 +23,7 @@
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
 import { freePortPair } from './ports';
+import { enqueueOn } from './serial-queue';
 import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
 import { chainDiskFromWire, guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
@@ -611,13 +612,7 @@ export class Reconciler {
 
   /** Appends work to a partition's queue; the promise settles when it ran (never rejects). */
   private enqueue(e: Entry, task: () => Promise<void>): Promise<void> {
-    const run = e.tail.then(async () => {
-      if (!e.gone) await task();
-    }).catch((error: unknown) => this.log.error({ partition: e.id, err: error }, 'partition action failed'));
-    e.tail = run;
-    this.inflight.add(run);
-    void run.finally(() => this.inflight.delete(run));
-    return run;
+    return enqueueOn(e, task, this.inflight, (error) => this.log.error({ partition: e.id, err: error }, 'partition action failed'));
   }
 
   /** Acts on the newest pending spec (queued). */

@@ -15,7 +15,8 @@ import type { Logger } from 'pino';
 import type { ProviderDriver, ProviderInfo } from './provider-driver';
 import { providerSpecFromWire, type ProviderRecord, type ProviderSpecRecord, type ProviderState } from './provider-record';
 import type { ProviderStore } from './provider-store';
-import { freePort } from './provider-store';
+import { freePort } from '../ports';
+import { enqueueOn } from '../serial-queue';
 
 /** How often a syncing replica reports its progress. */
 const SYNC_REPORT_MS = 1_000;
@@ -175,13 +176,7 @@ export class ProviderReconciler {
   }
 
   private enqueue(e: Entry, task: () => Promise<void>): Promise<void> {
-    const run = e.tail.then(async () => {
-      if (!e.gone) await task();
-    }).catch((error: unknown) => this.deps.log.error({ provider: e.id, err: error }, 'provider action failed'));
-    e.tail = run;
-    this.inflight.add(run);
-    void run.finally(() => this.inflight.delete(run));
-    return run;
+    return enqueueOn(e, task, this.inflight, (error) => this.deps.log.error({ provider: e.id, err: error }, 'provider action failed'));
   }
 
   private async applyPending(e: Entry): Promise<void> {

@@ -1,0 +1,55 @@
+/**
+ * Per-id records on disk: `<root>/<id>/state.json`, written atomically (temporary file, then
+ * rename) in a directory of mode 0700 that the record shares with the files of what it describes.
+ * Partitions and service-chain providers each keep theirs in one.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { UUID_RE } from '@hyperplane/domain';
+
+const STATE_FILE = 'state.json';
+
+/** Reads and writes the records of one kind under one directory. */
+export class RecordStore<R extends { id: string }> {
+  /**
+   * @param root where the per-id directories live
+   * @param valid extra check of a record read back for directory `id` (the id itself is always checked)
+   */
+  constructor(
+    readonly root: string,
+    private readonly valid: (record: R, id: string) => boolean = () => true,
+  ) {}
+
+  /** Every readable record, and the ids of directories without one (files without the agent's record). */
+  async loadAll(): Promise<{ records: R[]; orphans: string[] }> {
+    const names = await readdir(this.root).catch(() => [] as string[]);
+    const records: R[] = [];
+    const orphans: string[] = [];
+    for (const id of names.filter((n) => UUID_RE.test(n)).sort()) {
+      try {
+        const record = JSON.parse(await readFile(join(this.root, id, STATE_FILE), 'utf8')) as R;
+        if (record.id !== id || !this.valid(record, id)) throw new Error('id mismatch');
+        records.push(record);
+      } catch {
+        orphans.push(id);
+      }
+    }
+    return { records, orphans };
+  }
+
+  /** Writes one record (creating its directory, mode 0700). */
+  async save(record: R): Promise<void> {
+    const dir = join(this.root, record.id);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const tmp = join(dir, `.${STATE_FILE}.${randomBytes(4).toString('hex')}.tmp`);
+    await writeFile(tmp, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+    await rename(tmp, join(dir, STATE_FILE));
+  }
+
+  /** Removes an id's directory with everything left in it. Idempotent. */
+  async forget(id: string): Promise<void> {
+    if (!UUID_RE.test(id)) return;
+    await rm(join(this.root, id), { recursive: true, force: true });
+  }
+}
