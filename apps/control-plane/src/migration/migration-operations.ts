@@ -231,7 +231,8 @@ export class MigrationOperations implements OnModuleInit {
    */
   private async untilAnswered(nodeId: string, body: CommandBody, timeoutMs: number, ctx: OperationContext, what: string, onAbort?: () => void): Promise<agentV1.CommandResult__Output> {
     let told = false;
-    const deadline = Date.now() + Math.max(timeoutMs, this.config.operationTimeoutMs);
+    const since = Date.now();
+    const deadline = since + Math.max(timeoutMs, this.config.operationTimeoutMs);
     for (;;) {
       if (ctx.signal.aborted && onAbort && !told) {
         told = true;
@@ -243,7 +244,7 @@ export class MigrationOperations implements OnModuleInit {
       } catch (e) {
         if (!(e instanceof UnavailableError || e instanceof DeadlineExceededError)) throw e;
       }
-      if (Date.now() > deadline) throw new UnavailableError(`${what}: node ${nodeId} did not answer for ${Math.round((Date.now() - deadline + timeoutMs) / 1000)} s; the partition stays migrating until it does`);
+      if (Date.now() > deadline) throw new UnavailableError(`${what}: node ${nodeId} did not answer for ${Math.round((Date.now() - since) / 1000)} s; the partition stays migrating until it does`);
       await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
     }
   }

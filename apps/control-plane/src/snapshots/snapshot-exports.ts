@@ -1,7 +1,7 @@
 import { Inject, Injectable, OnModuleInit } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { DATA_SOURCE } from '../common/tokens';
-import { AlreadyExistsError, CancelledError, FailedPreconditionError, InternalError, NotFoundError, Principal, UUID_RE, requireRole } from '@hyperplane/domain';
+import { AlreadyExistsError, CancelledError, InternalError, Principal } from '@hyperplane/domain';
 import type { ImageMetadata } from '@hyperplane/disk-formats';
 import { AgentSessions } from '../agents/agent-sessions';
 import { agentFailure } from '../agents/agent-errors';
@@ -15,7 +15,7 @@ import { PartitionRepository } from '../partitions/partition.repository';
 import { PartitionsService } from '../partitions/partitions.service';
 import { SnapshotRepository } from './snapshot.repository';
 import { snapshotView } from './snapshot-view';
-import { SnapshotOperationView } from './snapshots.service';
+import { SnapshotOperationView, SnapshotsService } from './snapshots.service';
 import { ExportSnapshotInput } from './snapshots.dto';
 
 /** Longest the node may take to write the snapshot out as an image (the whole disk is read). */
@@ -35,6 +35,7 @@ export class SnapshotExports implements OnModuleInit {
     private readonly partitionsService: PartitionsService,
     private readonly partitions: PartitionRepository,
     private readonly snapshots: SnapshotRepository,
+    private readonly snapshotsService: SnapshotsService,
     private readonly images: ImageRepository,
     private readonly imagesService: ImagesService,
     private readonly partitionImages: PartitionImages,
@@ -49,12 +50,8 @@ export class SnapshotExports implements OnModuleInit {
 
   /** Starts the export (202): the image appears in the library under `imageName` once the operation succeeded. */
   async export(principal: Principal, projectId: string, partitionId: string, sid: string, input: ExportSnapshotInput, opts: MutationOptions = {}): Promise<SnapshotOperationView> {
-    requireRole(principal, 'operator', 'export snapshots');
-    if (!UUID_RE.test(partitionId)) throw new NotFoundError('partition', partitionId);
     const r = await this.partitionsService.act(principal, projectId, partitionId, 'export snapshots of', 'snapshot.export', {}, { ...opts, ifMatch: undefined }, async (db, row) => {
-      const snap = UUID_RE.test(sid) ? await this.snapshots.lock(db, row.id, sid) : undefined;
-      if (!snap) throw new NotFoundError('snapshot', sid);
-      if (snap.state !== 'ready') throw new FailedPreconditionError(`cannot export snapshot ${snap.name} of partition ${row.name}: it is ${snap.state}`);
+      const snap = await this.snapshotsService.lockReady(db, row, sid, 'export');
       if (await this.images.getByName(db, projectId, input.imageName)) throw new AlreadyExistsError('image', input.imageName);
       return { params: { snapshotId: snap.id, imageName: input.imageName }, extra: snapshotView(snap, row.current_snapshot_id) };
     });

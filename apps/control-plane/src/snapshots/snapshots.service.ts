@@ -101,8 +101,6 @@ export class SnapshotsService {
     prepare: (db: Db, row: PartitionRow) => Promise<{ snap: SnapshotRow; params: Record<string, unknown> }>,
     eventType: string | null,
   ): Promise<SnapshotOperationView> {
-    requireRole(principal, 'operator', `${action} partitions`);
-    if (!UUID_RE.test(partitionId)) throw new NotFoundError('partition', partitionId);
     const r = await this.partitions.act<SnapshotView>(principal, projectId, partitionId, action, kind, {}, opts, async (db, row) => {
       const { snap, params } = await prepare(db, row);
       return { params, extra: snapshotView(snap, row.current_snapshot_id) };
@@ -118,7 +116,8 @@ export class SnapshotsService {
     return snap;
   }
 
-  private async lockReady(db: Db, partition: PartitionRow, id: string, verb: string): Promise<SnapshotRow> {
+  /** A ready snapshot of the partition, locked for the transaction: 404 for anything else, 409 while it is created or deleted. */
+  async lockReady(db: Db, partition: PartitionRow, id: string, verb: string): Promise<SnapshotRow> {
     const snap = UUID_RE.test(id) ? await this.snapshots.lock(db, partition.id, id) : undefined;
     if (!snap) throw new NotFoundError('snapshot', id);
     if (snap.state !== 'ready') throw new FailedPreconditionError(`cannot ${verb} snapshot ${snap.name} of partition ${partition.name}: it is ${snap.state}`);
