@@ -6,7 +6,7 @@ import { LOGGER } from '../common/tokens';
 import { Config, CONFIG, runsOperations } from '../config';
 import { EventBus } from '../events/event-bus';
 import { OperationJobData, OperationQueueRepository } from './operation-queue.repository';
-import { OperationError, OperationRepository, OperationRow } from './operation.repository';
+import { OperationError, OperationMetadata, OperationRepository, OperationRow } from './operation.repository';
 import { OperationsService } from './operations.service';
 
 /** What a handler gets besides its operation. */
@@ -15,6 +15,11 @@ export interface OperationContext {
   signal: AbortSignal;
   /** Records phase and percentage, visible on the operation and in the event stream. */
   progress(phase: string, percent: number): Promise<void>;
+  /**
+   * Metadata recorded with the operation's success, in the statement that ends it (one write less
+   * than recording it before returning). Merged as `OperationRepository.mergeMetadata` does.
+   */
+  succeedWith(metadata: OperationMetadata): void;
 }
 
 /**
@@ -90,34 +95,43 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
 
   private async onJob(job: Job<OperationJobData>): Promise<void> {
     const id = job.data.operationId;
-    const existing = await this.ops.get(id);
-    if (!existing || isFinal(existing.status)) return;
-    if (existing.cancel_requested && existing.status === 'pending') {
-      await this.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
-      return;
+    // The common case in one statement: a live operation of a known kind starts. Anything else
+    // (final already, cancelled while pending, no handler) is read and settled below.
+    const handler = this.handlers.get(job.name);
+    const op = handler ? await this.ops.markRunning(id) : undefined;
+    if (!op || !handler) {
+      const existing = await this.ops.get(id);
+      if (!existing || isFinal(existing.status)) return;
+      if (existing.cancel_requested && existing.status === 'pending') {
+        await this.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
+        return;
+      }
+      const known = this.handlers.get(existing.kind);
+      if (!known || existing.kind !== job.name) {
+        await this.finish(id, 'failed', { code: 'INTERNAL', message: `no handler for operation kind ${existing.kind}` });
+        return;
+      }
+      return; // started meanwhile by another replica: its job runs it
     }
-    const handler = this.handlers.get(existing.kind);
-    if (!handler) {
-      await this.finish(id, 'failed', { code: 'INTERNAL', message: `no handler for operation kind ${existing.kind}` });
-      return;
-    }
-    const op = await this.ops.markRunning(id);
-    if (!op) return;
-    await this.service.publish(op);
+    void this.service.publish(op); // delivered here at once; the handler does not wait for Redis
     const ac = new AbortController();
     this.running.set(id, ac);
     if (op.cancel_requested) ac.abort();
+    let result: OperationMetadata | undefined;
     const ctx: OperationContext = {
       signal: ac.signal,
       progress: async (phase, percent) => {
         const r = await this.ops.progress(id, phase, percent);
-        if (r) await this.service.publish(r);
+        if (r) void this.service.publish(r);
+      },
+      succeedWith: (metadata) => {
+        result = metadata;
       },
     };
     const started = Date.now();
     try {
       await handler(op, ctx);
-      await this.finish(id, 'succeeded', null);
+      await this.finish(id, 'succeeded', null, result);
       this.log.info({ operationId: id, requestId: op.request_id, kind: op.kind, ms: Date.now() - started }, 'operation succeeded');
     } catch (e) {
       if (e instanceof CancelledError || (ac.signal.aborted && !(e instanceof DomainError))) {
@@ -133,8 +147,8 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     }
   }
 
-  private async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null): Promise<void> {
-    const r = await this.ops.finish(id, status, error);
+  private async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null, metadata?: OperationMetadata): Promise<void> {
+    const r = await this.ops.finish(id, status, error, undefined, metadata);
     if (r) await this.service.publish(r);
   }
 }

@@ -85,7 +85,15 @@ export interface NewOperation {
 type StatusChange =
   | { id: string; to: 'running' }
   | { id: string; to: 'progress'; phase: string; progress: number }
-  | { id: string; to: 'succeeded' | 'failed' | 'cancelled'; error: OperationError | null };
+  | { id: string; to: 'succeeded' | 'failed' | 'cancelled'; error: OperationError | null; metadata?: OperationMetadata };
+
+/**
+ * `metadata` with `$n` (jsonb) merged in: top-level keys replaced, except `migration`, which is
+ * merged key by key.
+ */
+const mergedMetadata = (metadata: string, patch: string) =>
+  `(${metadata} || (${patch} - 'migration')) || CASE WHEN ${patch} ? 'migration'
+     THEN jsonb_build_object('migration', COALESCE(${metadata} -> 'migration', '{}'::jsonb) || (${patch} -> 'migration')) ELSE '{}'::jsonb END`;
 
 /**
  * SQL for operations. Status changes are conditional on the current status, so a final operation
@@ -109,11 +117,15 @@ export class OperationRepository {
            error = CASE WHEN u.kind IN ('succeeded', 'failed', 'cancelled') THEN u.error ELSE o.error END,
            phase = CASE WHEN u.kind = 'progress' THEN u.phase WHEN u.kind = 'succeeded' THEN 'done' ELSE o.phase END,
            progress = CASE WHEN u.kind = 'progress' THEN u.progress WHEN u.kind = 'succeeded' THEN 100 ELSE o.progress END,
+           metadata = CASE WHEN u.meta IS NULL THEN o.metadata ELSE ${mergedMetadata('o.metadata', 'u.meta')} END,
            version = o.version + 1, updated_at = now()
          FROM (SELECT id FROM operations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) l,
-              unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[]) AS u(id, kind, phase, progress, error)
+              unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[]) AS u(id, kind, phase, progress, error, meta)
          WHERE o.id = l.id AND o.id = u.id
-           AND (CASE WHEN u.kind = 'progress' THEN o.status = 'running' ELSE o.status IN ('pending', 'running') END)
+           AND (CASE WHEN u.kind = 'progress' THEN o.status = 'running'
+                     -- a pending operation whose cancel was asked for does not start (the runner cancels it)
+                     WHEN u.kind = 'running' THEN o.status = 'running' OR (o.status = 'pending' AND NOT o.cancel_requested)
+                     ELSE o.status IN ('pending', 'running') END)
          RETURNING o.*`,
         [
           cs.map((c) => c.id),
@@ -121,6 +133,7 @@ export class OperationRepository {
           cs.map((c) => (c.to === 'progress' ? c.phase : null)),
           cs.map((c) => (c.to === 'progress' ? c.progress : null)),
           cs.map((c) => (c.to !== 'running' && c.to !== 'progress' && c.error ? JSON.stringify(c.error) : null)),
+          cs.map((c) => (c.to !== 'running' && c.to !== 'progress' && c.metadata ? JSON.stringify(c.metadata) : null)),
         ],
       );
       return inOrder(found, cs.map((c) => c.id));
@@ -168,7 +181,10 @@ export class OperationRepository {
     return rows(this.ds, `SELECT * FROM operations ${w} ORDER BY id LIMIT ${w.bind(page.pageSize + 1)}`, w.params);
   }
 
-  /** pending|running → running; returns the row, or undefined if it is already final. */
+  /**
+   * pending|running → running; returns the row, or undefined if it is already final or is pending
+   * with a cancel requested (it must not start).
+   */
   async markRunning(id: string): Promise<OperationRow | undefined> {
     return this.changes.call({ id, to: 'running' });
   }
@@ -185,8 +201,7 @@ export class OperationRepository {
   async mergeMetadata(id: string, patch: OperationMetadata, phase?: string, progress?: number): Promise<OperationRow | undefined> {
     const found = await rows<OperationRow>(this.ds,
       `UPDATE operations SET
-         metadata = (metadata || ($2::jsonb - 'migration')) || CASE WHEN $2::jsonb ? 'migration'
-           THEN jsonb_build_object('migration', COALESCE(metadata -> 'migration', '{}'::jsonb) || ($2::jsonb -> 'migration')) ELSE '{}'::jsonb END,
+         metadata = ${mergedMetadata('metadata', '$2::jsonb')},
          phase = COALESCE($3, phase), progress = COALESCE($4, progress), version = version + 1, updated_at = now()
        WHERE id = $1 AND status = 'running' RETURNING *`,
       [id, JSON.stringify(patch), phase ?? null, progress === undefined ? null : Math.max(0, Math.min(100, Math.round(progress)))],
@@ -194,9 +209,13 @@ export class OperationRepository {
     return found[0];
   }
 
-  /** Moves a live operation to a final status; no-op (undefined) if it is final already. */
-  async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null, db: Db = this.ds): Promise<OperationRow | undefined> {
-    if (outsideTransaction(db, this.ds)) return this.changes.call({ id, to: status, error });
+  /**
+   * Moves a live operation to a final status, with `metadata` merged in (as {@link mergeMetadata}
+   * does); no-op (undefined) if it is final already.
+   */
+  async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null, db: Db = this.ds, metadata?: OperationMetadata): Promise<OperationRow | undefined> {
+    if (outsideTransaction(db, this.ds)) return this.changes.call({ id, to: status, error, metadata });
+    if (metadata) throw new Error('finish: metadata is merged only outside a transaction');
     const found = await rows<OperationRow>(db, 
       `UPDATE operations SET status = $2, error = $3, finished_at = now(), version = version + 1, updated_at = now(),
          progress = CASE WHEN $2 = 'succeeded' THEN 100 ELSE progress END,

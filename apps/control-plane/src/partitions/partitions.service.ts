@@ -404,8 +404,10 @@ export class PartitionsService {
 
   /** After commit: queue the operation's job and tell the event streams. */
   private async launched(r: { partition: PartitionView; operation: OperationView }, type: string): Promise<void> {
-    await this.queue.enqueue(r.operation.id, r.operation.kind).catch(() => undefined); // the sweep re-queues it if Redis hiccupped
-    await this.events.publish(partitionEvent(type, r.partition));
-    await this.operations.publishView(r.operation);
+    await Promise.all([
+      this.queue.enqueue(r.operation.id, r.operation.kind).catch(() => undefined), // the sweep re-queues it if Redis hiccupped
+      this.events.publish(partitionEvent(type, r.partition)),
+      this.operations.publishView(r.operation),
+    ]);
   }
 }

@@ -257,7 +257,7 @@ export class ChainRuntime implements OnApplicationBootstrap {
     if (told.size) {
       // Done only once each provider acted on its new spec (it reports the generation it applied).
       const never = new AbortController();
-      await this.waitReplicas(chainId, { signal: never.signal, progress: async () => undefined }, (rs) => [...told].every(([id, gen]) => {
+      await this.waitReplicas(chainId, { signal: never.signal, progress: async () => undefined, succeedWith: () => undefined }, (rs) => [...told].every(([id, gen]) => {
         const r = rs.find((x) => x.id === id);
         return !r || r.state === 'failed' || r.state === 'removing' || Number(r.observed_generation) >= gen;
       }), 'providers to use the new replicas', CONSUMER_UPDATE_MS).catch((err: unknown) => this.log.warn({ err, chain: chainId }, 'a provider did not confirm its new upstream replicas'));
