@@ -97,13 +97,20 @@ export class MigrationOperations implements OnModuleInit {
       log.info({ stage }, 're-run of a migration whose start was sent: asking the source where the guest is');
       outcome = await this.outcomeFromSource(row, p, ctx);
     } else {
-      if (stage === 'preparing') await this.abortTarget(row, p, log); // a re-run: what the last attempt prepared goes first
-      await this.record(op, 'preparing', 'preparing the destination', 5, { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' });
+      // A re-run (the start was never sent: `started` is recorded before it is): what the last
+      // attempt may have prepared goes first.
+      if (op.attempts > 1) await this.abortTarget(row, p, log);
       let targetInfo: Record<string, unknown>;
       try {
-        await this.images.ensureOnNode(row, p.targetNodeId, ctx); // a library image the destination lacks is fetched first
         const t0 = Date.now();
-        targetInfo = await this.prepare(row, p);
+        // The record, a library image the destination lacks (fetched first) and the shared disk's
+        // path are independent: one wait for the three.
+        const [, , sharedDiskPath] = await Promise.all([
+          this.record(op, 'preparing', 'preparing the destination', 5, { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' }),
+          this.images.ensureOnNode(row, p.targetNodeId, ctx),
+          p.live && p.storage === 'shared' ? this.sharedDiskPath(row, p) : undefined,
+        ]);
+        targetInfo = await this.prepare(row, p, sharedDiskPath);
         timings.prepareMs = Date.now() - t0;
       } catch (e) {
         await this.abortTarget(row, p, log);
@@ -150,15 +157,15 @@ export class MigrationOperations implements OnModuleInit {
     }
     await this.end(row, 'moved', p, '');
     await this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
-    await this.record(op, 'done', 'done', 100, { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}), ...timings });
+    ctx.succeedWith({ stage: 'done', migration: { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}), ...timings } });
     log.info({ ...result, ...timings }, 'partition migrated');
   }
 
   /** Prepares the destination; returns what the source needs to reach it. */
-  private async prepare(row: PartitionRow, p: MigrateParams): Promise<Record<string, unknown>> {
+  private async prepare(row: PartitionRow, p: MigrateParams, sharedDiskPath: string | undefined): Promise<Record<string, unknown>> {
     const spec = specOf(row);
     const body: CommandBody = p.live
-      ? { migrationPrepareTarget: { spec: { ...spec, desired: 'running' }, storage: p.storage, postcopy: Boolean(p.options.postcopy), tls: p.tls, ...(p.storage === 'shared' ? { sharedDiskPath: await this.sharedDiskPath(row, p) } : {}) } }
+      ? { migrationPrepareTarget: { spec: { ...spec, desired: 'running' }, storage: p.storage, postcopy: Boolean(p.options.postcopy), tls: p.tls, ...(sharedDiskPath ? { sharedDiskPath } : {}) } }
       : { coldMigrationPrepareTarget: { spec: { ...spec, desired: 'stopped' } } };
     const r = await this.sessions.command(p.targetNodeId, body, PREPARE_TIMEOUT_MS);
     if (!r.ok) throw agentFailure(r, `preparing node ${p.targetNodeName} to receive partition ${row.name}`);
@@ -282,7 +289,7 @@ export class MigrationOperations implements OnModuleInit {
   /** Records the handler's stage and the migration's progress on the operation. */
   private async record(op: OperationRow, stage: string, phase: string, progress: number | undefined, migration: MigrationMetadata): Promise<void> {
     const r = await this.ops.mergeMetadata(op.id, { stage, migration }, phase, progress);
-    if (r) await this.operations.publish(r);
+    if (r) void this.operations.publish(r); // heard here at once; the next step does not wait for Redis
   }
 
   /** Shared storage: the path of the source's disk file, which the destination sees at the same path. */

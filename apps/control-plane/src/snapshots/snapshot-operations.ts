@@ -90,7 +90,7 @@ export class SnapshotOperations implements OnModuleInit {
     const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
     if (!r.ok) throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
     const p = await this.partitions.setCurrentSnapshot(this.ds.manager, partition.id, snap.id);
-    if (p) await this.events.publish(partitionEvent('partition.updated', partitionView(p)));
+    if (p) void this.events.publish(partitionEvent('partition.updated', partitionView(p))); // heard here at once; not waited for
     await this.images.record(op, partition, 'reverted', { details: { snapshot: snap.name } });
   }
 
@@ -118,10 +118,9 @@ export class SnapshotOperations implements OnModuleInit {
   }
 
   private async load(op: OperationRow): Promise<{ partition: PartitionRow; snap: SnapshotRow }> {
-    const partition = await this.partitions.getById(op.target_id);
+    const [partition, snap] = await Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
     if (!partition) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     if (!partition.node_id) throw new InternalError(`partition ${partition.name} has no node`);
-    const snap = await this.snapshots.get(partition.id, String(op.params.snapshotId));
     if (!snap) throw new CancelledError(`snapshot ${String(op.params.snapshotId)} no longer exists`);
     return { partition, snap };
   }
