@@ -3,8 +3,9 @@
  * a bare QMP script, interleaved in one run.
  *
  * Two guests of the sample image (256 MiB, TCG, the size PLATFORM-FACTS measured by hand) hold
- * 96 MiB of data in memory and dirty memory at a fixed rate (8 MiB/s: a shell loop in the guest
- * rewrites 8 MiB of tmpfs every second, alternating two random patterns):
+ * 96 MiB of data in memory and dirty memory at a fixed rate (about 8 MiB/s: a shell loop in the
+ * guest rewrites 1 MiB of an 8 MiB tmpfs file every 125 ms, alternating two random patterns, so
+ * any moment of a ~100 ms migration meets the same rate):
  * - one is a partition, migrated through the API between two workers on this machine
  *   (`POST /v1/partitions/{id}/migrate`, shared storage, max downtime 300 ms), timed from the
  *   request to the operation's success (the guest runs on the destination then);
@@ -12,8 +13,9 @@
  *   QMP with the same limits: start the destination paused with `-incoming defer`,
  *   `migrate-incoming`, `migrate` on the source, wait for `completed`, `cont` on the destination,
  *   quit the source. Timed from starting the destination to `cont` answered.
- * Downtime is QEMU's own figure (`query-migrate` on the source) on both sides. 9 pairs
- * (BENCH_PAIRS).
+ * Downtime is QEMU's own figure (`query-migrate` on the source) on both sides. 11 pairs
+ * (BENCH_PAIRS), after one warm-up pair on each side that is not counted (the first migration of
+ * a freshly booted guest and the first request of a fresh process are not what either measures).
  * Then snapshot save (memory + disk) and revert, API (`POST .../snapshots`, `.../revert`, to
  * the operation's success) against QMP `snapshot-save` / `snapshot-load` jobs, as many pairs.
  * Prints each figure and medians; the last line is JSON.
@@ -25,18 +27,19 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QmpClient } from '@hyperplane/qmp';
 import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
+import { watchEvent } from '@hyperplane/worker/dist/drivers/qemu/qemu-jobs';
 import { ROOT, freePort, projectHeaders, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
-const PAIRS = Number(process.env.BENCH_PAIRS ?? 9);
+const PAIRS = Number(process.env.BENCH_PAIRS ?? 11);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
 const MAX_DOWNTIME_MS = 300;
 const MEMORY_MIB = 256;
 /**
  * Typed on the guest's console: 96 MiB of random data kept in tmpfs (memory in use, as a real
- * guest has: not zero pages, which QEMU sends almost for free), then 8 MiB of tmpfs rewritten once
- * a second, alternating two random patterns.
+ * guest has: not zero pages, which QEMU sends almost for free), then 1 MiB of an 8 MiB tmpfs file
+ * rewritten every 125 ms, round the file, alternating two random patterns per round.
  */
-const DIRTIER = `dd if=/dev/urandom of=/dev/shm/resident bs=1M count=96 2>/dev/null; dd if=/dev/urandom of=/run/pa bs=1M count=1 2>/dev/null; dd if=/dev/urandom of=/run/pb bs=1M count=1 2>/dev/null; (n=0; while :; do n=$((n+1)); p=/run/pa; [ $((n%2)) = 0 ] && p=/run/pb; i=0; while [ $i -lt 8 ]; do dd if=$p of=/dev/shm/dirty bs=1M seek=$i conv=notrunc 2>/dev/null; i=$((i+1)); done; echo $n >/run/dirty.n; sleep 1; done) &`;
+const DIRTIER = `dd if=/dev/urandom of=/dev/shm/resident bs=1M count=96 2>/dev/null; dd if=/dev/urandom of=/run/pa bs=1M count=1 2>/dev/null; dd if=/dev/urandom of=/run/pb bs=1M count=1 2>/dev/null; (n=0; i=0; while :; do p=/run/pa; [ $((n%2)) = 0 ] && p=/run/pb; dd if=$p of=/dev/shm/dirty bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$(((i+1)%8)); [ $i = 0 ] && n=$((n+1)) && echo $n >/run/dirty.n; usleep 125000; done) &`;
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -76,20 +79,21 @@ async function bareQuit(b: Bare): Promise<void> {
   if (b.proc.exitCode === null && b.proc.signalCode === null) await new Promise((r) => b.proc.once('exit', r));
 }
 
-/** Waits for a QMP job to conclude; throws with its error. */
+/** Waits for a QMP job to conclude; throws with its error. Woken by its events (subscribed before the first poll). */
 async function waitJob(qmp: QmpClient, id: string): Promise<void> {
-  for (;;) {
-    const job = (await qmp.queryJobs()).find((j) => j.id === id);
-    if (job?.status === 'concluded') {
-      await qmp.jobDismiss(id);
-      if (job.error) throw new Error(job.error);
-      return;
+  const changes = watchEvent(qmp, 'JOB_STATUS_CHANGE');
+  try {
+    for (;;) {
+      const job = (await qmp.queryJobs()).find((j) => j.id === id);
+      if (job?.status === 'concluded') {
+        await qmp.jobDismiss(id);
+        if (job.error) throw new Error(job.error);
+        return;
+      }
+      await changes.next(20);
     }
-    await new Promise<void>((r) => {
-      const t = setTimeout(done, 20);
-      const off = qmp.onEvent('JOB_STATUS_CHANGE', done);
-      function done() { clearTimeout(t); off(); r(); }
-    });
+  } finally {
+    changes.close();
   }
 }
 
@@ -147,74 +151,87 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const apiDown: number[] = [];
     const bareTotal: number[] = [];
     const bareDown: number[] = [];
-    for (let i = 0; i < PAIRS; i++) {
+    // i = -1: the warm-up pair, not counted.
+    for (let i = -1; i < PAIRS; i++) {
+      const counted = i >= 0;
       // API: to the other node.
-      const to = nodes[(i + 1) % 2]!.name;
+      const to = nodes[(i + 2) % 2]!.name;
       const t0 = performance.now();
       const m = await call('POST', `/v1/partitions/${id}/migrate`, { targetNode: to, storage: 'shared', maxDowntimeMs: MAX_DOWNTIME_MS });
       if (!m.operation) throw new Error(`migrate: ${JSON.stringify(m)}`);
       const done = await wait(m.operation.id);
-      apiTotal.push(performance.now() - t0);
+      const apiMs = performance.now() - t0;
       const mt = done.migration ?? {};
-      breakdown.push(`migrate: queued ${Date.parse(done.startedAt) - Date.parse(done.createdAt)} ms, handler ${Date.parse(done.finishedAt) - Date.parse(done.startedAt)} ms (prepare ${mt.prepareMs}, source ${mt.sourceMs} [QEMU total ${mt.totalTimeMs}], finish ${mt.finishMs})`);
-      apiDown.push(Number(done.migration?.downtimeMs ?? NaN));
+      if (counted) apiTotal.push(apiMs);
+      breakdown.push(`migrate${counted ? '' : ' (warm-up)'}: api ${apiMs.toFixed(0)} ms, queued ${Date.parse(done.startedAt) - Date.parse(done.createdAt)} ms, handler ${Date.parse(done.finishedAt) - Date.parse(done.startedAt)} ms (prepare ${mt.prepareMs}, source ${mt.sourceMs} [QEMU total ${mt.totalTimeMs}], finish ${mt.finishMs})`);
+      const apiDownMs = Number(done.migration?.downtimeMs ?? NaN);
+      if (counted) apiDown.push(apiDownMs);
 
       // Bare QMP, the same limits.
       const b0 = performance.now();
       const port = await freePort();
-      const dst = await bareStart(join(dir, `bare-${i + 1}`), disk, true);
+      const dst = await bareStart(join(dir, `bare-${i + 2}`), disk, true);
       bares.push(dst);
       await dst.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
       await dst.qmp.migrateIncoming(`tcp:127.0.0.1:${port}`);
       await src.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
       await src.qmp.migrateSetParameters({ 'downtime-limit': MAX_DOWNTIME_MS, 'max-bandwidth': 2 ** 40 });
+      const changes = watchEvent(src.qmp, 'MIGRATION');
       await src.qmp.migrate(`tcp:127.0.0.1:${port}`);
       let info = await src.qmp.queryMigrate();
       while (info.status !== 'completed') {
         if (info.status === 'failed') throw new Error(`bare migration failed: ${info['error-desc']}`);
-        await new Promise<void>((r) => {
-          const t = setTimeout(fin, 200);
-          const off = src.qmp.onEvent('MIGRATION', fin);
-          function fin() { clearTimeout(t); off(); r(); }
-        });
+        await changes.next(200);
         info = await src.qmp.queryMigrate();
       }
+      changes.close();
       for (let s = await dst.qmp.queryMigrate(); s.status !== 'completed'; s = await dst.qmp.queryMigrate()) await sleep(5);
       await dst.qmp.resume();
-      bareTotal.push(performance.now() - b0);
-      bareDown.push(Number(info.downtime ?? NaN));
+      const bareMs = performance.now() - b0;
+      if (counted) {
+        bareTotal.push(bareMs);
+        bareDown.push(Number(info.downtime ?? NaN));
+      }
       await bareQuit(src);
       src = dst;
-      console.log(`migration ${i + 1}: api ${apiTotal[i]!.toFixed(0)} ms (downtime ${apiDown[i]} ms), bare QMP ${bareTotal[i]!.toFixed(0)} ms (downtime ${bareDown[i]} ms)`);
+      console.log(`migration ${counted ? i + 1 : 'warm-up'}: api ${apiMs.toFixed(0)} ms (downtime ${apiDownMs} ms), bare QMP ${bareMs.toFixed(0)} ms (downtime ${info.downtime} ms)`);
     }
 
     const apiSave: number[] = [];
     const apiRevert: number[] = [];
     const bareSave: number[] = [];
     const bareRevert: number[] = [];
-    for (let i = 0; i < PAIRS; i++) {
+    for (let i = -1; i < PAIRS; i++) {
+      const counted = i >= 0; // i = -1: the warm-up pair, not counted
+      const tag = counted ? String(i) : 'warm';
       let t0 = performance.now();
-      const s = await call('POST', `/v1/partitions/${id}/snapshots`, { name: `s${i}` });
+      const s = await call('POST', `/v1/partitions/${id}/snapshots`, { name: `s${tag}` });
       if (!s.operation) throw new Error(`snapshot: ${JSON.stringify(s)}`);
       await wait(s.operation.id);
-      apiSave.push(performance.now() - t0);
+      const saveMs = performance.now() - t0;
       await sleep(1000);
       t0 = performance.now();
       const r = await call('POST', `/v1/partitions/${id}/snapshots/${s.snapshot.id}/revert`);
       const rev = await wait(r.operation.id);
-      apiRevert.push(performance.now() - t0);
-      breakdown.push(`revert: queued ${Date.parse(rev.startedAt) - Date.parse(rev.createdAt)} ms, handler ${Date.parse(rev.finishedAt) - Date.parse(rev.startedAt)} ms`);
+      const revertMs = performance.now() - t0;
+      breakdown.push(`revert${counted ? '' : ' (warm-up)'}: api ${revertMs.toFixed(0)} ms, queued ${Date.parse(rev.startedAt) - Date.parse(rev.createdAt)} ms, handler ${Date.parse(rev.finishedAt) - Date.parse(rev.startedAt)} ms`);
 
       t0 = performance.now();
-      await src.qmp.snapshotSave(`save-${i}`, `b${i}`, 'disk0', ['disk0']);
-      await waitJob(src.qmp, `save-${i}`);
-      bareSave.push(performance.now() - t0);
+      await src.qmp.snapshotSave(`save-${tag}`, `b${tag}`, 'disk0', ['disk0']);
+      await waitJob(src.qmp, `save-${tag}`);
+      const bareSaveMs = performance.now() - t0;
       await sleep(1000);
       t0 = performance.now();
-      await src.qmp.snapshotLoad(`load-${i}`, `b${i}`, 'disk0', ['disk0']);
-      await waitJob(src.qmp, `load-${i}`);
-      bareRevert.push(performance.now() - t0);
-      console.log(`snapshot ${i + 1}: save api ${apiSave[i]!.toFixed(0)} ms, bare ${bareSave[i]!.toFixed(0)} ms; revert api ${apiRevert[i]!.toFixed(0)} ms, bare ${bareRevert[i]!.toFixed(0)} ms`);
+      await src.qmp.snapshotLoad(`load-${tag}`, `b${tag}`, 'disk0', ['disk0']);
+      await waitJob(src.qmp, `load-${tag}`);
+      const bareRevertMs = performance.now() - t0;
+      if (counted) {
+        apiSave.push(saveMs);
+        apiRevert.push(revertMs);
+        bareSave.push(bareSaveMs);
+        bareRevert.push(bareRevertMs);
+      }
+      console.log(`snapshot ${counted ? i + 1 : 'warm-up'}: save api ${saveMs.toFixed(0)} ms, bare ${bareSaveMs.toFixed(0)} ms; revert api ${revertMs.toFixed(0)} ms, bare ${bareRevertMs.toFixed(0)} ms`);
     }
 
     if (process.env.BENCH_VERBOSE) console.log(breakdown.join('\n'));
@@ -225,7 +242,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
       snapshotSaveRatio: r(apiSave, bareSave),
       snapshotRevertRatio: r(apiRevert, bareRevert),
     };
-    console.log(`live migration (256 MiB guest, 96 MiB resident, dirtying 8 MiB/s, shared storage, TCG): median total api ${median(apiTotal).toFixed(0)} ms vs bare ${median(bareTotal).toFixed(0)} ms (ratio ${out.migrateTotalRatio}, goal <= 1.2)`);
+    console.log(`live migration (256 MiB guest, 96 MiB resident, dirtying ~8 MiB/s steadily, shared storage, TCG): median total api ${median(apiTotal).toFixed(0)} ms vs bare ${median(bareTotal).toFixed(0)} ms (ratio ${out.migrateTotalRatio}, goal <= 1.2)`);
     console.log(`downtime: median api ${median(apiDown)} ms vs bare ${median(bareDown)} ms (ratio ${out.downtimeRatio}, goal <= 1.0)`);
     console.log(`snapshot save: median api ${median(apiSave).toFixed(0)} ms vs bare ${median(bareSave).toFixed(0)} ms (ratio ${out.snapshotSaveRatio}, goal <= 1.15)`);
     console.log(`snapshot revert: median api ${median(apiRevert).toFixed(0)} ms vs bare ${median(bareRevert).toFixed(0)} ms (ratio ${out.snapshotRevertRatio}, goal <= 1.15)`);

@@ -47,11 +47,16 @@ export function snapshotsFromImageInfo(image: unknown): SnapshotEntry[] {
 export async function waitJob(qmp: QmpClient, id: string, timeoutMs: number, pollMs = 50): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let job: JobInfo | undefined;
-  for (;;) {
-    job = (await qmp.queryJobs()).find((j) => j.id === id);
-    if (!job || job.status === 'concluded' || job.status === 'null') break;
-    if (Date.now() > deadline) throw new InternalError(`QEMU job ${id} (${job.type}) did not finish within ${timeoutMs} ms (status ${job.status})`);
-    await untilEvent(qmp, 'JOB_STATUS_CHANGE', pollMs);
+  const changes = watchEvent(qmp, 'JOB_STATUS_CHANGE');
+  try {
+    for (;;) {
+      job = (await qmp.queryJobs()).find((j) => j.id === id);
+      if (!job || job.status === 'concluded' || job.status === 'null') break;
+      if (Date.now() > deadline) throw new InternalError(`QEMU job ${id} (${job.type}) did not finish within ${timeoutMs} ms (status ${job.status})`);
+      await changes.next(pollMs);
+    }
+  } finally {
+    changes.close();
   }
   if (job) await qmp.jobDismiss(id).catch(() => undefined);
   if (job?.error) throw new InternalError(job.error);
@@ -101,17 +106,38 @@ export function progressOf(info: MigrationInfo): MigrationProgress {
   };
 }
 
-/** Resolves at the next QMP event `name`, or after `ms` at the latest (a poll that an event cuts short). */
-export function untilEvent(qmp: QmpClient, name: string, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      off();
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    const off = qmp.onEvent(name, done);
+/**
+ * Watches QMP event `name` from now on, for a loop that polls QEMU and sleeps until something
+ * changes: `next(ms)` resolves at once when an event came since the previous `next` resolved
+ * (such as one that arrived with the answer the loop just read), else at the next event or after
+ * `ms`. Subscribing before the first poll means no event falls between a poll and the wait.
+ */
+export function watchEvent(qmp: QmpClient, name: string): { next(ms: number): Promise<void>; close(): void } {
+  let seen = false;
+  let wake: (() => void) | undefined;
+  const off = qmp.onEvent(name, () => {
+    seen = true;
+    wake?.();
   });
+  return {
+    next(ms) {
+      if (seen) {
+        seen = false;
+        return Promise.resolve();
+      }
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(done, ms);
+        function done() {
+          clearTimeout(timer);
+          wake = undefined;
+          seen = false;
+          resolve();
+        }
+        wake = done;
+      });
+    },
+    close: off,
+  };
 }
 
 /** Resolves after `ms`. */

@@ -50,7 +50,7 @@ import { readTail } from './console-log';
 import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnections, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
-import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, untilEvent, waitJob } from './qemu-jobs';
+import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob, watchEvent } from './qemu-jobs';
 import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
 
 /** Settings of a QEMU driver; paths are made absolute. */
@@ -116,6 +116,11 @@ interface Instance {
   incoming: { storage: 'copy' | 'shared' } | undefined;
   /** Set on the source while `migrationStart` runs. */
   migration: MigrationRun | undefined;
+  /**
+   * QMP events kept back while the guest migrates (either side), passed on in order when it
+   * ends: the switch-over then does not share the node's CPU with reporting them.
+   */
+  heldEvents: Array<{ event: string; data: Record<string, unknown> }> | undefined;
 }
 
 /** An outgoing migration in progress. */
@@ -402,6 +407,7 @@ export class QemuDriver implements PartitionDriver {
       const pid = await readPidFile(join(dir, RUNTIME_FILES.pid));
       if (pid === undefined || pid !== proc.pid) throw new InternalError(`qemu pid file says ${pid ?? 'nothing'}, but the process is ${proc.pid}`);
       const inst = this.newInstance(spec.id, dir, pid, proc);
+      if (incoming) inst.heldEvents = [];
       this.attachQmp(inst, qmp);
       const before = await qmp.queryStatus();
       if (incoming) {
@@ -467,7 +473,7 @@ export class QemuDriver implements PartitionDriver {
   private newInstance(id: string, dir: string, pid: number, child: ChildProcess | undefined): Instance {
     let resolveGone!: () => void;
     const gone = new Promise<void>((r) => (resolveGone = r));
-    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined, incoming: undefined, migration: undefined };
+    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined, incoming: undefined, migration: undefined, heldEvents: undefined };
   }
 
   private attachQmp(inst: Instance, qmp: QmpClient): void {
@@ -475,8 +481,17 @@ export class QemuDriver implements PartitionDriver {
     qmp.on('event', (event) => {
       if (event.event === 'SHUTDOWN') inst.shutdown = { guest: Boolean(event.data.guest), reason: String(event.data.reason ?? '') };
       if (event.event === 'QUORUM_REPORT_BAD' && String(event.data['node-name'] ?? '').startsWith('chain')) void this.onChainReplicaBad(inst, event.data);
-      if (!this.closed) this.listener.onEvent(inst.id, event.event, event.data);
+      if (this.closed) return;
+      if (inst.heldEvents) inst.heldEvents.push({ event: event.event, data: event.data });
+      else this.listener.onEvent(inst.id, event.event, event.data);
     });
+  }
+
+  /** Passes on the QMP events kept back during a migration, and those that follow as they come. */
+  private releaseEvents(inst: Instance): void {
+    const held = inst.heldEvents ?? [];
+    inst.heldEvents = undefined;
+    if (!this.closed) for (const e of held) this.listener.onEvent(inst.id, e.event, e.data);
   }
 
   /** Exit detection for a process that is not our child: QMP disconnect, then the pid disappears. */
@@ -794,18 +809,24 @@ export class QemuDriver implements PartitionDriver {
     if (!inst?.incoming || !inst.qmp || inst.qmp.closed) throw new FailedPreconditionError(`partition ${id} is not receiving a migration here`);
     const qmp = inst.qmp;
     // The source may see `completed` a moment before this side finished loading the state.
+    const changes = watchEvent(qmp, 'MIGRATION');
     let info = await qmp.queryMigrate();
-    for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
-      await untilEvent(qmp, 'MIGRATION', 50);
-      info = await qmp.queryMigrate();
+    try {
+      for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
+        await changes.next(50);
+        info = await qmp.queryMigrate();
+      }
+    } finally {
+      changes.close();
     }
     if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
     if (inst.incoming.storage === 'copy') {
       await qmp.blockExportDel(MIG.exportId, 'hard').catch((error: unknown) => this.log.warn({ partition: id, err: error }, 'block-export-del failed'));
       await qmp.nbdServerStop().catch(() => undefined);
     }
-    if (!(await qmp.queryStatus()).running) await qmp.resume();
+    await qmp.resume(); // paused since it started (-S); `cont` is a no-op for a running guest
     inst.incoming = undefined;
+    this.releaseEvents(inst);
     await rm(join(inst.dir, RUNTIME_FILES.incoming), { force: true });
     this.log.info({ partition: id, qemuPid: inst.pid }, 'migrated guest runs here');
     return { pid: inst.pid };
@@ -851,10 +872,19 @@ export class QemuDriver implements PartitionDriver {
     const run: MigrationRun = { cancelRequested: false, postcopy: false, done: Promise.resolve() };
     const work = this.exclusive(id, 'migrate', async () => {
       inst.migration = run;
+      inst.heldEvents ??= [];
       try {
-        return await this.migrate(inst, target, options, run, onProgress, log);
+        // Subscribed before the first poll: no event falls between a poll and the wait after it.
+        const events = { ready: watchEvent(inst.qmp, 'BLOCK_JOB_READY'), migration: watchEvent(inst.qmp, 'MIGRATION') };
+        try {
+          return await this.migrate(inst, target, options, run, onProgress, log, events);
+        } finally {
+          events.ready.close();
+          events.migration.close();
+        }
       } finally {
         inst.migration = undefined;
+        this.releaseEvents(inst);
       }
     });
     run.done = work;
@@ -868,6 +898,7 @@ export class QemuDriver implements PartitionDriver {
     run: MigrationRun,
     onProgress: (progress: MigrationProgress) => void,
     log: Logger,
+    events: { ready: ReturnType<typeof watchEvent>; migration: ReturnType<typeof watchEvent> },
   ): Promise<MigrationResult> {
     const { qmp } = inst;
     const started = Date.now();
@@ -909,7 +940,7 @@ export class QemuDriver implements PartitionDriver {
             await this.breakConnections(target, log);
             throw new InternalError(`copying the disk stalled for ${stallMs} ms`);
           }
-          await untilEvent(qmp, 'BLOCK_JOB_READY', MIGRATION_POLL_MS);
+          await events.ready.next(MIGRATION_POLL_MS);
         }
         storageMs = Date.now() - started;
         log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
@@ -922,10 +953,14 @@ export class QemuDriver implements PartitionDriver {
       const memoryStarted = Date.now();
       let lastTransferred = -1;
       let lastMove = Date.now();
+      let switchingSince = 0;
       for (;;) {
         info = await qmp.queryMigrate();
         const progress = progressOf(info);
-        onProgress(progress);
+        // The switch-over (guest paused, the last pages and the device state on their way) usually
+        // ends within ms: it is reported only when it lasts, so the report does not compete with it.
+        if (info.status === 'device' && !switchingSince) switchingSince = Date.now();
+        if (info.status !== 'device' || Date.now() - switchingSince >= MIGRATION_POLL_MS) onProgress(progress);
         if (info.status === 'completed') break;
         if (info.status === 'failed') throw new InternalError(`migration to ${target.host}:${target.port} failed: ${info['error-desc'] ?? 'no detail from QEMU'}`);
         if (info.status === 'cancelled') {
@@ -949,7 +984,7 @@ export class QemuDriver implements PartitionDriver {
           }
         }
         // Progress every poll; a status change (completed, failed) wakes the loop at once.
-        await untilEvent(qmp, 'MIGRATION', MIGRATION_POLL_MS);
+        await events.migration.next(MIGRATION_POLL_MS);
       }
     } catch (error) {
       if (run.postcopy) {
@@ -969,7 +1004,7 @@ export class QemuDriver implements PartitionDriver {
     // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror);
     // the paused QEMU quits and its files go while the destination takes over (as libvirt's
     // confirm step runs after the destination resumed): nobody resumes a postmigrate guest here.
-    await this.cleanupSource(inst, log, false);
+    if (target.storage === 'copy') await this.cleanupSource(inst, log, false); // nothing else was added for shared storage
     const result: MigrationResult = {
       totalTimeMs: Date.now() - started,
       downtimeMs: Number(info.downtime ?? 0),
