@@ -71,6 +71,14 @@ export class MigrationOperations implements OnModuleInit {
 
   onModuleInit(): void {
     this.runner.register('partition.migrate', (op, ctx) => this.handleMigrate(op, ctx));
+    this.operations.onCancelledBeforeStart('partition.migrate', (op) => this.undoPending(op));
+  }
+
+  /** A migration cancelled before it started: the partition stays where it is, the destination's capacity goes back. */
+  private async undoPending(op: OperationRow): Promise<void> {
+    const p = op.params as unknown as MigrateParams;
+    const row = await this.partitions.getById(op.target_id);
+    if (row?.state === 'migrating' && row.target_node_id === p.targetNodeId) await this.end(row, 'stayed', p, '');
   }
 
   /** partition.migrate: see the class comment for the order of steps. */
@@ -272,18 +280,16 @@ export class MigrationOperations implements OnModuleInit {
    */
   private async end(row: PartitionRow, outcome: Outcome, p: MigrateParams, reason: string, state?: PartitionState): Promise<void> {
     const moved = outcome === 'moved';
-    const out = await inTransaction(this.ds, async (tx) => {
-      const ended = await this.partitions.endMigration(tx, row.id, moved, state ?? p.previousState, reason);
+    const freedNode = moved ? p.sourceNodeId : p.targetNodeId;
+    const copied = moved && p.live && p.storage === 'copy';
+    // Usually one statement; a disk copy also drops the snapshots it did not carry, in one transaction.
+    const out = !copied ? await this.partitions.endMigrationReleasing(this.ds, row.id, moved, state ?? p.previousState, reason, freedNode) : await inTransaction(this.ds, async (tx) => {
+      const ended = await this.partitions.endMigrationReleasing(tx, row.id, moved, state ?? p.previousState, reason, freedNode);
       if (!ended) return undefined;
-      const freed = moved ? p.sourceNodeId : p.targetNodeId;
-      await this.nodes.reserve(tx, freed, { vcpus: -row.vcpus, memoryMiB: -Number(row.memory_mib), diskBytes: -row.disk_gib * 1024 ** 3 });
-      if (moved && p.live && p.storage === 'copy') {
-        const dropped = await this.snapshots.removeAll(tx, row.id);
-        if (dropped.length) return (await this.partitions.setCurrentSnapshot(tx, row.id, null)) ?? ended;
-      }
-      return ended;
+      const dropped = await this.snapshots.removeAll(tx, row.id);
+      return dropped.length ? ((await this.partitions.setCurrentSnapshot(tx, row.id, null)) ?? ended) : ended;
     });
-    if (out) await this.events.publish(partitionEvent('partition.updated', partitionView(out)));
+    if (out) void this.events.publish(partitionEvent('partition.updated', partitionView(out)));
   }
 
   /** Records the handler's stage and the migration's progress on the operation. */

@@ -103,7 +103,11 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
       const existing = await this.ops.get(id);
       if (!existing || isFinal(existing.status)) return;
       if (existing.cancel_requested && existing.status === 'pending') {
-        await this.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
+        const cancelled = await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
+        if (cancelled) {
+          await this.service.cancelledBeforeStart(cancelled);
+          await this.service.publish(cancelled);
+        }
         return;
       }
       const known = this.handlers.get(existing.kind);

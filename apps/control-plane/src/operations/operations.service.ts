@@ -1,4 +1,6 @@
-import { Injectable } from '@nestjs/common';
+import { Inject, Injectable } from '@nestjs/common';
+import { Logger } from 'pino';
+import { LOGGER } from '../common/tokens';
 import { FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { EventBus } from '../events/event-bus';
@@ -46,11 +48,32 @@ export const MAX_WAIT_SECONDS = 300;
 /** Reading, waiting on and cancelling operations. */
 @Injectable()
 export class OperationsService {
+  /** Per kind: what undoes the records of a request whose operation was cancelled before it started. */
+  private readonly undoers = new Map<string, (op: OperationRow) => Promise<void>>();
+
   constructor(
     private readonly ops: OperationRepository,
     private readonly queue: OperationQueueRepository,
     private readonly events: EventBus,
+    @Inject(LOGGER) private readonly log: Logger,
   ) {}
+
+  /**
+   * Registers what undoes the records a request of `kind` made (a partition marked migrating, a
+   * snapshot being created) when its operation is cancelled before any handler ran.
+   */
+  onCancelledBeforeStart(kind: string, undo: (op: OperationRow) => Promise<void>): void {
+    this.undoers.set(kind, undo);
+  }
+
+  /** Runs the undo of a kind for an operation cancelled before it started (never throws: logged). */
+  async cancelledBeforeStart(op: OperationRow): Promise<void> {
+    try {
+      await this.undoers.get(op.kind)?.(op);
+    } catch (err) {
+      this.log.error({ err, operationId: op.id, kind: op.kind }, 'undoing an operation cancelled before it started failed');
+    }
+  }
 
   /** Publishes an operation change to every event stream. */
   async publish(r: OperationRow): Promise<void> {
@@ -118,7 +141,9 @@ export class OperationsService {
     let updated = await this.ops.requestCancel(id);
     if (updated && updated.status === 'pending') {
       await this.queue.removeIfWaiting(id);
-      updated = (await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' })) ?? updated;
+      const cancelled = await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
+      if (cancelled) await this.cancelledBeforeStart(cancelled);
+      updated = cancelled ?? updated;
     }
     const latest = updated ?? (await this.ops.get(id)) ?? row;
     await this.publish(latest);

@@ -9,6 +9,7 @@ import { inTransaction } from '../database/database';
 import { EventBus } from '../events/event-bus';
 import { OperationContext, OperationRunner } from '../operations/operation-runner';
 import { OperationRow } from '../operations/operation.repository';
+import { OperationsService } from '../operations/operations.service';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { partitionEvent, partitionView } from '../partitions/partition-view';
 import { SnapshotRepository, SnapshotRow } from './snapshot.repository';
@@ -40,12 +41,24 @@ export class SnapshotOperations implements OnModuleInit {
     private readonly events: EventBus,
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
     private readonly images: PartitionImages,
+    private readonly operations: OperationsService,
   ) {}
 
   onModuleInit(): void {
     this.runner.register('snapshot.create', (op, ctx) => this.handleCreate(op, ctx));
     this.runner.register('snapshot.revert', (op, ctx) => this.handleRevert(op, ctx));
     this.runner.register('snapshot.delete', (op, ctx) => this.handleDelete(op, ctx));
+    // Cancelled before the node was asked: a snapshot being created was never made; one being deleted stays.
+    this.operations.onCancelledBeforeStart('snapshot.create', async (op) => {
+      const [partition, snap] = await Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
+      if (partition && snap?.state === 'creating') await this.discard(snap, partition);
+    });
+    this.operations.onCancelledBeforeStart('snapshot.delete', async (op) => {
+      const [partition, snap] = await Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
+      if (!partition || snap?.state !== 'deleting') return;
+      const back = await this.snapshots.setState(this.ds.manager, snap.id, 'ready');
+      if (back) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(back, partition.current_snapshot_id)));
+    });
   }
 
   /** snapshot.create: the node saves it; a failure leaves no snapshot listed and the guest running as before. */

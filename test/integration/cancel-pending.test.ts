@@ -1,0 +1,77 @@
+/**
+ * An operation cancelled before any handler ran undoes what its request recorded: a migration
+ * leaves the partition where it was with the destination's capacity given back; a snapshot being
+ * created is not listed; a snapshot being deleted is ready again. The control plane here only
+ * serves the API (HYPERPLANE_ROLE=api), so every operation stays pending until it is cancelled.
+ */
+import { Api, clusterAdminToken, InProcess, startInProcess } from '../helpers/control-plane';
+import { seedNode, sql } from '../helpers/db';
+
+jest.setTimeout(60_000);
+
+let cp: InProcess;
+let api: Api;
+let partitionId: string;
+const nodeIds: Record<string, string> = {};
+
+/** Lets the partition's pending operations count as done, as a worker would have made them. */
+async function settle(id: string, state = 'running'): Promise<void> {
+  await sql(`UPDATE operations SET status = 'succeeded', finished_at = now() WHERE target_id = $1 AND status IN ('pending', 'running')`, [id]);
+  await sql(`UPDATE partitions SET state = $2 WHERE id = $1`, [id, state]);
+}
+
+const allocated = async (node: string) => Number((await sql<{ m: string }>(`SELECT allocated_memory_mib AS m FROM nodes WHERE id = $1`, [nodeIds[node]]))[0]!.m);
+
+beforeAll(async () => {
+  cp = await startInProcess({ HYPERPLANE_ROLE: 'api' });
+  nodeIds.a = await seedNode('cancel-pending-a');
+  nodeIds.b = await seedNode('cancel-pending-b');
+  const admin = new Api(cp.url, await clusterAdminToken());
+  api = (await admin.newProject('cancel-pending', 'operator')).api;
+  const created = await api.post('/v1/partitions', { name: 'p', vcpus: 1, memoryMiB: 256, image: 'sample', placement: { node: 'cancel-pending-a' } });
+  expect(created.status).toBe(202);
+  partitionId = created.body.partition.id;
+  await settle(partitionId);
+});
+
+afterAll(async () => {
+  await cp?.close();
+});
+
+it('a migration cancelled while pending leaves the partition on its node and frees the destination', async () => {
+  const m = await api.post(`/v1/partitions/${partitionId}/migrate`, { targetNode: 'cancel-pending-b', storage: 'shared' });
+  expect(m.status).toBe(202);
+  expect(m.body.partition.state).toBe('migrating');
+  expect(await allocated('b')).toBe(256); // held while it migrates
+
+  const c = await api.post(`/v1/operations/${m.body.operation.id}/cancel`);
+  expect(c.status).toBe(200);
+  expect(c.body.status).toBe('cancelled');
+
+  const p = await api.get(`/v1/partitions/${partitionId}`);
+  expect(p.body).toMatchObject({ state: 'running', node: nodeIds.a });
+  expect((await sql<{ t: string | null }>(`SELECT target_node_id AS t FROM partitions WHERE id = $1`, [partitionId]))[0]!.t).toBeNull();
+  expect(await allocated('b')).toBe(0);
+  expect(await allocated('a')).toBe(256);
+  // And it can migrate again.
+  const again = await api.post(`/v1/partitions/${partitionId}/migrate`, { targetNode: 'cancel-pending-b', storage: 'shared' });
+  expect(again.status).toBe(202);
+  await api.post(`/v1/operations/${again.body.operation.id}/cancel`);
+  expect(await allocated('b')).toBe(0);
+});
+
+it('a snapshot cancelled while pending is not listed; a delete cancelled while pending leaves it ready', async () => {
+  const s = await api.post(`/v1/partitions/${partitionId}/snapshots`, { name: 'never' });
+  expect(s.status).toBe(202);
+  expect((await api.post(`/v1/operations/${s.body.operation.id}/cancel`)).body.status).toBe('cancelled');
+  expect((await api.get(`/v1/partitions/${partitionId}/snapshots`)).body.items).toEqual([]);
+
+  const kept = await api.post(`/v1/partitions/${partitionId}/snapshots`, { name: 'kept' });
+  await sql(`UPDATE snapshots SET state = 'ready' WHERE id = $1`, [kept.body.snapshot.id]);
+  await settle(partitionId);
+  const d = await api.delete(`/v1/partitions/${partitionId}/snapshots/${kept.body.snapshot.id}`);
+  expect(d.status).toBe(202);
+  expect((await api.post(`/v1/operations/${d.body.operation.id}/cancel`)).body.status).toBe('cancelled');
+  const list = (await api.get(`/v1/partitions/${partitionId}/snapshots`)).body.items;
+  expect(list).toEqual([expect.objectContaining({ name: 'kept', state: 'ready' })]);
+});
