@@ -194,7 +194,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
       }
       await bareQuit(src);
       src = dst;
-      console.log(`migration ${counted ? i + 1 : 'warm-up'}: api ${apiMs.toFixed(0)} ms (downtime ${apiDownMs} ms), bare QMP ${bareMs.toFixed(0)} ms (downtime ${info.downtime} ms)`);
+      console.log(`migration ${counted ? i + 1 : 'warm-up'}: api ${apiMs.toFixed(0)} ms (downtime ${apiDownMs} ms), bare QMP ${bareMs.toFixed(0)} ms (downtime ${info.downtime} ms)${process.env.BENCH_VERBOSE ? ` [QEMU total: api ${mt.totalTimeMs} ms, bare ${info['total-time']} ms]` : ''}`);
     }
 
     const apiSave: number[] = [];

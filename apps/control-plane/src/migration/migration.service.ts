@@ -74,13 +74,10 @@ export class MigrationService {
         }
       }
       const source = (await this.nodes.findByIdOrName(row.node_id!, db))!;
-      let pinned: string | undefined;
-      if (input.targetNode !== undefined) {
-        const t = await this.nodes.findByIdOrName(input.targetNode, db);
-        if (!t) throw ValidationError.field('targetNode', `node '${input.targetNode}' does not exist`);
-        if (t.id === source.id) throw ValidationError.field('targetNode', `partition ${row.name} is on node ${t.name} already`);
-        pinned = t.id;
-      }
+      const named = input.targetNode === undefined ? undefined : await this.nodes.findByIdOrName(input.targetNode, db);
+      if (input.targetNode !== undefined && !named) throw ValidationError.field('targetNode', `node '${input.targetNode}' does not exist`);
+      if (named?.id === source.id) throw ValidationError.field('targetNode', `partition ${row.name} is on node ${named.name} already`);
+      const pinned = named?.id;
       const { node: _pinnedAtCreate, ...rules } = row.placement as PlacementSpec;
       const terms = await this.imagePolicy.requirements(db, projectId, row.image);
       const [targetId] = await this.placement.place(
@@ -89,7 +86,7 @@ export class MigrationService {
         [{ requestId: opts.requestId ?? uuidv7(), vcpus: row.vcpus, memoryMiB: Number(row.memory_mib), diskGiB: row.disk_gib, image: row.image, spec: { ...rules, ...(pinned ? { node: pinned } : {}) }, imageRequirements: terms.requirements, imageInLibrary: terms.inLibrary }],
         { avoidNodes: [source.id], moving: true },
       );
-      const target = (await this.nodes.findByIdOrName(targetId!, db))!;
+      const target = targetId === named?.id ? named! : (await this.nodes.findByIdOrName(targetId!, db))!;
       if (source.tls !== target.tls) {
         const [withTls, without] = source.tls ? [source, target] : [target, source];
         throw new FailedPreconditionError(`cannot migrate partition ${row.name} from node ${source.name} to node ${target.name}: node ${withTls.name} encrypts migrations (TLS) and node ${without.name} has no TLS credentials`);

@@ -264,18 +264,29 @@ export class PartitionRepository {
   }
 
   /**
-   * Ends a migration. `moved`: the partition is now on the target (node_id switches; what the
-   * source reported is forgotten). Otherwise it stays on the source. Either way it goes back to
-   * `state` and has no target any more. Only a partition still migrating changes.
+   * Ends a migration, in one statement. `moved`: the partition is now on the target (node_id
+   * switches; what the source reported is forgotten). Otherwise it stays on the source. Either way
+   * it goes back to `state`, has no target any more, and the capacity of `freedNodeId` (the node
+   * the guest is not on) is given back. Only a partition still migrating changes (nothing is
+   * released otherwise).
    */
-  async endMigration(db: Db, id: string, moved: boolean, state: PartitionState, reason: string): Promise<PartitionRow | undefined> {
+  async endMigrationReleasing(db: Db, id: string, moved: boolean, state: PartitionState, reason: string, freedNodeId: string): Promise<PartitionRow | undefined> {
     const found = await rows<PartitionRow>(db,
-      `UPDATE partitions SET state = $3, state_reason = $4,
-         node_id = CASE WHEN $2 THEN target_node_id ELSE node_id END,
-         observed_state = CASE WHEN $2 THEN '' ELSE observed_state END,
-         observed_reason = CASE WHEN $2 THEN '' ELSE observed_reason END,
-         target_node_id = NULL, version = version + 1, updated_at = now()
-       WHERE id = $1 AND state = 'migrating' RETURNING *`, [id, moved, state, reason]);
+      `WITH p AS (
+         UPDATE partitions SET state = $3, state_reason = $4,
+           node_id = CASE WHEN $2 THEN target_node_id ELSE node_id END,
+           observed_state = CASE WHEN $2 THEN '' ELSE observed_state END,
+           observed_reason = CASE WHEN $2 THEN '' ELSE observed_reason END,
+           target_node_id = NULL, version = version + 1, updated_at = now()
+         WHERE id = $1 AND state = 'migrating' RETURNING *
+       ), freed AS (
+         UPDATE nodes n SET allocated_vcpus = GREATEST(0, n.allocated_vcpus - p.vcpus),
+           allocated_memory_mib = GREATEST(0, n.allocated_memory_mib - p.memory_mib),
+           allocated_disk_bytes = GREATEST(0, n.allocated_disk_bytes - p.disk_gib::bigint * 1073741824),
+           version = n.version + 1, updated_at = now()
+         FROM p WHERE n.id = $5
+       )
+       SELECT * FROM p`, [id, moved, state, reason, freedNodeId]);
     return found[0];
   }
 

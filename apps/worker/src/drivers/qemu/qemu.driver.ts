@@ -142,6 +142,8 @@ const DEFAULT_MAX_DOWNTIME_MS = 300;
 const DEFAULT_POSTCOPY_AFTER_MS = 10_000;
 const DEFAULT_STALL_TIMEOUT_MS = 30_000;
 const MIGRATION_POLL_MS = 200;
+/** How long after a migration ended the QMP events kept back during it are passed on. */
+const HELD_EVENTS_DELAY_MS = 250;
 
 const DEFAULT_START_TIMEOUT_MS = 20_000;
 const DEFAULT_QUIT_TIMEOUT_MS = 5_000;
@@ -487,11 +489,17 @@ export class QemuDriver implements PartitionDriver {
     });
   }
 
-  /** Passes on the QMP events kept back during a migration, and those that follow as they come. */
+  /**
+   * Passes on the QMP events kept back during a migration, shortly after it ended (the steps that
+   * end it do not share the CPU with them either), and those that follow as they come.
+   */
   private releaseEvents(inst: Instance): void {
-    const held = inst.heldEvents ?? [];
-    inst.heldEvents = undefined;
-    if (!this.closed) for (const e of held) this.listener.onEvent(inst.id, e.event, e.data);
+    setTimeout(() => {
+      if (inst.migration || inst.incoming) return; // held again by a new migration: its end passes them on
+      const held = inst.heldEvents ?? [];
+      inst.heldEvents = undefined;
+      if (!this.closed) for (const e of held) this.listener.onEvent(inst.id, e.event, e.data);
+    }, HELD_EVENTS_DELAY_MS).unref();
   }
 
   /** Exit detection for a process that is not our child: QMP disconnect, then the pid disappears. */
