@@ -117,10 +117,12 @@ interface Instance {
   /** Set on the source while `migrationStart` runs. */
   migration: MigrationRun | undefined;
   /**
-   * QMP events kept back while the guest migrates (either side), passed on in order when it
-   * ends: the switch-over then does not share the node's CPU with reporting them.
+   * QMP events kept back while the guest migrates (either side) or a snapshot job runs, passed on
+   * in order when it ends: the switch-over or the load then does not share the node's CPU with
+   * reporting them. `eventHolds` counts what holds them.
    */
   heldEvents: Array<{ event: string; data: Record<string, unknown> }> | undefined;
+  eventHolds: number;
 }
 
 /** An outgoing migration in progress. */
@@ -409,7 +411,7 @@ export class QemuDriver implements PartitionDriver {
       const pid = await readPidFile(join(dir, RUNTIME_FILES.pid));
       if (pid === undefined || pid !== proc.pid) throw new InternalError(`qemu pid file says ${pid ?? 'nothing'}, but the process is ${proc.pid}`);
       const inst = this.newInstance(spec.id, dir, pid, proc);
-      if (incoming) inst.heldEvents = [];
+      if (incoming) this.holdEvents(inst);
       this.attachQmp(inst, qmp);
       const before = await qmp.queryStatus();
       if (incoming) {
@@ -475,7 +477,7 @@ export class QemuDriver implements PartitionDriver {
   private newInstance(id: string, dir: string, pid: number, child: ChildProcess | undefined): Instance {
     let resolveGone!: () => void;
     const gone = new Promise<void>((r) => (resolveGone = r));
-    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined, incoming: undefined, migration: undefined, heldEvents: undefined };
+    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined, incoming: undefined, migration: undefined, heldEvents: undefined, eventHolds: 0 };
   }
 
   private attachQmp(inst: Instance, qmp: QmpClient): void {
@@ -489,13 +491,20 @@ export class QemuDriver implements PartitionDriver {
     });
   }
 
+  /** Keeps the guest's QMP events back until the matching {@link releaseEvents}. */
+  private holdEvents(inst: Instance): void {
+    inst.eventHolds++;
+    inst.heldEvents ??= [];
+  }
+
   /**
-   * Passes on the QMP events kept back during a migration, shortly after it ended (the steps that
-   * end it do not share the CPU with them either), and those that follow as they come.
+   * Passes on the QMP events kept back, shortly after the last hold ended (the steps that end a
+   * migration do not share the CPU with them either), and those that follow as they come.
    */
   private releaseEvents(inst: Instance): void {
+    inst.eventHolds = Math.max(0, inst.eventHolds - 1);
     setTimeout(() => {
-      if (inst.migration || inst.incoming) return; // held again by a new migration: its end passes them on
+      if (inst.eventHolds > 0) return; // held again meanwhile: that hold's end passes them on
       const held = inst.heldEvents ?? [];
       inst.heldEvents = undefined;
       if (!this.closed) for (const e of held) this.listener.onEvent(inst.id, e.event, e.data);
@@ -690,7 +699,12 @@ export class QemuDriver implements PartitionDriver {
         try {
           if (options.withMemory) {
             const job = `snap-save-${Date.now()}`;
-            await runJob(qmp, job, () => qmp.snapshotSave(job, options.tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+            this.holdEvents(inst);
+            try {
+              await runJob(qmp, job, () => qmp.snapshotSave(job, options.tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+            } finally {
+              this.releaseEvents(inst);
+            }
           } else {
             await qmp.blockdevSnapshotInternalSync(DISK_NODE, options.tag);
           }
@@ -761,17 +775,20 @@ export class QemuDriver implements PartitionDriver {
       if (!this.instances.get(id)) {
         await run(this.qemuImg, ['snapshot', '--image-opts', '-a', tag, qcow2ImageOpts(await this.offlineDisk(id))]);
       } else {
-        const { qmp } = this.live(id, 'revert');
+        const inst = this.live(id, 'revert');
+        const { qmp } = inst;
         if (entry.vmStateBytes === 0) {
           throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
         }
         const wasRunning = (await qmp.queryStatus()).running;
         const job = `snap-load-${Date.now()}`;
         let loaded = false;
+        this.holdEvents(inst);
         try {
           await runJob(qmp, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
           loaded = true; // QEMU resumes a guest that ran before a load that succeeded
         } finally {
+          this.releaseEvents(inst);
           if (!loaded && wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
         }
       }
@@ -880,7 +897,7 @@ export class QemuDriver implements PartitionDriver {
     const run: MigrationRun = { cancelRequested: false, postcopy: false, done: Promise.resolve() };
     const work = this.exclusive(id, 'migrate', async () => {
       inst.migration = run;
-      inst.heldEvents ??= [];
+      this.holdEvents(inst);
       try {
         // Subscribed before the first poll: no event falls between a poll and the wait after it.
         const events = { ready: watchEvent(inst.qmp, 'BLOCK_JOB_READY'), migration: watchEvent(inst.qmp, 'MIGRATION') };
