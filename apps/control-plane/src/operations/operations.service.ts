@@ -112,6 +112,8 @@ export class OperationsService {
     }
     const row = await this.find(principal, projectId, id);
     if (isFinal(row.status) || seconds === 0) return operationView(row);
+    // The final view, when an event brought it (no read needed then).
+    let final: OperationView | undefined;
     await new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
@@ -120,9 +122,15 @@ export class OperationsService {
         signal?.removeEventListener('abort', done);
         resolve();
       };
-      const check = () => void this.ops.get(id).then((r) => (!r || isFinal(r.status) ? done() : undefined), () => undefined);
+      const check = () => void this.ops.get(id).then((r) => {
+        if (r && !isFinal(r.status)) return;
+        if (r) final = operationView(r);
+        done();
+      }, () => undefined);
       const unsubscribe = this.events.subscribeTo(id, (e) => {
-        if (e.resourceType === 'operation' && isFinal((e.data as OperationView).status as OperationStatus)) done();
+        if (e.resourceType !== 'operation' || !isFinal((e.data as OperationView).status as OperationStatus)) return;
+        final = e.data as OperationView;
+        done();
       });
       // Events are notifications only: look now (it may have finished before we subscribed) and now and then.
       const poll = setInterval(check, 2000);
@@ -130,7 +138,7 @@ export class OperationsService {
       signal?.addEventListener('abort', done);
       check();
     });
-    return operationView((await this.ops.get(id)) ?? row);
+    return final ?? operationView((await this.ops.get(id)) ?? row);
   }
 
   /** Requests cancellation: a pending operation is cancelled at once, a running one at its next step. */
