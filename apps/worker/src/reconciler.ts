@@ -78,6 +78,8 @@ interface Entry {
   gone: boolean;
   /** Receiving this partition by live migration (until finish or abort). */
   incoming: boolean;
+  /** While incoming: the migration's id and its prepare, which a second prepare of it joins. */
+  preparing: { migrationId: string; result: Promise<agentV1.CommandResult> } | undefined;
 }
 
 /** The reason reported for a partition being received by live migration. */
@@ -315,7 +317,7 @@ export class Reconciler {
   }
 
   private newEntry(id: string): Entry {
-    return { id, spec: undefined, applied: 0, accepted: -1, pending: undefined, state: 'absent', reason: '', pid: 0, tail: Promise.resolve(), stopRequest: undefined, gone: false, incoming: false };
+    return { id, spec: undefined, applied: 0, accepted: -1, pending: undefined, state: 'absent', reason: '', pid: 0, tail: Promise.resolve(), stopRequest: undefined, gone: false, incoming: false, preparing: undefined };
   }
 
   /** Runs `fn` in the partition's queue; its error becomes a failed result. */
@@ -374,6 +376,9 @@ export class Reconciler {
         const spec = body.spec ? specFromWire(body.spec) : undefined;
         if (!spec) return { commandId, ok: false, errorCode: 'INVALID_ARGUMENT', errorMessage: 'migration_prepare_target needs a spec with an id', payload: '' };
         const known = this.entries.get(spec.id);
+        if (known?.incoming && known.preparing && body.migrationId && known.preparing.migrationId === body.migrationId) {
+          return { ...(await known.preparing.result), commandId }; // the same migration prepared again: the same answer
+        }
         if (known) {
           return { commandId, ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: `partition ${spec.name || spec.id} is already on this node (${known.state})`, payload: '' };
         }
@@ -384,7 +389,7 @@ export class Reconciler {
         e.accepted = spec.generation;
         this.entries.set(spec.id, e);
         const storage: MigrationStorage = body.storage === 'shared' ? 'shared' : 'copy';
-        const result = await this.queued(commandId, e, async () => {
+        const prepared = this.queued(commandId, e, async () => {
           this.setState(e, 'starting', INCOMING_REASON);
           const host = body.host || this.deps.address || '127.0.0.1';
           const target = await this.driver.migrationPrepareTarget(
@@ -403,6 +408,8 @@ export class Reconciler {
           await this.settle(e);
           return JSON.stringify(target);
         });
+        if (body.migrationId) e.preparing = { migrationId: body.migrationId, result: prepared };
+        const result = await prepared;
         if (!result.ok && this.entries.get(spec.id) === e) {
           e.gone = true;
           this.entries.delete(spec.id);
@@ -504,6 +511,7 @@ export class Reconciler {
           }
           const guest = await this.driver.migrationFinishTarget(id);
           e.incoming = false;
+          e.preparing = undefined;
           e.pid = guest.pid;
           this.setState(e, 'running', '');
           await this.settle(e);

@@ -78,7 +78,9 @@ export class MigrationOperations implements OnModuleInit {
   private async undoPending(op: OperationRow): Promise<void> {
     const p = op.params as unknown as MigrateParams;
     const row = await this.partitions.getById(op.target_id);
-    if (row?.state === 'migrating' && row.target_node_id === p.targetNodeId) await this.end(row, 'stayed', p, '');
+    if (row?.state !== 'migrating' || row.target_node_id !== p.targetNodeId) return;
+    await this.abortTarget(row, p, this.log.child({ operationId: op.id })); // what was prepared ahead
+    await this.end(row, 'stayed', p, '');
   }
 
   /** partition.migrate: see the class comment for the order of steps. */
@@ -118,7 +120,8 @@ export class MigrationOperations implements OnModuleInit {
           this.images.ensureOnNode(row, p.targetNodeId, ctx),
           p.live && p.storage === 'shared' ? this.sharedDiskPath(row, p) : undefined,
         ]);
-        targetInfo = await this.prepare(row, p, sharedDiskPath);
+        // Usually prepared ahead already (see prepareAhead): then the node answers what it answered then.
+        targetInfo = await this.prepare(row, p, sharedDiskPath, op.id);
         timings.prepareMs = Date.now() - t0;
       } catch (e) {
         await this.abortTarget(row, p, log);
@@ -169,11 +172,26 @@ export class MigrationOperations implements OnModuleInit {
     log.info({ ...result, ...timings }, 'partition migrated');
   }
 
+  /**
+   * Starts getting the destination of a live migration ready as soon as the request committed,
+   * while the operation is queued and picked up (the QEMU spawn takes as long as both): the
+   * operation's own prepare of the same migration then joins it on the node. Best effort: if it
+   * fails, the operation's prepare reports why. Not for a library image the node may lack (the
+   * operation fetches it first, with progress).
+   */
+  prepareAhead(migrationId: string, row: PartitionRow, p: MigrateParams): void {
+    if (!p.live || row.image_id) return;
+    void (async () => {
+      const disk = p.storage === 'shared' ? await this.sharedDiskPath(row, p) : undefined;
+      await this.prepare(row, p, disk, migrationId);
+    })().catch((err: unknown) => this.log.debug({ err, operationId: migrationId }, 'preparing the destination ahead failed; the operation prepares it'));
+  }
+
   /** Prepares the destination; returns what the source needs to reach it. */
-  private async prepare(row: PartitionRow, p: MigrateParams, sharedDiskPath: string | undefined): Promise<Record<string, unknown>> {
+  private async prepare(row: PartitionRow, p: MigrateParams, sharedDiskPath: string | undefined, migrationId: string): Promise<Record<string, unknown>> {
     const spec = specOf(row);
     const body: CommandBody = p.live
-      ? { migrationPrepareTarget: { spec: { ...spec, desired: 'running' }, storage: p.storage, postcopy: Boolean(p.options.postcopy), tls: p.tls, ...(sharedDiskPath ? { sharedDiskPath } : {}) } }
+      ? { migrationPrepareTarget: { spec: { ...spec, desired: 'running' }, storage: p.storage, postcopy: Boolean(p.options.postcopy), tls: p.tls, migrationId, ...(sharedDiskPath ? { sharedDiskPath } : {}) } }
       : { coldMigrationPrepareTarget: { spec: { ...spec, desired: 'stopped' } } };
     const r = await this.sessions.command(p.targetNodeId, body, PREPARE_TIMEOUT_MS);
     if (!r.ok) throw agentFailure(r, `preparing node ${p.targetNodeName} to receive partition ${row.name}`);

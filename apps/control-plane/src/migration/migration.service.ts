@@ -3,11 +3,12 @@ import { FailedPreconditionError, Principal, ValidationError, uuidv7 } from '@hy
 import { MutationOptions } from '../common/transactions';
 import { ImagePolicy } from '../images/image-policy';
 import { NodeRepository } from '../nodes/node.repository';
-import { PartitionRepository } from '../partitions/partition.repository';
+import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { PartitionOperationView, PartitionsService } from '../partitions/partitions.service';
 import { PlacementService, PlacementSpec } from '../partitions/placement.service';
 import { ServiceChainRepository } from '../service-chains/service-chain.repository';
 import { SnapshotRepository } from '../snapshots/snapshot.repository';
+import { MigrationOperations } from './migration-operations';
 import { MigratePartitionInput } from './migration.dto';
 
 /** What a `partition.migrate` operation carries (its params). */
@@ -47,6 +48,7 @@ export class MigrationService {
     private readonly placement: PlacementService,
     private readonly imagePolicy: ImagePolicy,
     private readonly chains: ServiceChainRepository,
+    private readonly operations: MigrationOperations,
   ) {}
 
   /**
@@ -54,7 +56,7 @@ export class MigrationService {
    * node or one the scheduler chooses among the others under the partition's placement rules.
    */
   migrate(principal: Principal, projectId: string, id: string, input: MigratePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView> {
-    return this.partitionsService.act(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row) => {
+    return this.partitionsService.act<{ row: PartitionRow; params: MigrateParams }>(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row) => {
       const running = row.state === 'running';
       const live = input.live ?? running;
       if (live && !running) throw new FailedPreconditionError(`cannot migrate partition ${row.name} live: it is ${row.state} (a stopped partition migrates cold: leave live unset or false)`);
@@ -109,7 +111,9 @@ export class MigrationService {
         },
       };
       const moving = await this.partitions.beginMigration(db, row.id, target.id, `${live ? 'live' : 'cold'} migration to node ${target.name}`);
-      return { row: moving, params: params as unknown as Record<string, unknown> };
+      return { row: moving, params: params as unknown as Record<string, unknown>, extra: { row: moving ?? row, params } };
+    }, async (done) => {
+      if (done.extra) this.operations.prepareAhead(done.operation.id, done.extra.row, done.extra.params);
     }).then(({ partition, operation }) => ({ partition, operation }));
   }
 }
