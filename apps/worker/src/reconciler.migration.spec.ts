@@ -205,6 +205,30 @@ describe('Reconciler snapshot and migration commands', () => {
       expect(existsSync(join(dir, 'partitions', A))).toBe(false);
     });
 
+    it('a second prepare of the same migration (prepared ahead, then by the operation) joins the first; another migration is refused', async () => {
+      const slow = deferred<void>();
+      driver.when('migrationPrepareTarget', async (_spec, options) => {
+        await slow.promise;
+        driver.running.set(A, 88);
+        return { host: options.host, port: options.port, storage: options.storage };
+      });
+      const body = (id: string, migrationId: string) => ({ id, body: 'migrationPrepareTarget', migrationPrepareTarget: { spec: spec(A, 'running', 5), port: 4000, storage: 'shared', sharedDiskPath: '/d/disk.qcow2', migrationId } }) as const;
+      const first = reconciler.command(body('p1', 'm-1'));
+      await new Promise((r) => setTimeout(r, 0));
+      const again = reconciler.command(body('p2', 'm-1'));
+      const other = reconciler.command(body('p3', 'm-2'));
+      await expect(other).resolves.toMatchObject({ commandId: 'p3', ok: false, errorCode: 'FAILED_PRECONDITION' });
+      slow.resolve();
+      const answer = { ok: true, payload: JSON.stringify({ host: '127.0.0.9', port: 4000, storage: 'shared' }) };
+      await expect(first).resolves.toMatchObject({ commandId: 'p1', ...answer });
+      await expect(again).resolves.toMatchObject({ commandId: 'p2', ...answer });
+      expect(driver.callsOf('migrationPrepareTarget')).toHaveLength(1);
+      // Once finished it runs here: a prepare of the same migration is refused then.
+      driver.when('migrationFinishTarget', async () => ({ pid: 88 }));
+      await expect(reconciler.command({ id: 'f1', body: 'migrationFinishTarget', migrationFinishTarget: { partitionId: A } })).resolves.toMatchObject({ ok: true });
+      await expect(reconciler.command(body('p4', 'm-1'))).resolves.toMatchObject({ ok: false, errorCode: 'FAILED_PRECONDITION' });
+    });
+
     it('prepare for a partition the node has already is refused; a failed prepare leaves nothing', async () => {
       await running();
       await expect(prepare()).resolves.toMatchObject({ ok: false, errorCode: 'FAILED_PRECONDITION' });
