@@ -444,6 +444,11 @@ describe('place: bounded search', () => {
     if (!more.ok) expect(more.message).toBe('no node fits: 100 nodes: not enough vcpus');
   });
 
+  it('takes a bound below 1 as 1, so a refusal still names every node', () => {
+    expect(placed(place(distinct, request({ requestId: 'zero' }), { config: spread(0) })).explain).toMatchObject({ feasible: 1, maxCandidates: 1 });
+    expect(rejected(place(nodes(5, () => ({ state: 'cordoned' })), request(), { config: spread(0) })).message).toBe('no node fits: 5 nodes: cordoned');
+  });
+
   it('does not change a pinned placement', () => {
     const r = placed(place(distinct, request({ node: 'n0500' }), { config: spread(1) }));
     expect(r.node.id).toBe('n0500');

@@ -310,7 +310,8 @@ function placeIn(cluster: Cluster, req: PlacementRequest, config: SchedulerConfi
   const scorerWeights = scorers.map(weight);
   const weightSum = scorerWeights.reduce((a, b) => a + b, 0);
   const softGroup = scorers.some((sc) => sc === s.softAffinity || sc === s.softAntiAffinity);
-  const limit = softGroup ? Infinity : (config.maxCandidates ?? defaultMaxCandidates(nodes.length, strategy));
+  // A bound below 1 would look at no node and refuse with no reasons: it counts as 1.
+  const limit = softGroup ? Infinity : Math.max(1, config.maxCandidates ?? defaultMaxCandidates(nodes.length, strategy));
 
   // Filters that cannot refuse any node for this request are not asked at all.
   const filters = FILTERS.filter((f) => !f.applies || f.applies(req, ctx));
