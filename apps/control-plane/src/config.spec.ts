@@ -17,6 +17,15 @@ describe('configuration', () => {
     expect(c.operationConcurrency).toBe(256);
   });
 
+  it.each([
+    [undefined, undefined],
+    ['auto', undefined],
+    ['all', Infinity],
+    ['10', 10],
+  ])('takes HYPERPLANE_SCHEDULER_MAX_CANDIDATES=%s as %s', (raw, expected) => {
+    expect(loadConfig(raw === undefined ? {} : { HYPERPLANE_SCHEDULER_MAX_CANDIDATES: raw }).schedulerMaxCandidates).toBe(expected);
+  });
+
   it('takes the process role', () => {
     expect(loadConfig({ HYPERPLANE_ROLE: 'api' }).role).toBe('api');
     expect(loadConfig({ HYPERPLANE_ROLE: 'operations' }).role).toBe('operations');
@@ -31,6 +40,8 @@ describe('configuration', () => {
     [{ HYPERPLANE_LOG_LEVEL: 'loud' }, 'HYPERPLANE_LOG_LEVEL="loud" must be one of'],
     [{ HYPERPLANE_ROLE: 'worker' }, 'HYPERPLANE_ROLE="worker" must be one of all, api, operations'],
     [{ HYPERPLANE_OPERATION_CONCURRENCY: '0' }, 'HYPERPLANE_OPERATION_CONCURRENCY="0" is not a positive integer'],
+    [{ HYPERPLANE_SCHEDULER_MAX_CANDIDATES: '0' }, 'HYPERPLANE_SCHEDULER_MAX_CANDIDATES="0" must be auto, all or a positive integer'],
+    [{ HYPERPLANE_SCHEDULER_MAX_CANDIDATES: 'many' }, 'HYPERPLANE_SCHEDULER_MAX_CANDIDATES="many" must be auto, all or a positive integer'],
   ])('rejects %j naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);

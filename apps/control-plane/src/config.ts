@@ -24,6 +24,12 @@ export interface Config {
   operationTimeoutMs: number;
   /** Cluster default placement strategy; a request may choose the other. */
   placementStrategy: 'binpack' | 'spread';
+  /**
+   * Most feasible nodes one placement scores (HYPERPLANE_SCHEDULER_MAX_CANDIDATES): a number,
+   * `Infinity` for every node (`all`), or undefined for the scheduler's default (`auto`:
+   * max(32, ⌈log₂ nodes⌉) for spread, every node for binpack; see libs/scheduler defaultMaxCandidates).
+   */
+  schedulerMaxCandidates?: number;
   /** Largest image file an upload may send (bytes). */
   maxImageBytes: number;
   /** Largest virtual disk size an image may declare (bytes). */
@@ -103,6 +109,14 @@ function strategy(env: NodeJS.ProcessEnv): 'binpack' | 'spread' {
   return raw;
 }
 
+function maxCandidates(env: NodeJS.ProcessEnv): { schedulerMaxCandidates?: number } {
+  const raw = env.HYPERPLANE_SCHEDULER_MAX_CANDIDATES;
+  if (raw === undefined || raw === '' || raw === 'auto') return {};
+  if (raw === 'all') return { schedulerMaxCandidates: Infinity };
+  if (!/^\d+$/.test(raw) || Number(raw) <= 0) throw new ConfigError(`HYPERPLANE_SCHEDULER_MAX_CANDIDATES=${JSON.stringify(raw)} must be auto, all or a positive integer`);
+  return { schedulerMaxCandidates: Number(raw) };
+}
+
 function secretsKey(env: NodeJS.ProcessEnv): { secretsKey?: Buffer } {
   const raw = env.HYPERPLANE_SECRETS_KEY;
   if (raw === undefined || raw === '') return {};
@@ -135,6 +149,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     joinToken: env.HYPERPLANE_JOIN_TOKEN ?? '',
     operationTimeoutMs: positiveInt(env, 'HYPERPLANE_OPERATION_TIMEOUT_MS', 300000),
     placementStrategy: strategy(env),
+    ...maxCandidates(env),
     maxImageBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_BYTES', 16 * 1024 ** 3),
     maxImageVirtualBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_VIRTUAL_BYTES', 4 * 1024 ** 4),
     operationConcurrency: positiveInt(env, 'HYPERPLANE_OPERATION_CONCURRENCY', 256),

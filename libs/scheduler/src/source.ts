@@ -28,15 +28,17 @@ export function sortById(nodes: readonly NodeCandidate[]): NodeCandidate[] {
 }
 
 /**
- * The candidate order for one placement: a Fisher–Yates shuffle of `sorted` seeded by `seed`.
- * Precondition: `sorted` is ordered by id ({@link sortById}); then the same seed and the same
- * nodes always give the same order, which is what lets a placement be replayed.
+ * The candidate order for one placement: a Fisher–Yates shuffle of `sorted` seeded by `seed`,
+ * drawn from the front (position i is settled by the i-th draw, so a search that stops after k
+ * nodes draws k numbers and sees the order's first k). Precondition: `sorted` is ordered by id
+ * ({@link sortById}); then the same seed and the same nodes always give the same order, which is
+ * what lets a placement be replayed.
  */
 export function shuffle<T>(sorted: readonly T[], seed: number): T[] {
   const out = sorted.slice();
   const rand = mulberry32(seed);
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
+  for (let i = 0; i < out.length - 1; i++) {
+    const j = i + Math.floor(rand() * (out.length - i));
     const t = out[i];
     out[i] = out[j];
     out[j] = t;

@@ -1,9 +1,9 @@
 import { ResourceExhaustedError } from '@hyperplane/domain';
 import { NoNodeFitsError, QuotaExceededError, rejectionError } from './errors';
 import { seedFrom, shuffle, sortById } from './source';
-import { FILTERS, SCORERS, PlacementSession, place, placeMany, withPlacement, type Placed, type PlacementResult, type Rejected } from './stack';
+import { FILTERS, SCORERS, PlacementSession, defaultMaxCandidates, place, placeMany, withPlacement, type Placed, type PlacementResult, type Rejected } from './stack';
 import { node, nodes, request } from './testing/fixtures';
-import type { NodeCandidate, PlacementRequest } from './types';
+import type { NodeCandidate, PlacementRequest, SchedulerConfig } from './types';
 
 function placed(r: PlacementResult): Placed {
   if (!r.ok) throw new Error(`expected a placement, got: ${r.message}`);
@@ -307,7 +307,7 @@ describe('withPlacement', () => {
 });
 
 describe('place over 1,000 nodes', () => {
-  it('runs each filter at most once per node and scores only feasible nodes, once each', () => {
+  it('runs each filter at most once per node and scores only feasible nodes, once each (exhaustive search)', () => {
     const cluster = nodes(1000, (i) => ({
       state: i % 10 === 0 ? 'cordoned' : 'ready',
       allocated: i % 3 === 0 ? { memoryMiB: 32768 } : {},
@@ -317,7 +317,7 @@ describe('place over 1,000 nodes', () => {
     const filterSpies = FILTERS.map((f) => jest.spyOn(f, 'check'));
     const scorerSpies = SCORERS.map((s) => jest.spyOn(s, 'score'));
     try {
-      const r = placed(place(cluster, request({ nodeSelector: { zone: 'a' }, cpuFeatures: ['avx2'] })));
+      const r = placed(place(cluster, request({ nodeSelector: { zone: 'a' }, cpuFeatures: ['avx2'] }), { config: { defaultStrategy: 'spread', maxCandidates: Infinity } }));
       const calls = (spy: jest.SpyInstance) => spy.mock.calls.map((c) => (c[0] as NodeCandidate).id);
       for (const spy of [...filterSpies, ...scorerSpies]) {
         const ids = calls(spy);
@@ -333,5 +333,125 @@ describe('place over 1,000 nodes', () => {
     } finally {
       for (const spy of [...filterSpies, ...scorerSpies]) spy.mockRestore();
     }
+  });
+});
+
+describe('defaultMaxCandidates', () => {
+  it.each([
+    [1, 'spread', 32],
+    [32, 'spread', 32],
+    [1000, 'spread', 32],
+    [2 ** 40, 'spread', 40],
+    [2 ** 40 + 1, 'spread', 41],
+    [3, 'binpack', Infinity],
+    [1000, 'binpack', Infinity],
+  ] as const)('%d nodes, %s: %d', (n, strategy, expected) => {
+    expect(defaultMaxCandidates(n, strategy)).toBe(expected);
+  });
+});
+
+describe('place: bounded search', () => {
+  const spread = (maxCandidates?: number): SchedulerConfig => ({ defaultStrategy: 'spread', maxCandidates });
+  /** 1,000 nodes, each with a different allocation, so no two spread or binpack scores tie. */
+  const distinct = nodes(1000, (i) => ({ capacity: { vcpus: 2048, memoryMiB: 1 << 20 }, allocated: { vcpus: (i * 7919) % 1000, memoryMiB: ((i * 7919) % 1000) * 1024 } }));
+  /** The first `k` nodes of the request's shuffled order that `feasible` accepts. */
+  const firstFeasible = (cluster: NodeCandidate[], req: PlacementRequest, k: number, feasible: (n: NodeCandidate) => boolean) =>
+    shuffle(sortById(cluster), seedFrom(req.requestId)).filter(feasible).slice(0, k);
+
+  it.each([
+    ['spread, bound 1', 'spread', 1],
+    ['spread, bound 10', 'spread', 10],
+    ['spread, default bound', 'spread', undefined],
+    ['binpack, bound 10', 'binpack', 10],
+  ] as const)('%s: picks the best of the first feasible nodes of the shuffled order', (_name, strategy, bound) => {
+    const k = bound ?? 32;
+    for (let i = 0; i < 20; i++) {
+      const req = request({ requestId: `bounded-${i}`, strategy });
+      const r = placed(place(distinct, req, { config: { defaultStrategy: 'spread', maxCandidates: bound } }));
+      const seen = firstFeasible(distinct, req, k, () => true);
+      const best = placed(place(seen, req, { config: spread(Infinity) }));
+      expect(r.node.id).toBe(best.node.id);
+      expect(r.explain).toMatchObject({ candidates: k, feasible: k, maxCandidates: k, rejected: [] });
+    }
+  });
+
+  it('counts only feasible nodes toward the bound, and reports the rejections it saw', () => {
+    const cluster = nodes(1000, (i) => ({ state: i % 4 === 0 ? 'ready' : 'cordoned' }));
+    const req = request({ requestId: 'skips-cordoned' });
+    const r = placed(place(cluster, req, { config: spread(5) }));
+    const walked = shuffle(sortById(cluster), seedFrom(req.requestId));
+    const fifth = walked.findIndex((_, j) => walked.slice(0, j + 1).filter((n) => n.state === 'ready').length === 5);
+    expect(r.explain.feasible).toBe(5);
+    expect(r.explain.candidates).toBe(fifth + 1);
+    expect(r.explain.rejected).toEqual([{ reason: 'cordoned', count: fifth + 1 - 5, message: 'cordoned' }]);
+  });
+
+  it.each([
+    ['no node fits', () => nodes(1000, (i) => ({ state: i % 2 ? 'cordoned' : 'ready', allocated: { memoryMiB: 32768 } })), 'no node fits: 500 nodes: cordoned; 500 nodes: not enough memory'],
+    ['one node fits', () => nodes(1000, (i) => ({ allocated: { memoryMiB: i === 613 ? 0 : 32768 } })), null],
+  ] as const)('%s: a search that finds fewer feasible nodes than its bound has looked at every node', (_name, make, message) => {
+    const cluster = make();
+    const check = jest.spyOn(FILTERS[1], 'check');
+    try {
+      const r = place(cluster, request({ requestId: 'scarce' }), { config: spread(32) });
+      expect(check).toHaveBeenCalledTimes(1000);
+      if (message === null) {
+        expect(placed(r).node.id).toBe('n0614');
+        expect(placed(r).explain).toMatchObject({ candidates: 1000, feasible: 1 });
+        expect(placed(r).explain.rejected).toEqual([{ reason: 'memory', count: 999, message: 'not enough memory' }]);
+      } else {
+        expect(rejected(r).message).toBe(message);
+        expect(rejected(r)).toEqual(rejected(place(cluster, request({ requestId: 'scarce' }), { config: spread(Infinity) })));
+      }
+    } finally {
+      check.mockRestore();
+    }
+  });
+
+  it.each([
+    ['a bound of at least the cluster size', { requestId: 'x' }, spread(1000)],
+    ['binpack by default', { requestId: 'x', strategy: 'binpack' }, spread()],
+    ['soft anti-affinity', { requestId: 'x', group: { name: 'web', policy: 'anti-affinity', hard: false } }, spread(3)],
+    ['soft affinity', { requestId: 'x', group: { name: 'web', policy: 'affinity', hard: false } }, spread(3)],
+  ] as const)('searches every node for %s', (_name, o, config) => {
+    const cluster = distinct.map((n, i) => (i % 100 === 0 ? { ...n, groups: { 'p1/web': 1 } } : n));
+    for (let i = 0; i < 10; i++) {
+      const req = request({ ...o, requestId: `every-${i}` } as Partial<PlacementRequest>);
+      const r = placed(place(cluster, req, { config }));
+      expect(r.explain.candidates).toBe(1000);
+      expect(r.node.id).toBe(placed(place(cluster, req, { config: { ...config, maxCandidates: Infinity } })).node.id);
+    }
+  });
+
+  it('answers the same whatever order the nodes come in, and breaks ties by the shuffled order', () => {
+    const equal = nodes(200);
+    for (let i = 0; i < 20; i++) {
+      const req = request({ requestId: `tie-${i}` });
+      const a = placed(place(equal, req, { config: spread(8) }));
+      expect(placed(place(equal.slice().reverse(), req, { config: spread(8) })).node.id).toBe(a.node.id);
+      expect(a.node.id).toBe(shuffle(sortById(equal), seedFrom(req.requestId))[0]!.id);
+    }
+  });
+
+  it('never overcommits a node in a session, and still spreads evenly', () => {
+    const cluster = nodes(100, () => ({ capacity: { vcpus: 4, memoryMiB: 4096 } }));
+    const session = new PlacementSession(cluster, { config: spread(4) });
+    const r = session.placeAll(replicas(400, { vcpus: 1, memoryMiB: 1024 }).map((q, i) => ({ ...q, requestId: `fill-${i}` })));
+    if (!r.ok) throw new Error(r.message);
+    expect(session.nodes.every((n) => n.allocated.vcpus === 4)).toBe(true);
+    const more = session.placeAll([request({ requestId: 'one-more', vcpus: 1, memoryMiB: 1024 })]);
+    expect(more.ok).toBe(false);
+    if (!more.ok) expect(more.message).toBe('no node fits: 100 nodes: not enough vcpus');
+  });
+
+  it('takes a bound below 1 as 1, so a refusal still names every node', () => {
+    expect(placed(place(distinct, request({ requestId: 'zero' }), { config: spread(0) })).explain).toMatchObject({ feasible: 1, maxCandidates: 1 });
+    expect(rejected(place(nodes(5, () => ({ state: 'cordoned' })), request(), { config: spread(0) })).message).toBe('no node fits: 5 nodes: cordoned');
+  });
+
+  it('does not change a pinned placement', () => {
+    const r = placed(place(distinct, request({ node: 'n0500' }), { config: spread(1) }));
+    expect(r.node.id).toBe('n0500');
+    expect(r.explain.candidates).toBe(1);
   });
 });

@@ -124,6 +124,13 @@ export interface SchedulerConfig {
   defaultStrategy: Strategy;
   /** Overrides of {@link DEFAULT_WEIGHTS}, by scorer name. */
   weights?: Partial<ScorerWeights>;
+  /**
+   * Most feasible nodes one placement scores (a bounded search, after Nomad's LimitIterator):
+   * the first ones of the seeded shuffled order. `Infinity` scores every feasible node. Absent:
+   * {@link defaultMaxCandidates} (bounded for spread, every node for binpack). A search that finds fewer feasible nodes
+   * has looked at every node, so a refusal still counts every node's reason.
+   */
+  maxCandidates?: number;
 }
 
 /** Why one node (or the request as a whole) was turned down; `message` must not depend on the node, so equal rejections aggregate. */

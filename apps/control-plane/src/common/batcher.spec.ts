@@ -37,6 +37,13 @@ describe('Batcher', () => {
     expect(r.batches).toEqual([[4, 5], [20], [3]]);
   });
 
+  it('lets no lighter item overtake one that did not fit (a count create waited behind batch after batch of single ones)', async () => {
+    const r = recorder();
+    const b = new Batcher(r.run, { maxBatch: 10, weight: (i) => i, maxInFlight: 1 });
+    await Promise.all([8, 5, 1, 1, 9].map((i) => b.call(i)));
+    expect(r.batches).toEqual([[8], [5, 1, 1], [9]]);
+  });
+
   it('never puts two items of one key in a batch, and keeps their order', async () => {
     const r = recorder();
     const b = new Batcher(r.run, { key: (i) => String(i % 10), maxInFlight: 1 });

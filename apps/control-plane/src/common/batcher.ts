@@ -5,7 +5,10 @@
 
 /** How a {@link Batcher} groups calls. */
 export interface BatcherOptions<I> {
-  /** Most items in one batch call (of total `weight`, when given; a batch always takes one item). */
+  /**
+   * Most items in one batch call (of total `weight`, when given; a batch always takes one item).
+   * Batches are taken in call order: once an item does not fit, the items behind it wait with it.
+   */
   maxBatch?: number;
   /** What one item counts for against `maxBatch` (default 1). */
   weight?: (item: I) => number;
@@ -73,10 +76,14 @@ export class Batcher<I, O> {
     const batch: Batcher<I, O>['queue'] = [];
     const rest: Batcher<I, O>['queue'] = [];
     let total = 0;
+    // Once an item does not fit, the lighter ones behind it do not overtake it: else a heavy item
+    // (a create with `count` 100) waits while batch after batch fills up with light ones.
+    let full = false;
     for (const q of this.queue) {
       const k = key?.(q.item);
       const w = weight ? weight(q.item) : 1;
-      if ((batch.length > 0 && total + w > this.maxBatch) || (k !== undefined && seen.has(k))) {
+      full ||= batch.length > 0 && total + w > this.maxBatch;
+      if (full || (k !== undefined && seen.has(k))) {
         rest.push(q);
         if (k !== undefined) seen.add(k); // later items of this key wait too, so they keep their order
       } else {

@@ -77,7 +77,7 @@ export class PlacementService {
   ) {}
 
   private get schedulerConfig(): SchedulerConfig {
-    return { defaultStrategy: this.config.placementStrategy };
+    return { defaultStrategy: this.config.placementStrategy, maxCandidates: this.config.schedulerMaxCandidates };
   }
 
   /**

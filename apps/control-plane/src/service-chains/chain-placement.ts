@@ -71,7 +71,7 @@ export class ChainPlacement {
         group: { name: `chain-${d.chainId}-${d.link}`, policy: 'anti-affinity', hard: true },
         strategy: 'spread',
       }));
-      return { results: placeMany(candidates, reqs, { config: { defaultStrategy: this.config.placementStrategy } }), providers: candidates.filter((c) => c.state === 'ready').length };
+      return { results: placeMany(candidates, reqs, { config: { defaultStrategy: this.config.placementStrategy, maxCandidates: this.config.schedulerMaxCandidates } }), providers: candidates.filter((c) => c.state === 'ready').length };
     };
     let { results, providers } = attempt(d.avoid ?? new Set());
     if (results.some((r) => !r.ok) && d.avoid?.size) ({ results, providers } = attempt(new Set()));

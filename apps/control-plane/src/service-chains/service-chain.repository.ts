@@ -3,6 +3,7 @@ import { AlreadyExistsError } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
 import { PageRequest } from '../common/pagination';
 import { DATA_SOURCE } from '../common/tokens';
+import { Batcher } from '../common/batcher';
 import { Db, isUniqueViolation, rows } from '../database/database';
 import type { LinkKind, ReplicaState, ThrottleLimits } from './chain-rules';
 
@@ -125,6 +126,19 @@ export interface ReplicaObservation {
 @Injectable()
 export class ServiceChainRepository {
   constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
+
+  /** Attachment reads of specs sent at the same moment (one per partition a node is told about), as one statement. */
+  private readonly attachmentReads = new Batcher<string[], AttachmentRow[]>(
+    async (calls) => {
+      const all = await rows<AttachmentRow>(this.ds, `SELECT * FROM partition_attachments WHERE partition_id = ANY($1::uuid[]) ORDER BY partition_id, device_index`, [[...new Set(calls.flat())]]);
+      if (all.length === 0) return calls.map(() => []);
+      return calls.map((ids) => {
+        const wanted = new Set(ids);
+        return all.filter((a) => wanted.has(a.partition_id));
+      });
+    },
+    { maxBatch: 2000, weight: (ids) => ids.length },
+  );
 
   /** Inserts a chain; a taken name is {@link AlreadyExistsError}. */
   async insertChain(tx: Db, c: { id: string; projectId: string; name: string; description: string }): Promise<ChainRow> {
@@ -336,9 +350,12 @@ export class ServiceChainRepository {
     return rows(db, `SELECT * FROM partition_attachments WHERE partition_id = $1 ORDER BY device_index`, [partitionId]);
   }
 
-  /** Attachments of the partitions of a node (one query for a node's desired state). */
+  /**
+   * Attachments of the given partitions, ordered by partition and device index (a node's desired
+   * state, or one partition's spec). Reads made at the same moment share one statement.
+   */
   attachmentsOfPartitions(partitionIds: string[]): Promise<AttachmentRow[]> {
-    return rows(this.ds, `SELECT * FROM partition_attachments WHERE partition_id = ANY($1::uuid[]) ORDER BY partition_id, device_index`, [partitionIds]);
+    return this.attachmentReads.call(partitionIds);
   }
 
   /** Every attachment to a chain. */
