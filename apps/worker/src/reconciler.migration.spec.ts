@@ -229,6 +229,22 @@ describe('Reconciler snapshot and migration commands', () => {
       await expect(reconciler.command(body('p4', 'm-1'))).resolves.toMatchObject({ ok: false, errorCode: 'FAILED_PRECONDITION' });
     });
 
+    it('a prepare that arrives after its migration was aborted for good is refused; an abort without the id does not refuse it', async () => {
+      driver.when('migrationAbortTarget', async () => undefined);
+      const body = (id: string, migrationId: string) => ({ id, body: 'migrationPrepareTarget', migrationPrepareTarget: { spec: spec(A, 'running', 5), port: 4000, storage: 'copy', migrationId } }) as const;
+      // The abort of a re-run (no id), then its prepare: fine.
+      await expect(reconciler.command({ id: 'a0', body: 'migrationAbortTarget', migrationAbortTarget: { partitionId: A } })).resolves.toMatchObject({ ok: true });
+      await expect(reconciler.command(body('p0', 'm-7'))).resolves.toMatchObject({ ok: true });
+      driver.when('migrationAbortTarget', async () => void driver.running.delete(A));
+      await expect(reconciler.command({ id: 'a1', body: 'migrationAbortTarget', migrationAbortTarget: { partitionId: A, migrationId: 'm-7' } })).resolves.toMatchObject({ ok: true });
+      // Aborted before the (delayed) prepare of another migration arrived.
+      await expect(reconciler.command({ id: 'a2', body: 'migrationAbortTarget', migrationAbortTarget: { partitionId: A, migrationId: 'm-8' } })).resolves.toMatchObject({ ok: true });
+      await expect(reconciler.command(body('p1', 'm-8'))).resolves.toMatchObject({ ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: expect.stringContaining('m-8') });
+      await expect(reconciler.command(body('p2', 'm-7'))).resolves.toMatchObject({ ok: false, errorCode: 'FAILED_PRECONDITION' });
+      expect(reconciler.stateOf(A)).toBeUndefined();
+      expect(driver.callsOf('migrationPrepareTarget')).toHaveLength(1);
+    });
+
     it('prepare for a partition the node has already is refused; a failed prepare leaves nothing', async () => {
       await running();
       await expect(prepare()).resolves.toMatchObject({ ok: false, errorCode: 'FAILED_PRECONDITION' });

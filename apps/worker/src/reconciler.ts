@@ -82,12 +82,17 @@ interface Entry {
   preparing: { migrationId: string; result: Promise<agentV1.CommandResult> } | undefined;
 }
 
+/** How many aborted migration ids a node remembers (a late prepare comes within seconds). */
+const ABORTED_MIGRATIONS_KEPT = 256;
+
 /** The reason reported for a partition being received by live migration. */
 export const INCOMING_REASON = 'incoming migration';
 
 /** Reconciles one node's partitions. Call `init` once, before anything else. */
 export class Reconciler {
   private readonly entries = new Map<string, Entry>();
+  /** Migrations aborted for good (newest last, bounded): a prepare of one of them that arrives late is refused. */
+  private readonly abortedMigrations = new Set<string>();
   private readonly inflight = new Set<Promise<void>>();
   private readonly driver: PartitionDriver;
   private readonly log: Logger;
@@ -99,7 +104,7 @@ export class Reconciler {
     this.defaultGraceMs = deps.defaultGraceMs ?? DEFAULT_GRACE_MS;
     this.driver.setListener({
       onExit: (id, exit) => this.onExit(id, exit),
-      onEvent: (id, event, data) => this.deps.event?.({ partitionId: id, event, dataJson: JSON.stringify(data), at: new Date().toISOString() }),
+      onEvent: (id, event, data, at) => this.deps.event?.({ partitionId: id, event, dataJson: JSON.stringify(data), at: (at ?? new Date()).toISOString() }),
       onReplicaLost: (id, replicaId, reason) => this.deps.replicaLost?.({ replicaId, consumer: `partition:${id}`, reason }),
     });
   }
@@ -375,6 +380,9 @@ export class Reconciler {
         const body = cmd.migrationPrepareTarget!;
         const spec = body.spec ? specFromWire(body.spec) : undefined;
         if (!spec) return { commandId, ok: false, errorCode: 'INVALID_ARGUMENT', errorMessage: 'migration_prepare_target needs a spec with an id', payload: '' };
+        if (body.migrationId && this.abortedMigrations.has(body.migrationId)) {
+          return { commandId, ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: `migration ${body.migrationId} of partition ${spec.name || spec.id} was aborted`, payload: '' };
+        }
         const known = this.entries.get(spec.id);
         if (known?.incoming && known.preparing && body.migrationId && known.preparing.migrationId === body.migrationId) {
           return { ...(await known.preparing.result), commandId }; // the same migration prepared again: the same answer
@@ -488,6 +496,11 @@ export class Reconciler {
       }
       case 'migrationAbortTarget': {
         const id = cmd.migrationAbortTarget?.partitionId ?? '';
+        const migrationId = cmd.migrationAbortTarget?.migrationId ?? '';
+        if (migrationId) {
+          this.abortedMigrations.add(migrationId);
+          if (this.abortedMigrations.size > ABORTED_MIGRATIONS_KEPT) this.abortedMigrations.delete(this.abortedMigrations.values().next().value!);
+        }
         const e = this.entries.get(id);
         if (!e) {
           // Nothing here (already aborted, or the QEMU died): make sure no file is left.

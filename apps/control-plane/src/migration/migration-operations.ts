@@ -79,7 +79,7 @@ export class MigrationOperations implements OnModuleInit {
     const p = op.params as unknown as MigrateParams;
     const row = await this.partitions.getById(op.target_id);
     if (row?.state !== 'migrating' || row.target_node_id !== p.targetNodeId) return;
-    await this.abortTarget(row, p, this.log.child({ operationId: op.id })); // what was prepared ahead
+    await this.abortTarget(row, p, this.log.child({ operationId: op.id }), op.id); // what was prepared ahead, and what may still arrive
     await this.end(row, 'stayed', p, '');
   }
 
@@ -109,7 +109,7 @@ export class MigrationOperations implements OnModuleInit {
     } else {
       // A re-run (the start was never sent: `started` is recorded before it is): what the last
       // attempt may have prepared goes first.
-      if (op.attempts > 1) await this.abortTarget(row, p, log);
+      if (op.attempts > 1) await this.abortTarget(row, p, log); // not for good: this attempt prepares the same migration again
       let targetInfo: Record<string, unknown>;
       try {
         const t0 = Date.now();
@@ -124,12 +124,12 @@ export class MigrationOperations implements OnModuleInit {
         targetInfo = await this.prepare(row, p, sharedDiskPath, op.id);
         timings.prepareMs = Date.now() - t0;
       } catch (e) {
-        await this.abortTarget(row, p, log);
+        await this.abortTarget(row, p, log, op.id);
         await this.end(row, 'stayed', p, `migration to node ${names.targetNode} failed: ${(e as Error).message}`);
         throw e;
       }
       if (ctx.signal.aborted) {
-        await this.abortTarget(row, p, log);
+        await this.abortTarget(row, p, log, op.id);
         await this.end(row, 'stayed', p, '');
         throw new CancelledError(`migration of partition ${row.name} cancelled before it started`);
       }
@@ -145,7 +145,7 @@ export class MigrationOperations implements OnModuleInit {
     }
 
     if (outcome === 'stayed') {
-      await this.abortTarget(row, p, log);
+      await this.abortTarget(row, p, log, op.id);
       const cancelled = ctx.signal.aborted || failure instanceof CancelledError;
       await this.end(row, 'stayed', p, cancelled ? '' : `migration to node ${names.targetNode} failed: ${failure?.message ?? 'it ended without moving the guest'}`);
       await this.record(op, 'ended', cancelled ? 'cancelled' : 'failed', undefined, { phase: cancelled ? 'cancelled' : 'failed' });
@@ -282,10 +282,14 @@ export class MigrationOperations implements OnModuleInit {
     }
   }
 
-  /** Removes what the destination prepared (best effort: a node that is away drops it when it re-registers). */
-  private async abortTarget(row: PartitionRow, p: MigrateParams, log: Logger): Promise<void> {
+  /**
+   * Removes what the destination prepared (best effort: a node that is away drops it when it
+   * re-registers). With `migrationId` the migration is over: the node also refuses a prepare of it
+   * that arrives later (one prepared ahead and delayed).
+   */
+  private async abortTarget(row: PartitionRow, p: MigrateParams, log: Logger, migrationId = ''): Promise<void> {
     try {
-      const r = await this.sessions.command(p.targetNodeId, { migrationAbortTarget: { partitionId: row.id } }, 30_000);
+      const r = await this.sessions.command(p.targetNodeId, { migrationAbortTarget: { partitionId: row.id, migrationId } }, 30_000);
       if (!r.ok) log.warn({ error: r.errorMessage }, 'the destination did not abort the incoming migration');
     } catch (e) {
       log.warn({ err: e }, 'could not reach the destination to abort the incoming migration; it drops it when it reconnects');

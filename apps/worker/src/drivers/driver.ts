@@ -263,8 +263,11 @@ export interface ColdMigrationReceiver {
 export interface DriverListener {
   /** A guest process ended, requested or not. Called once per guest process. */
   onExit(id: string, exit: GuestExit): void;
-  /** A hypervisor event (QMP event name and data), for the control plane's event stream. */
-  onEvent(id: string, event: string, data: Record<string, unknown>): void;
+  /**
+   * A hypervisor event (QMP event name and data), for the control plane's event stream; `at`:
+   * when it happened, if not now (an event passed on later).
+   */
+  onEvent(id: string, event: string, data: Record<string, unknown>, at?: Date): void;
   /** A chain disk dropped a replica after an I/O error on it (the guest saw no error). */
   onReplicaLost?(id: string, replicaId: string, reason: string): void;
 }

@@ -121,7 +121,7 @@ interface Instance {
    * in order when it ends: the switch-over or the load then does not share the node's CPU with
    * reporting them. `eventHolds` counts what holds them.
    */
-  heldEvents: Array<{ event: string; data: Record<string, unknown> }> | undefined;
+  heldEvents: Array<{ event: string; data: Record<string, unknown>; at: Date }> | undefined;
   eventHolds: number;
 }
 
@@ -486,7 +486,7 @@ export class QemuDriver implements PartitionDriver {
       if (event.event === 'SHUTDOWN') inst.shutdown = { guest: Boolean(event.data.guest), reason: String(event.data.reason ?? '') };
       if (event.event === 'QUORUM_REPORT_BAD' && String(event.data['node-name'] ?? '').startsWith('chain')) void this.onChainReplicaBad(inst, event.data);
       if (this.closed) return;
-      if (inst.heldEvents) inst.heldEvents.push({ event: event.event, data: event.data });
+      if (inst.heldEvents) inst.heldEvents.push({ event: event.event, data: event.data, at: new Date(event.timestamp.seconds * 1000 + Math.floor(event.timestamp.microseconds / 1000)) });
       else this.listener.onEvent(inst.id, event.event, event.data);
     });
   }
@@ -498,17 +498,20 @@ export class QemuDriver implements PartitionDriver {
   }
 
   /**
-   * Passes on the QMP events kept back, shortly after the last hold ended (the steps that end a
-   * migration do not share the CPU with them either), and those that follow as they come.
+   * Passes on the QMP events kept back (with the time QEMU gave them), shortly after the last hold
+   * ended (the steps that end a migration do not share the CPU with them either) or, with `now`,
+   * at once; and those that follow as they come.
    */
-  private releaseEvents(inst: Instance): void {
+  private releaseEvents(inst: Instance, now = false): void {
     inst.eventHolds = Math.max(0, inst.eventHolds - 1);
-    setTimeout(() => {
+    const flush = () => {
       if (inst.eventHolds > 0) return; // held again meanwhile: that hold's end passes them on
       const held = inst.heldEvents ?? [];
       inst.heldEvents = undefined;
-      if (!this.closed) for (const e of held) this.listener.onEvent(inst.id, e.event, e.data);
-    }, HELD_EVENTS_DELAY_MS).unref();
+      if (!this.closed) for (const e of held) this.listener.onEvent(inst.id, e.event, e.data, e.at);
+    };
+    if (now) flush();
+    else setTimeout(flush, HELD_EVENTS_DELAY_MS).unref();
   }
 
   /** Exit detection for a process that is not our child: QMP disconnect, then the pid disappears. */
@@ -833,25 +836,29 @@ export class QemuDriver implements PartitionDriver {
     const inst = this.instances.get(id);
     if (!inst?.incoming || !inst.qmp || inst.qmp.closed) throw new FailedPreconditionError(`partition ${id} is not receiving a migration here`);
     const qmp = inst.qmp;
-    // The source may see `completed` a moment before this side finished loading the state.
-    const changes = watchEvent(qmp, 'MIGRATION');
-    let info = await qmp.queryMigrate();
     try {
-      for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
-        await changes.next(50);
+      // The source may see `completed` a moment before this side finished loading the state.
+      const changes = watchEvent(qmp, 'MIGRATION');
+      let info: MigrationInfo = {};
+      try {
         info = await qmp.queryMigrate();
+        for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
+          await changes.next(50);
+          info = await qmp.queryMigrate();
+        }
+      } finally {
+        changes.close();
       }
+      if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
+      if (inst.incoming.storage === 'copy') {
+        await qmp.blockExportDel(MIG.exportId, 'hard').catch((error: unknown) => this.log.warn({ partition: id, err: error }, 'block-export-del failed'));
+        await qmp.nbdServerStop().catch(() => undefined);
+      }
+      await qmp.resume(); // paused since it started (-S); `cont` is a no-op for a running guest
+      inst.incoming = undefined;
     } finally {
-      changes.close();
+      this.releaseEvents(inst); // also when this failed: the guest's events are not held for good
     }
-    if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
-    if (inst.incoming.storage === 'copy') {
-      await qmp.blockExportDel(MIG.exportId, 'hard').catch((error: unknown) => this.log.warn({ partition: id, err: error }, 'block-export-del failed'));
-      await qmp.nbdServerStop().catch(() => undefined);
-    }
-    await qmp.resume(); // paused since it started (-S); `cont` is a no-op for a running guest
-    inst.incoming = undefined;
-    this.releaseEvents(inst);
     await rm(join(inst.dir, RUNTIME_FILES.incoming), { force: true });
     this.log.info({ partition: id, qemuPid: inst.pid }, 'migrated guest runs here');
     return { pid: inst.pid };
@@ -898,18 +905,22 @@ export class QemuDriver implements PartitionDriver {
     const work = this.exclusive(id, 'migrate', async () => {
       inst.migration = run;
       this.holdEvents(inst);
+      let moved = false;
       try {
         // Subscribed before the first poll: no event falls between a poll and the wait after it.
         const events = { ready: watchEvent(inst.qmp, 'BLOCK_JOB_READY'), migration: watchEvent(inst.qmp, 'MIGRATION') };
         try {
-          return await this.migrate(inst, target, options, run, onProgress, log, events);
+          const result = await this.migrate(inst, target, options, run, onProgress, log, events);
+          moved = true;
+          return result;
         } finally {
           events.ready.close();
           events.migration.close();
         }
       } finally {
         inst.migration = undefined;
-        this.releaseEvents(inst);
+        // Moved: at once, ahead of the answer, while the control plane still takes this node's word for the guest.
+        this.releaseEvents(inst, moved);
       }
     });
     run.done = work;
