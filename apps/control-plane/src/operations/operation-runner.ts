@@ -103,19 +103,12 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
       const existing = await this.ops.get(id);
       if (!existing || isFinal(existing.status)) return;
       if (existing.cancel_requested && existing.status === 'pending') {
-        const cancelled = await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
-        if (cancelled) {
-          await this.service.cancelledBeforeStart(cancelled);
-          await this.service.publish(cancelled);
-        }
-        return;
-      }
-      const known = this.handlers.get(existing.kind);
-      if (!known || existing.kind !== job.name) {
+        const cancelled = await this.service.cancelBeforeStart(id);
+        if (cancelled) await this.service.publish(cancelled);
+      } else if (!handler) {
         await this.finish(id, 'failed', { code: 'INTERNAL', message: `no handler for operation kind ${existing.kind}` });
-        return;
       }
-      return; // started meanwhile by another replica: its job runs it
+      return;
     }
     void this.service.publish(op); // delivered here at once; the handler does not wait for Redis
     const ac = new AbortController();

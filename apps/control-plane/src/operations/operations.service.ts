@@ -66,13 +66,19 @@ export class OperationsService {
     this.undoers.set(kind, undo);
   }
 
-  /** Runs the undo of a kind for an operation cancelled before it started (never throws: logged). */
-  async cancelledBeforeStart(op: OperationRow): Promise<void> {
+  /**
+   * Cancels a pending operation (its cancel was asked for) and runs its kind's undo; returns the
+   * row, or undefined when it was not live any more. The undo never throws: it is logged.
+   */
+  async cancelBeforeStart(id: string): Promise<OperationRow | undefined> {
+    const op = await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
+    if (!op) return undefined;
     try {
       await this.undoers.get(op.kind)?.(op);
     } catch (err) {
       this.log.error({ err, operationId: op.id, kind: op.kind }, 'undoing an operation cancelled before it started failed');
     }
+    return op;
   }
 
   /** Publishes an operation change to every event stream. */
@@ -149,9 +155,7 @@ export class OperationsService {
     let updated = await this.ops.requestCancel(id);
     if (updated && updated.status === 'pending') {
       await this.queue.removeIfWaiting(id);
-      const cancelled = await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
-      if (cancelled) await this.cancelledBeforeStart(cancelled);
-      updated = cancelled ?? updated;
+      updated = (await this.cancelBeforeStart(id)) ?? updated;
     }
     const latest = updated ?? (await this.ops.get(id)) ?? row;
     await this.publish(latest);
