@@ -50,14 +50,12 @@ export class SnapshotOperations implements OnModuleInit {
     this.runner.register('snapshot.delete', (op, ctx) => this.handleDelete(op, ctx));
     // Cancelled before the node was asked: a snapshot being created was never made; one being deleted stays.
     this.operations.onCancelledBeforeStart('snapshot.create', async (op) => {
-      const [partition, snap] = await Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
+      const [partition, snap] = await this.read(op);
       if (partition && snap?.state === 'creating') await this.discard(snap, partition);
     });
     this.operations.onCancelledBeforeStart('snapshot.delete', async (op) => {
-      const [partition, snap] = await Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
-      if (!partition || snap?.state !== 'deleting') return;
-      const back = await this.snapshots.setState(this.ds.manager, snap.id, 'ready');
-      if (back) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(back, partition.current_snapshot_id)));
+      const [partition, snap] = await this.read(op);
+      if (partition && snap?.state === 'deleting') await this.backToReady(snap, partition);
     });
   }
 
@@ -116,8 +114,7 @@ export class SnapshotOperations implements OnModuleInit {
     void ctx.progress('deleting', 30).catch(() => undefined);
     const r = await this.sessions.command(partition.node_id!, { snapshotDelete: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
     if (!r.ok && r.errorCode !== 'NOT_FOUND') {
-      const back = await this.snapshots.setState(this.ds.manager, snap.id, 'ready');
-      if (back) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(back, partition.current_snapshot_id)));
+      await this.backToReady(snap, partition);
       throw agentFailure(r, `delete of snapshot ${snap.name} of partition ${partition.name}`);
     }
     const out = await inTransaction(this.ds, async (tx) => {
@@ -130,8 +127,19 @@ export class SnapshotOperations implements OnModuleInit {
     if (out.p) await this.events.publish(partitionEvent('partition.updated', partitionView(out.p)));
   }
 
+  /** The operation's partition and snapshot, read together (undefined where gone). */
+  private read(op: OperationRow): Promise<[PartitionRow | undefined, SnapshotRow | undefined]> {
+    return Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
+  }
+
+  /** A snapshot whose delete did not happen is ready again. */
+  private async backToReady(snap: SnapshotRow, partition: PartitionRow): Promise<void> {
+    const back = await this.snapshots.setState(this.ds.manager, snap.id, 'ready');
+    if (back) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(back, partition.current_snapshot_id)));
+  }
+
   private async load(op: OperationRow): Promise<{ partition: PartitionRow; snap: SnapshotRow }> {
-    const [partition, snap] = await Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
+    const [partition, snap] = await this.read(op);
     if (!partition) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     if (!partition.node_id) throw new InternalError(`partition ${partition.name} has no node`);
     if (!snap) throw new CancelledError(`snapshot ${String(op.params.snapshotId)} no longer exists`);
