@@ -491,6 +491,16 @@ export class QemuDriver implements PartitionDriver {
     });
   }
 
+  /** Runs a snapshot-save or snapshot-load job to its end, the guest's QMP events held meanwhile. */
+  private async memorySnapshotJob(inst: Instance & { qmp: QmpClient }, job: string, start: () => Promise<void>): Promise<void> {
+    this.holdEvents(inst);
+    try {
+      await runJob(inst.qmp, job, start, SNAPSHOT_JOB_TIMEOUT_MS);
+    } finally {
+      this.releaseEvents(inst);
+    }
+  }
+
   /** Keeps the guest's QMP events back until the matching {@link releaseEvents}. */
   private holdEvents(inst: Instance): void {
     inst.eventHolds++;
@@ -697,17 +707,13 @@ export class QemuDriver implements PartitionDriver {
         if (options.withMemory) throw new FailedPreconditionError(`cannot save the memory of partition ${id}: it is not running`);
         await run(this.qemuImg, ['snapshot', '--image-opts', '-c', options.tag, qcow2ImageOpts(await this.offlineDisk(id))]);
       } else {
-        const { qmp } = this.live(id, 'snapshot');
+        const running = this.live(id, 'snapshot');
+        const { qmp } = running;
         const wasRunning = (await qmp.queryStatus()).running;
         try {
           if (options.withMemory) {
             const job = `snap-save-${Date.now()}`;
-            this.holdEvents(inst);
-            try {
-              await runJob(qmp, job, () => qmp.snapshotSave(job, options.tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
-            } finally {
-              this.releaseEvents(inst);
-            }
+            await this.memorySnapshotJob(running, job, () => qmp.snapshotSave(job, options.tag, DISK_NODE, [DISK_NODE]));
           } else {
             await qmp.blockdevSnapshotInternalSync(DISK_NODE, options.tag);
           }
@@ -786,12 +792,10 @@ export class QemuDriver implements PartitionDriver {
         const wasRunning = (await qmp.queryStatus()).running;
         const job = `snap-load-${Date.now()}`;
         let loaded = false;
-        this.holdEvents(inst);
         try {
-          await runJob(qmp, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
+          await this.memorySnapshotJob(inst, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]));
           loaded = true; // QEMU resumes a guest that ran before a load that succeeded
         } finally {
-          this.releaseEvents(inst);
           if (!loaded && wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
         }
       }
