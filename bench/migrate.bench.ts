@@ -27,7 +27,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QmpClient } from '@hyperplane/qmp';
 import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
-import { watchEvent } from '@hyperplane/worker/dist/drivers/qemu/qemu-jobs';
+import { waitJob, watchEvent } from '@hyperplane/worker/dist/drivers/qemu/qemu-jobs';
 import { ROOT, freePort, projectHeaders, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 11);
@@ -77,24 +77,6 @@ async function bareStart(dir: string, disk: string, incoming: boolean): Promise<
 async function bareQuit(b: Bare): Promise<void> {
   await b.qmp.quit().catch(() => undefined);
   if (b.proc.exitCode === null && b.proc.signalCode === null) await new Promise((r) => b.proc.once('exit', r));
-}
-
-/** Waits for a QMP job to conclude; throws with its error. Woken by its events (subscribed before the first poll). */
-async function waitJob(qmp: QmpClient, id: string): Promise<void> {
-  const changes = watchEvent(qmp, 'JOB_STATUS_CHANGE');
-  try {
-    for (;;) {
-      const job = (await qmp.queryJobs()).find((j) => j.id === id);
-      if (job?.status === 'concluded') {
-        await qmp.jobDismiss(id);
-        if (job.error) throw new Error(job.error);
-        return;
-      }
-      await changes.next(20);
-    }
-  } finally {
-    changes.close();
-  }
 }
 
 async function main(): Promise<void> {
@@ -218,12 +200,12 @@ async function run(database: { url: string; name: string }): Promise<void> {
 
       t0 = performance.now();
       await src.qmp.snapshotSave(`save-${tag}`, `b${tag}`, 'disk0', ['disk0']);
-      await waitJob(src.qmp, `save-${tag}`);
+      await waitJob(src.qmp, `save-${tag}`, 300_000, 20); // woken by the job's events, a 20 ms poll besides
       const bareSaveMs = performance.now() - t0;
       await sleep(1000);
       t0 = performance.now();
       await src.qmp.snapshotLoad(`load-${tag}`, `b${tag}`, 'disk0', ['disk0']);
-      await waitJob(src.qmp, `load-${tag}`);
+      await waitJob(src.qmp, `load-${tag}`, 300_000, 20);
       const bareRevertMs = performance.now() - t0;
       if (counted) {
         apiSave.push(saveMs);
