@@ -10,19 +10,8 @@ import { NodeImage, NodeRepository, NodeRow } from '../nodes/node.repository';
 import { nodeView } from '../nodes/nodes.service';
 import { NodeImageReport, NodeImageRepository, NodeImageRow } from './node-image.repository';
 
-/** A file of a node's image store as both APIs show it. */
-export interface NodeStoreImageView {
-  name: string;
-  path: string;
-  format: string;
-  sizeBytes: number;
-  virtualSizeBytes: number;
-  /** The metadata stored inside the file, as the node read it (null: none, or too large to report). */
-  metadata: Record<string, unknown> | null;
-  /** Why the file is not usable (hostile-image checks); null when it is. */
-  rejected: { reason: string; message: string } | null;
-  /** Set for a copy of a library image the control plane distributed. */
-  libraryImageId: string | null;
+/** A file of a node's image store as both APIs show it: what the node reported, and when. */
+export interface NodeStoreImageView extends NodeImageReport {
   reportedAt: string;
 }
 

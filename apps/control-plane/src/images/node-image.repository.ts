@@ -18,15 +18,18 @@ export interface NodeImageRow {
   reported_at: Date;
 }
 
-/** One reported file, parsed. */
+/** One reported file of a node's image store, parsed. */
 export interface NodeImageReport {
   name: string;
   path: string;
   format: string;
   sizeBytes: number;
   virtualSizeBytes: number;
+  /** The metadata stored inside the file, as the node read it (null: none, or too large to report). */
   metadata: Record<string, unknown> | null;
+  /** Why the file is not usable (hostile-image checks); null when it is. */
   rejected: { reason: string; message: string } | null;
+  /** Set for a copy of a library image the control plane distributed. */
   libraryImageId: string | null;
 }
 
