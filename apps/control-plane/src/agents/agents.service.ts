@@ -164,7 +164,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     }
     const state = impliedState(row, observed);
     const updated = await this.partitions.observe(row.id, observed, Number(s.generation ?? 0), state, s.reason ?? '', nodeId);
-    if (updated) await this.publishPartition(updated);
+    if (updated) void this.publishPartition(updated); // heard here at once; the node's next message does not wait for Redis
   }
 
   /** The node's image store changed (ImageInventory): its record and placement follow. */
@@ -182,18 +182,26 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     this.consoles.deliver(m);
   }
 
-  /** A guest event (QMP) from a node, passed on to the event stream. */
-  async onGuestEvent(nodeId: string, e: agentV1.GuestEvent__Output): Promise<void> {
-    if (!e.partitionId || !UUID_RE.test(e.partitionId)) return;
-    const row = await this.partitions.getById(e.partitionId);
-    if (!row || row.node_id !== nodeId) return;
-    let data: unknown = null;
-    try {
-      data = e.dataJson ? JSON.parse(e.dataJson) : null;
-    } catch {
-      data = e.dataJson;
+  /**
+   * Guest events (QMP) from a node, passed on to the event stream: those of a partition the node
+   * holds. Events that came together (a burst kept back during a migration) share one read of each partition.
+   */
+  async onGuestEvents(nodeId: string, events: agentV1.GuestEvent__Output[]): Promise<void> {
+    const ids = [...new Set(events.map((e) => e.partitionId ?? '').filter((id) => UUID_RE.test(id)))];
+    const rows = new Map(await Promise.all(ids.map(async (id) => [id, await this.partitions.getById(id)] as const)));
+    // Published in the order they came (delivery keeps the order of the calls); the node's next
+    // message does not wait for Redis.
+    for (const e of events) {
+      const row = rows.get(e.partitionId ?? '');
+      if (!row || row.node_id !== nodeId) continue;
+      let data: unknown = null;
+      try {
+        data = e.dataJson ? JSON.parse(e.dataJson) : null;
+      } catch {
+        data = e.dataJson;
+      }
+      void this.events.publish({ type: 'partition.guest-event', resourceType: 'partition', resourceId: row.id, projectId: row.project_id, data: { event: e.event, data, at: e.at } });
     }
-    await this.events.publish({ type: 'partition.guest-event', resourceType: 'partition', resourceId: row.id, projectId: row.project_id, data: { event: e.event, data, at: e.at } });
   }
 
   /**
@@ -226,7 +234,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
       label[phase],
       progress,
     );
-    if (r) await this.operations.publish(r);
+    if (r) void this.operations.publish(r); // the node's next message does not wait for Redis
     else this.log.debug({ nodeId, migrationId: m.migrationId }, 'progress of a migration that is not running');
   }
 

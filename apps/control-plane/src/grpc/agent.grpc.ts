@@ -7,6 +7,7 @@ import { AgentRejectedError, AgentsService } from '../agents/agents.service';
 import { AgentStreamWriter } from '../agents/agent-sessions';
 import { ChainAgents } from '../service-chains/chain-agents';
 
+
 type AgentCall = grpc.ServerDuplexStream<agentV1.AgentMessage__Output, agentV1.ControlMessage>;
 
 /**
@@ -50,7 +51,7 @@ export class AgentGrpcApi {
         case 'result':
           return this.agents.onResult(m.result!);
         case 'event':
-          return this.agents.onGuestEvent(nodeId, m.event!);
+          return this.agents.onGuestEvents(nodeId, [m.event!]);
         case 'consoleOutput':
           return this.agents.onConsoleOutput(m.consoleOutput!);
         case 'images':
@@ -65,8 +66,28 @@ export class AgentGrpcApi {
           throw new AgentRejectedError('register sent twice on one stream');
       }
     };
+    // Guest events that arrive while the messages before them are handled wait together: one step
+    // handles them all (a node passes on a burst at once, kept back while its guest migrated).
+    let waitingEvents: agentV1.GuestEvent__Output[] | undefined;
+    const step = (m: agentV1.AgentMessage__Output): (() => Promise<void>) | undefined => {
+      if (m.body !== 'event') {
+        waitingEvents = undefined;
+        return () => handle(m);
+      }
+      if (waitingEvents) {
+        waitingEvents.push(m.event!);
+        return undefined;
+      }
+      const events = (waitingEvents = [m.event!]);
+      return () => {
+        if (waitingEvents === events) waitingEvents = undefined;
+        return nodeId ? this.agents.onGuestEvents(nodeId, events) : handle(m); // before register: refused
+      };
+    };
     call.on('data', (m: agentV1.AgentMessage__Output) => {
-      chain = chain.then(() => handle(m)).catch((err: unknown) => {
+      const next = step(m);
+      if (!next) return;
+      chain = chain.then(next).catch((err: unknown) => {
         if (err instanceof AgentRejectedError) {
           this.log.warn({ reason: err.message, nodeId }, 'agent rejected');
           writer.write({ rejected: { reason: err.message } });
