@@ -396,8 +396,8 @@ export class PartitionsService {
       },
       async (r) => {
         if (r.superseded) await this.ops.requestCancel(r.superseded).then((o) => o && this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: o.id, projectId, data: operationView(o) }));
-        await this.launched(r, 'partition.updated');
-        if (afterCommit) await afterCommit(r);
+        // afterCommit does not wait for the job and the events (a migration's destination starts getting ready).
+        await Promise.all([this.launched(r, 'partition.updated'), afterCommit?.(r)]);
       },
     ).then(({ partition, operation, extra }) => ({ partition, operation, extra }));
   }
