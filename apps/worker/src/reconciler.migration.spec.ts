@@ -141,6 +141,7 @@ describe('Reconciler snapshot and migration commands', () => {
         [A, 'op-1', 'storage', 4096],
         [A, 'op-1', 'memory', 4096],
       ]);
+      await new Promise((r) => setImmediate(r)); // reported after the answer
       expect(statesOf(A).slice(-2)).toEqual(['running@2 (migrating to 127.0.0.2:4000)', 'absent@2 (migrated away)']);
       expect(reconciler.stateOf(A)).toBeUndefined();
       expect(existsSync(join(dir, 'partitions', A))).toBe(false);
@@ -280,6 +281,7 @@ describe('Reconciler snapshot and migration commands', () => {
       driver.when('coldMigrationSend', async () => ({ bytes: 10, ms: 1 }));
       await expect(reconciler.command({ id: 'c2', body: 'coldMigrationSend', coldMigrationSend: { partitionId: A, targetHost: '127.0.0.2', targetPort: 5000 } })).resolves.toMatchObject({ ok: true });
       expect(driver.callsOf('coldMigrationSend')).toEqual([[A, { host: '127.0.0.2', port: 5000 }]]);
+      await new Promise((r) => setImmediate(r)); // reported after the answer
       expect(statesOf(A).at(-1)).toBe('absent@2 (migrated away)');
     });
   });

@@ -28,6 +28,7 @@ import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, P
 import { chainDiskFromWire, guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
 
+
 /** Grace of a stop the control plane asked for through `desired = stopped` alone. */
 export const DEFAULT_GRACE_MS = 30_000;
 
@@ -484,7 +485,7 @@ export class Reconciler {
           e.pid = 0;
           if (this.entries.get(id) === e) this.entries.delete(id);
           this.log.info({ partition: id, ...result }, 'migrated away');
-          this.deps.report({ id, state: 'absent', reason: 'migrated away', generation: e.applied, pid: 0 });
+          this.reportMigratedAway(e);
           return JSON.stringify(result);
         });
       }
@@ -616,7 +617,7 @@ export class Reconciler {
       await this.deps.store.forget(id);
       e.gone = true;
       if (this.entries.get(id) === e) this.entries.delete(id);
-      this.deps.report({ id, state: 'absent', reason: 'migrated away', generation: e.applied, pid: 0 });
+      this.reportMigratedAway(e);
       return JSON.stringify(sent);
     });
   }
@@ -766,6 +767,14 @@ export class Reconciler {
     } catch (error) {
       this.log.error({ partition: e.id, err: error }, 'cannot write the partition record');
     }
+  }
+
+  /**
+   * Reports a partition that moved away as absent, after the command's answer has gone: the
+   * control plane handles a node's messages in order, and the answer is what the migration waits for.
+   */
+  private reportMigratedAway(e: Entry): void {
+    setImmediate(() => this.deps.report({ id: e.id, state: 'absent', reason: 'migrated away', generation: e.applied, pid: 0 }));
   }
 
   private report(e: Entry): void {

@@ -53,6 +53,7 @@ import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuAr
 import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob, watchEvent } from './qemu-jobs';
 import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
 
+
 /** Settings of a QEMU driver; paths are made absolute. */
 export interface QemuDriverOptions {
   /** The node's data dir: runtime dirs go to `partitions/<id>/`, images live in `images/`. */
@@ -149,6 +150,11 @@ const HELD_EVENTS_DELAY_MS = 250;
 
 const DEFAULT_START_TIMEOUT_MS = 20_000;
 const DEFAULT_QUIT_TIMEOUT_MS = 5_000;
+/**
+ * How long the paused source of a completed migration waits before it quits: the answer and the
+ * destination's resume go first (a QEMU that quits takes CPU time to tear its memory down).
+ */
+const RETIRE_AFTER_MS = 100;
 const KILL_TIMEOUT_MS = 5_000;
 
 /** What `validate` found: the base image (format pinned), the disk size and the accelerator. */
@@ -176,7 +182,7 @@ export class QemuDriver implements PartitionDriver {
   /** Cold-migration receivers waiting for a disk, by partition id: how to give up on one. */
   private readonly coldReceivers = new Map<string, { abort: (error: Error) => void; received: Promise<void> }>();
   /** Sources of completed migrations whose QEMU is quitting and files going (see retireSource). */
-  private readonly retiring = new Map<string, Promise<void>>();
+  private readonly retiring = new Map<string, { done: Promise<void>; now: () => void }>();
   private listener: DriverListener = { onExit: () => undefined, onEvent: () => undefined };
   private facts: Promise<HostFacts> | undefined;
   private closed = false;
@@ -413,12 +419,12 @@ export class QemuDriver implements PartitionDriver {
       const inst = this.newInstance(spec.id, dir, pid, proc);
       if (incoming) this.holdEvents(inst);
       this.attachQmp(inst, qmp);
-      const before = await qmp.queryStatus();
+      // return-path: the destination tells the source whether it loaded the state, so the source
+      // reports `completed` only once the destination has the guest (and resumes it otherwise).
+      // Sent with the status query, not after it: QMP runs them in order, one round trip for both.
+      const [before] = await Promise.all([qmp.queryStatus(), incoming ? qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'postcopy-ram': Boolean(incoming.postcopy) }) : undefined]);
       if (incoming) {
         if (before.status !== 'inmigrate') throw new InternalError(`qemu is ${before.status}; expected inmigrate`);
-        // return-path: the destination tells the source whether it loaded the state, so the source
-        // reports `completed` only once the destination has the guest (and resumes it otherwise).
-        await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'postcopy-ram': Boolean(incoming.postcopy) });
         if (incoming.tls) {
           await qmp.objectAdd({ 'qom-type': 'tls-creds-x509', id: MIG.tlsServer, dir: this.requireTlsDir(), endpoint: 'server', 'verify-peer': true });
           await qmp.migrateSetParameters({ 'tls-creds': MIG.tlsServer });
@@ -986,9 +992,12 @@ export class QemuDriver implements PartitionDriver {
         log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
       }
       checkCancel();
-      await qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) });
-      // tls-creds '' turns encryption off again after an earlier encrypted attempt.
-      await qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40, ...(tls ?? { 'tls-creds': '' }) });
+      // One round trip for both (QMP runs them in order); tls-creds '' turns encryption off again
+      // after an earlier encrypted attempt.
+      await Promise.all([
+        qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) }),
+        qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40, ...(tls ?? { 'tls-creds': '' }) }),
+      ]);
       await qmp.migrate(`tcp:${target.host}:${target.port}`);
       const memoryStarted = Date.now();
       let lastTransferred = -1;
@@ -1042,7 +1051,7 @@ export class QemuDriver implements PartitionDriver {
     }
     // Completed: the guest is paused here (postmigrate) and whole on the destination, which stays
     // paused until migrationFinishTarget. Detach the disk copy (in sync: write-blocking mirror);
-    // the paused QEMU quits and its files go while the destination takes over (as libvirt's
+    // the paused QEMU quits (RETIRE_AFTER_MS later) and its files go once the destination took over (as libvirt's
     // confirm step runs after the destination resumed): nobody resumes a postmigrate guest here.
     if (target.storage === 'copy') await this.cleanupSource(inst, log, false); // nothing else was added for shared storage
     const result: MigrationResult = {
@@ -1053,10 +1062,19 @@ export class QemuDriver implements PartitionDriver {
       postcopy: run.postcopy,
     };
     inst.stopRequested = true;
-    const retire = this.retireSource(inst, log).finally(() => {
-      if (this.retiring.get(inst.id) === retire) this.retiring.delete(inst.id);
-    });
-    this.retiring.set(inst.id, retire);
+    let now!: () => void;
+    const due = new Promise<void>((resolve) => (now = resolve));
+    const timer = setTimeout(now, RETIRE_AFTER_MS);
+    const retiring = {
+      done: due.then(() => this.retireSource(inst, log)).finally(() => {
+        if (this.retiring.get(inst.id) === retiring) this.retiring.delete(inst.id);
+      }),
+      now: () => {
+        clearTimeout(timer);
+        now();
+      },
+    };
+    this.retiring.set(inst.id, retiring);
     log.info({ ...result, qemuMigrateTotalMs: info['total-time'] }, 'migrated away; the source QEMU quits and its files go');
     return result;
   }
@@ -1073,9 +1091,11 @@ export class QemuDriver implements PartitionDriver {
     log.debug('source QEMU gone, files removed');
   }
 
-  /** Waits until a partition that migrated away is gone from here (its QEMU quit, its files removed). */
+  /** Retires a partition that migrated away now, if it waits to, and waits until it is gone from here (its QEMU quit, its files removed). */
   private async retired(id: string): Promise<void> {
-    await this.retiring.get(id)?.catch(() => undefined);
+    const retiring = this.retiring.get(id);
+    retiring?.now();
+    await retiring?.done.catch(() => undefined);
   }
 
   /**
@@ -1298,7 +1318,7 @@ export class QemuDriver implements PartitionDriver {
 
   async close(): Promise<void> {
     // A source that migrated away quits first: no paused copy of a guest stays behind.
-    await Promise.all([...this.retiring.values()].map((p) => p.catch(() => undefined)));
+    await Promise.all([...this.retiring.keys()].map((id) => this.retired(id)));
     this.closed = true;
     const all = [...this.instances.values()];
     this.instances.clear();
