@@ -118,7 +118,7 @@ export class MigrationOperations implements OnModuleInit {
         const [, , sharedDiskPath] = await Promise.all([
           this.record(op, 'preparing', 'preparing the destination', 5, { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' }),
           this.images.ensureOnNode(row, p.targetNodeId, ctx),
-          p.live && p.storage === 'shared' ? this.sharedDiskPath(row, p) : undefined,
+          p.live && p.storage === 'shared' ? this.sharedDiskPath(row, p.sourceNodeId) : undefined,
         ]);
         // Usually prepared ahead already (see prepareAhead): then the node answers what it answered then.
         targetInfo = await this.prepare(row, p, sharedDiskPath, op.id);
@@ -177,12 +177,13 @@ export class MigrationOperations implements OnModuleInit {
    * while the operation is queued and picked up (the QEMU spawn takes as long as both): the
    * operation's own prepare of the same migration then joins it on the node. Best effort: if it
    * fails, the operation's prepare reports why. Not for a library image the node may lack (the
-   * operation fetches it first, with progress).
+   * operation fetches it first, with progress). `sharedDiskPath`: the source's answer, asked while
+   * the request's transaction ran.
    */
-  prepareAhead(migrationId: string, row: PartitionRow, p: MigrateParams): void {
+  prepareAhead(migrationId: string, row: PartitionRow, p: MigrateParams, sharedDiskPath?: Promise<string>): void {
     if (!p.live || row.image_id) return;
     void (async () => {
-      const disk = p.storage === 'shared' ? await this.sharedDiskPath(row, p) : undefined;
+      const disk = p.storage === 'shared' ? await (sharedDiskPath ?? this.sharedDiskPath(row, p.sourceNodeId)) : undefined;
       await this.prepare(row, p, disk, migrationId);
     })().catch((err: unknown) => this.log.debug({ err, operationId: migrationId }, 'preparing the destination ahead failed; the operation prepares it'));
   }
@@ -321,10 +322,10 @@ export class MigrationOperations implements OnModuleInit {
   }
 
   /** Shared storage: the path of the source's disk file, which the destination sees at the same path. */
-  private async sharedDiskPath(row: PartitionRow, p: MigrateParams): Promise<string> {
-    const r = await this.sessions.command(p.sourceNodeId, { migrationOutcome: { partitionId: row.id } }, 30_000);
+  async sharedDiskPath(row: PartitionRow, sourceNodeId = row.node_id!): Promise<string> {
+    const r = await this.sessions.command(sourceNodeId, { migrationOutcome: { partitionId: row.id } }, 30_000);
     const disk = (JSON.parse(r.payload || '{}') as { diskPath?: string }).diskPath;
-    if (!disk) throw new FailedPreconditionError(`node ${p.sourceNodeId} did not say where the disk of partition ${row.name} is, which shared storage needs`);
+    if (!disk) throw new FailedPreconditionError(`node ${sourceNodeId} did not say where the disk of partition ${row.name} is, which shared storage needs`);
     return disk;
   }
 }

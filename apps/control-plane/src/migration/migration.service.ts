@@ -56,9 +56,13 @@ export class MigrationService {
    * node or one the scheduler chooses among the others under the partition's placement rules.
    */
   migrate(principal: Principal, projectId: string, id: string, input: MigratePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView> {
-    return this.partitionsService.act<{ row: PartitionRow; params: MigrateParams }>(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row) => {
+    return this.partitionsService.act<{ row: PartitionRow; params: MigrateParams; sharedDiskPath?: Promise<string> }>(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row) => {
       const running = row.state === 'running';
       const live = input.live ?? running;
+      // Shared storage: where the source has the disk is asked now, while the transaction goes on,
+      // for the destination that starts getting ready after the commit (see prepareAhead).
+      const sharedDiskPath = live && running && input.storage === 'shared' ? this.operations.sharedDiskPath(row) : undefined;
+      sharedDiskPath?.catch(() => undefined); // the request may still be refused; the operation asks again
       if (live && !running) throw new FailedPreconditionError(`cannot migrate partition ${row.name} live: it is ${row.state} (a stopped partition migrates cold: leave live unset or false)`);
       if (!live && running) throw new FailedPreconditionError(`cannot migrate running partition ${row.name} cold: stop it first, or migrate it live`);
       if (!live && input.storage === 'shared') throw ValidationError.field('storage', 'a cold migration moves the disk file; shared storage is for live migration');
@@ -86,7 +90,7 @@ export class MigrationService {
         db,
         projectId,
         [{ requestId: opts.requestId ?? uuidv7(), vcpus: row.vcpus, memoryMiB: Number(row.memory_mib), diskGiB: row.disk_gib, image: row.image, spec: { ...rules, ...(pinned ? { node: pinned } : {}) }, imageRequirements: terms.requirements, imageInLibrary: terms.inLibrary }],
-        { avoidNodes: [source.id], moving: true },
+        { avoidNodes: [source.id], moving: true, pinned: named },
       );
       const target = targetId === named?.id ? named! : (await this.nodes.findByIdOrName(targetId!, db))!;
       if (source.tls !== target.tls) {
@@ -111,9 +115,9 @@ export class MigrationService {
         },
       };
       const moving = await this.partitions.beginMigration(db, row.id, target.id, `${live ? 'live' : 'cold'} migration to node ${target.name}`);
-      return { row: moving, params: params as unknown as Record<string, unknown>, extra: { row: moving ?? row, params } };
+      return { row: moving, params: params as unknown as Record<string, unknown>, extra: { row: moving ?? row, params, sharedDiskPath } };
     }, async (done) => {
-      if (done.extra) this.operations.prepareAhead(done.operation.id, done.extra.row, done.extra.params);
+      if (done.extra) this.operations.prepareAhead(done.operation.id, done.extra.row, done.extra.params, done.extra.sharedDiskPath);
     }).then(({ partition, operation }) => ({ partition, operation }));
   }
 }

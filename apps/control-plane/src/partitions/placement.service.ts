@@ -41,6 +41,8 @@ export interface PlaceOptions {
   avoidNodes?: string[];
   /** The partition exists already: the project's quota does not change, so it is not checked. */
   moving?: boolean;
+  /** The pinned node (`spec.node`), when the caller read it already in this transaction. */
+  pinned?: NodeRow;
 }
 
 
@@ -88,7 +90,7 @@ export class PlacementService {
     const spec = demands[0]!.spec;
     let pinnedId: string | undefined;
     if (spec.node) {
-      const n = await this.nodes.findByIdOrName(spec.node, db);
+      const n = opts.pinned && (opts.pinned.id === spec.node || opts.pinned.name === spec.node) ? opts.pinned : await this.nodes.findByIdOrName(spec.node, db);
       if (!n) throw ValidationError.field('placement.node', `node '${spec.node}' does not exist`);
       pinnedId = n.id;
     }
@@ -122,7 +124,8 @@ export class PlacementService {
       }
       const perNode = new Map<string, Demand>();
       const chosen = r.placed.map((p, i) => addTo(perNode, p.node.id, reqs[i]!));
-      if (await this.reserve(db, perNode)) return chosen;
+      // A pinned placement retries on the same node only: no lock to give back before a retry.
+      if (await this.reserve(db, perNode, !pinnedId)) return chosen;
       readAfter = performance.now();
       if (attempt >= MAX_ATTEMPTS) throw contentionError();
     }
@@ -174,21 +177,23 @@ export class PlacementService {
    * Reserves the summed demand on each node, all or nothing: one statement takes the node rows in
    * id order (a fixed order keeps concurrent batches from deadlocking) and reserves only where
    * there is still room. False when some node no longer had room (nothing is then reserved).
+   * Without `savepoint` (one node, and a retry takes no other) a refusal keeps that node's row locked.
    */
-  private async reserve(db: Db, perNode: Map<string, Demand>): Promise<boolean> {
+  private async reserve(db: Db, perNode: Map<string, Demand>, savepoint = true): Promise<boolean> {
     this.cache.reserveAhead(perNode);
     const wanted = [...perNode].map(([id, d]) => ({ id, ...d }));
     // A compare-and-swap that fails on a row another transaction changed still leaves that row
     // locked; the savepoint gives those locks back before a retry takes others (or two losers
     // would deadlock), and undoes the nodes that had room when one of them had not.
-    await this.nodes.savepoint(db, 'place');
+    const undoable = savepoint || wanted.length > 1;
+    if (undoable) await this.nodes.savepoint(db, 'place');
     const reserved: NodeRow[] = wanted.length > 1 ? await this.nodes.tryReserveMany(db, wanted) : [await this.nodes.tryReserve(db, wanted[0]!.id, wanted[0]!)].filter((r): r is NodeRow => r !== undefined);
     if (reserved.length === wanted.length) {
-      await this.nodes.releaseSavepoint(db, 'place');
+      if (undoable) await this.nodes.releaseSavepoint(db, 'place');
       for (const r of reserved) this.cache.update(r);
       return true;
     }
-    await this.nodes.rollbackToSavepoint(db, 'place');
+    if (undoable) await this.nodes.rollbackToSavepoint(db, 'place');
     return false;
   }
 

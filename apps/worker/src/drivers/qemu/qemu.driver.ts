@@ -784,22 +784,25 @@ export class QemuDriver implements PartitionDriver {
   async snapshotRevert(id: string, tag: string): Promise<void> {
     checkTag(tag);
     await this.exclusive(id, 'revert', async () => {
-      const entry = (await this.snapshotList(id)).find((s) => s.tag === tag);
+      const inst = this.instances.get(id);
+      // A running guest's status is asked with its snapshot list: one QMP round trip for both.
+      const [list, status] = await Promise.all([this.snapshotList(id), inst?.qmp && !inst.qmp.closed ? inst.qmp.queryStatus() : undefined]);
+      const entry = list.find((s) => s.tag === tag);
       if (!entry) throw new NotFoundError('snapshot', tag);
       const started = Date.now();
-      if (!this.instances.get(id)) {
+      if (!inst) {
         await run(this.qemuImg, ['snapshot', '--image-opts', '-a', tag, qcow2ImageOpts(await this.offlineDisk(id))]);
       } else {
-        const inst = this.live(id, 'revert');
-        const { qmp } = inst;
+        const running = this.live(id, 'revert');
+        const { qmp } = running;
         if (entry.vmStateBytes === 0) {
           throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
         }
-        const wasRunning = (await qmp.queryStatus()).running;
+        const wasRunning = status?.running ?? (await qmp.queryStatus()).running;
         const job = `snap-load-${Date.now()}`;
         let loaded = false;
         try {
-          await this.memorySnapshotJob(inst, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]));
+          await this.memorySnapshotJob(running, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]));
           loaded = true; // QEMU resumes a guest that ran before a load that succeeded
         } finally {
           if (!loaded && wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
