@@ -53,6 +53,18 @@ function ticksOf(pid: number, fields: [number, number] = [11, 13]): number {
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
+/** A small seeded generator of numbers in [0, 1) (mulberry32). */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 /** Sum over every process whose command is `comm` (all PostgreSQL backends, for instance). */
 function ticksOfComm(comm: string): number {
   let sum = 0;
@@ -142,8 +154,12 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const batches = Math.floor(PARTITIONS / 2 / BATCH);
     for (let b = 0; b < batches; b++) tasks.push({ name: `b${b}`, count: BATCH });
     for (let i = 0; i < PARTITIONS - batches * BATCH; i++) tasks.push({ name: `s${i}` });
+    // Fisher-Yates with a seeded generator (mulberry32): the same order in every run. (The order
+    // before 2026-12-01, j = 7919·i mod (i+1), was no shuffle: it put 25 of the 50 count creates
+    // back to back; BENCH_ORDER=clumped keeps it, to compare.)
+    const random = mulberry32(Number(process.env.BENCH_SEED ?? 20261201));
     for (let i = tasks.length - 1; i > 0; i--) {
-      const j = (i * 7919) % (i + 1);
+      const j = process.env.BENCH_ORDER === 'clumped' ? (i * 7919) % (i + 1) : Math.floor(random() * (i + 1));
       [tasks[i], tasks[j]] = [tasks[j]!, tasks[i]!];
     }
     const latencies: number[] = [];
