@@ -5,6 +5,7 @@
  * keeps the rest of the tree usable, disk-only snapshots of a stopped partition, and bad input
  * that changes nothing. REST and gRPC.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -185,6 +186,14 @@ d('snapshots end to end', () => {
     const cold = await snapshot(id, 'cold');
     expect(cold).toMatchObject({ withMemory: false, parentId: s2.id, current: true });
     await revert(id, s3.id);
+    expect((await tree(id)).find((s) => s.current)?.name).toBe('s3');
+
+    // A revert the node cannot do (the snapshot went from the disk behind the API's back) fails and
+    // leaves the current snapshot as it was.
+    execFileSync('qemu-img', ['snapshot', '-d', s2.id, join(dir, 'w1', 'partitions', id, 'disk.qcow2')]);
+    const lost = await api.post(`/v1/partitions/${id}/snapshots/${s2.id}/revert`);
+    expect(lost.status).toBe(202);
+    expect(await api.waitOperation(lost.body.operation.id, 60)).toMatchObject({ status: 'failed', error: { code: 'FAILED_PRECONDITION' } });
     expect((await tree(id)).find((s) => s.current)?.name).toBe('s3');
 
     // Deleting the partition takes its snapshots with it.

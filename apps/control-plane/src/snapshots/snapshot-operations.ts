@@ -94,15 +94,42 @@ export class SnapshotOperations implements OnModuleInit {
     await this.images.record(op, partition, 'snapshotted', { details: { snapshot: snap.name, withMemory: snap.with_memory } });
   }
 
-  /** snapshot.revert: the node loads it (a running guest resumes from it); it becomes the current snapshot. */
+  /**
+   * snapshot.revert: the node loads it (a running guest resumes from it); it becomes the current
+   * snapshot. It is recorded as current while the node loads it, not after (nothing then stands
+   * between the node's answer and the operation's end), and the one before is put back if the
+   * revert fails; a re-run after a crash records it again.
+   */
   async handleRevert(op: OperationRow, ctx: OperationContext): Promise<void> {
     const { partition, snap } = await this.load(op);
     void ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30).catch(() => undefined);
-    const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
-    if (!r.ok) throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
-    const p = await this.partitions.setCurrentSnapshot(this.ds.manager, partition.id, snap.id);
-    if (p) void this.events.publish(partitionEvent('partition.updated', partitionView(p))); // heard here at once; not waited for
+    const current = this.setCurrent(partition, snap.id);
+    let r: agentV1.CommandResult__Output;
+    try {
+      r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
+    } catch (e) {
+      await this.putBackCurrent(op, partition, current);
+      throw e;
+    }
+    if (!r.ok) {
+      await this.putBackCurrent(op, partition, current);
+      throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
+    }
+    await current;
     await this.images.record(op, partition, 'reverted', { details: { snapshot: snap.name } });
+  }
+
+  /** Records `snapshotId` as the partition's current snapshot and tells the event streams. */
+  private async setCurrent(partition: PartitionRow, snapshotId: string | null): Promise<void> {
+    const p = await this.partitions.setCurrentSnapshot(this.ds.manager, partition.id, snapshotId);
+    if (p) void this.events.publish(partitionEvent('partition.updated', partitionView(p))); // heard here at once; not waited for
+  }
+
+  /** A revert that failed: the current snapshot is the one from before the request again. */
+  private async putBackCurrent(op: OperationRow, partition: PartitionRow, recorded: Promise<void>): Promise<void> {
+    await recorded.catch(() => undefined);
+    const before = 'previousSnapshotId' in op.params ? ((op.params.previousSnapshotId as string | null) ?? null) : partition.current_snapshot_id;
+    await this.setCurrent(partition, before);
   }
 
   /** snapshot.delete: the node drops it (already gone is fine); children move up to its parent. */

@@ -87,7 +87,8 @@ export class SnapshotsService {
       if (row.state === 'running' && !snap.with_memory) {
         throw new FailedPreconditionError(`cannot revert running partition ${row.name} to snapshot ${snap.name}: it holds no memory state; stop the partition first`);
       }
-      return { snap, params: { snapshotId: snap.id } };
+      // The current snapshot before: the revert's handler puts it back if the revert fails.
+      return { snap, params: { snapshotId: snap.id, previousSnapshotId: row.current_snapshot_id } };
     }, null);
   }
 
