@@ -1,4 +1,5 @@
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { agentV1 } from '@hyperplane/proto';
@@ -404,6 +405,22 @@ describe('Reconciler', () => {
       expect(attempts).toBe(2);
     });
 
+
+    it('drops partitions whose outgoing migration completed before the restart: with a record or without', async () => {
+      const now = new Date().toISOString();
+      const base = { projectId: 'p', vcpus: 1, memoryMiB: 128, diskGiB: 1, image: 'sample' };
+      await store.save({ id: A, spec: { ...base, id: A, name: 'a', desired: 'running', generation: 3 }, appliedGeneration: 3, state: 'running', reason: 'migrating to 127.0.0.2:4000', updatedAt: now });
+      await mkdir(join(dir, 'partitions', B), { recursive: true }); // its record already gone
+      reconciler = await make([
+        { id: A, alive: false, movedAway: true, reason: 'migrated away' },
+        { id: B, alive: false, movedAway: true, reason: 'migrated away' },
+      ]);
+      expect(reconciler.statuses()).toEqual([]);
+      expect(reconciler.stateOf(A)).toBeUndefined();
+      expect(existsSync(join(dir, 'partitions', A))).toBe(false);
+      await expect(reconciler.command({ id: 'o1', body: 'migrationOutcome', migrationOutcome: { partitionId: A } })).resolves.toMatchObject({ ok: true, payload: JSON.stringify({ present: false, state: 'absent', reason: '' }) });
+      await expect(reconciler.command({ id: 'o2', body: 'migrationOutcome', migrationOutcome: { partitionId: B } })).resolves.toMatchObject({ ok: true, payload: JSON.stringify({ present: false, state: 'absent', reason: '' }) });
+    });
 
     it('adopts surviving guests, reports gone ones per their last desired state, and acts on nothing it already did', async () => {
       const C = '01900000-0000-7000-8000-00000000000c';

@@ -41,7 +41,7 @@ export const CONSOLE_TAIL_MAX_BYTES = 1024 * 1024;
 /** The reconciler's collaborators. */
 export interface ReconcilerDeps {
   driver: PartitionDriver;
-  store: Pick<PartitionStore, 'loadAll' | 'save' | 'forget'>;
+  store: Pick<PartitionStore, 'loadAll' | 'save' | 'forget' | 'forgetRecord'>;
   /** Called on every status change (and for every spec, even one that causes no action). */
   report: (status: agentV1.PartitionStatus) => void;
   /** Called for every hypervisor event of a guest. */
@@ -121,6 +121,13 @@ export class Reconciler {
     const { records, orphans } = await this.deps.store.loadAll();
     const recovered = new Map((await this.driver.recover()).map((r) => [r.id, r]));
     for (const record of records) {
+      const r0 = recovered.get(record.id);
+      if (r0 && !r0.alive && r0.movedAway) {
+        // Its outgoing migration completed before the agent stopped: the guest lives elsewhere.
+        await this.deps.store.forget(record.id);
+        this.log.info({ partition: record.id }, 'partition migrated away before the restart; its record is dropped');
+        continue;
+      }
       const e = this.newEntry(record.id);
       e.spec = record.spec;
       e.applied = record.appliedGeneration;
@@ -142,6 +149,8 @@ export class Reconciler {
       if (e.state !== record.state || e.reason !== record.reason) await this.persist(e);
     }
     for (const id of orphans) {
+      const found = recovered.get(id);
+      if (found && !found.alive && found.movedAway) continue;
       const e = this.newEntry(id);
       const r = recovered.get(id);
       e.state = r?.alive ? 'running' : 'stopped';
@@ -479,8 +488,9 @@ export class Reconciler {
             }
             throw error;
           }
-          // The guest lives on the destination now: forget it here.
-          await this.deps.store.forget(id);
+          // The guest lives on the destination now: forget it here. The record goes first; the
+          // paused QEMU's files go when it quits (a restart in between finds it: see recover).
+          await this.deps.store.forgetRecord(id);
           e.gone = true;
           e.pid = 0;
           if (this.entries.get(id) === e) this.entries.delete(id);

@@ -47,6 +47,12 @@ export class RecordStore<R extends { id: string }> {
     await rename(tmp, join(dir, STATE_FILE));
   }
 
+  /** Removes an id's record only: the files it shares its directory with stay (their owner removes them). Idempotent. */
+  async forgetRecord(id: string): Promise<void> {
+    if (!UUID_RE.test(id)) return;
+    await rm(join(this.root, id, STATE_FILE), { force: true });
+  }
+
   /** Removes an id's directory with everything left in it. Idempotent. */
   async forget(id: string): Promise<void> {
     if (!UUID_RE.test(id)) return;

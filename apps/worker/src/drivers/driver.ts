@@ -65,7 +65,7 @@ export interface GuestExit {
 /** A guest found by `recover`: adopted and running, or gone (its runtime files cleaned up). */
 export type RecoveredGuest =
   | { id: string; alive: true; pid: number; status: string }
-  | { id: string; alive: false; reason: string };
+  | { id: string; alive: false; reason: string; movedAway?: boolean };
 
 /** Facts about this host as the driver sees them, for the node's inventory. */
 export interface HostFacts {

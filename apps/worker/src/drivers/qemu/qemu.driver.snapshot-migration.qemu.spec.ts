@@ -39,6 +39,7 @@ const IDS = {
   cold: '01900000-0000-7000-8000-0000000000b6',
   restart: '01900000-0000-7000-8000-0000000000b7',
   cut: '01900000-0000-7000-8000-0000000000b8',
+  stopped: '01900000-0000-7000-8000-0000000000b9',
 };
 
 /** Pids of every QEMU whose command line mentions `needle`. */
@@ -285,6 +286,35 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     expect((await b.snapshotList(id)).map((s) => s.tag)).toEqual(['keep']);
     console.log(`live migration with shared storage: total ${result.totalTimeMs} ms, QEMU downtime ${result.downtimeMs} ms`);
     await b.destroy(id);
+  }, 180_000);
+
+  it('source agent stopped after the migration completed, before its paused QEMU quit: the next agent retires it and says the partition moved away', async () => {
+    const id = IDS.stopped;
+    await a.start(spec(id));
+    await waitBeatAtLeast(dirA, id, 2);
+    // The agent that migrates "dies" before retiring its source: it waits a minute to.
+    const dying = new QemuDriver({ dataDir: dirA, accel: 'tcg', log: silent, retireAfterMs: 60_000 });
+    dying.setListener({ onExit: () => undefined, onEvent: () => undefined });
+    await a.close();
+    expect((await dying.recover()).find((f) => f.id === id)).toMatchObject({ alive: true, status: 'running' });
+    const sourcePid = (await readPidFile(join(dirA, 'partitions', id, 'qemu.pid')))!;
+
+    const port = await freePortPair();
+    const target = await b.migrationPrepareTarget(spec(id), { host: '127.0.0.1', port, storage: 'shared', sharedDiskPath: join(dirA, 'partitions', id, 'disk.qcow2') });
+    await dying.migrationStart(id, target, {});
+    expect(pidAlive(sourcePid)).toBe(true); // paused (postmigrate), waiting to quit
+    // Its QMP connection goes as with the agent's process (QEMU takes one client at a time).
+    await (dying as unknown as { instances: Map<string, { qmp?: { close(): Promise<void> } }> }).instances.get(id)?.qmp?.close();
+
+    a = new QemuDriver({ dataDir: dirA, accel: 'tcg', log: silent });
+    a.setListener({ onExit: () => undefined, onEvent: () => undefined });
+    expect((await a.recover()).find((f) => f.id === id)).toEqual({ id, alive: false, movedAway: true, reason: 'migrated away' });
+    expect(pidAlive(sourcePid)).toBe(false);
+    expect(existsSync(join(dirA, 'partitions', id))).toBe(false);
+    await b.migrationFinishTarget(id);
+    await nextBeats(dirB, id, 0, 2);
+    await b.destroy(id);
+    await dying.close();
   }, 180_000);
 
   it('cold migration of a stopped partition: the disk file moves with its snapshots, boots at the destination, and is gone from the source', async () => {

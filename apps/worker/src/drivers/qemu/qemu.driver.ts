@@ -51,7 +51,7 @@ import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnecti
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
 import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob, watchEvent } from './qemu-jobs';
-import { cmdlineContains, pidAlive, readPidFile, signalPid } from './qemu-process';
+import { cmdlineContains, pidAlive, readPidFile, signalPid, waitForPidExit } from './qemu-process';
 
 
 /** Settings of a QEMU driver; paths are made absolute. */
@@ -75,6 +75,8 @@ export interface QemuDriverOptions {
   startTimeoutMs?: number;
   /** How long to wait after `quit` (or SIGTERM) before SIGKILL. Default 5 s. */
   quitTimeoutMs?: number;
+  /** How long the paused source of a completed migration waits before it quits (RETIRE_AFTER_MS; tests). */
+  retireAfterMs?: number;
   /** Extra QEMU arguments, inserted before `-S` (diagnostics and tests). */
   extraArgs?: string[];
 }
@@ -265,6 +267,15 @@ export class QemuDriver implements PartitionDriver {
       qmp = await QmpClient.connect(join(dir, RUNTIME_FILES.qmp), { connectTimeoutMs: 3_000, commandTimeoutMs: 10_000 });
       const status = await qmp.queryStatus();
       const realPid = pid !== undefined && pidAlive(pid) && cmdlineContains(pid, id) ? pid : 0;
+      if (status.status === 'postmigrate') {
+        // An outgoing migration completed (the destination has the guest: with return-path,
+        // `completed` means it loaded the state) and the agent stopped before this QEMU quit.
+        await qmp.quit().catch(() => undefined);
+        if (realPid && !(await waitForPidExit(realPid, this.options.quitTimeoutMs ?? DEFAULT_QUIT_TIMEOUT_MS))) signalPid(realPid, 'SIGKILL');
+        await rm(dir, { recursive: true, force: true });
+        log.info({ qemuPid: realPid }, 'a guest that had migrated away was still paused here; its QEMU quit and its files are removed');
+        return { id, alive: false, movedAway: true, reason: 'migrated away' };
+      }
       if (realPid === 0) log.warn({ pidFile: pid }, 'adopted a QEMU whose pid file does not name it; exit detection relies on QMP alone');
       const inst = this.newInstance(id, dir, realPid, undefined);
       this.attachQmp(inst, qmp);
@@ -1067,7 +1078,7 @@ export class QemuDriver implements PartitionDriver {
     inst.stopRequested = true;
     let now!: () => void;
     const due = new Promise<void>((resolve) => (now = resolve));
-    const timer = setTimeout(now, RETIRE_AFTER_MS);
+    const timer = setTimeout(now, this.options.retireAfterMs ?? RETIRE_AFTER_MS);
     const retiring = {
       done: due.then(() => this.retireSource(inst, log)).finally(() => {
         if (this.retiring.get(inst.id) === retiring) this.retiring.delete(inst.id);
@@ -1084,13 +1095,16 @@ export class QemuDriver implements PartitionDriver {
 
   /** Quits the source QEMU of a completed migration and removes the partition's files here. */
   private async retireSource(inst: Instance & { qmp: QmpClient }, log: Logger): Promise<void> {
+    // Files first, then quit: an agent restart in between finds neither a paused QEMU it would
+    // have to retire (see recoverOne) nor files of a QEMU that is gone. (The QMP connection
+    // stays up without its socket file.)
+    await rm(inst.dir, { recursive: true, force: true }).catch((error: unknown) => log.warn({ err: error, dir: inst.dir }, 'could not remove the files of a partition that migrated away'));
     await inst.qmp.quit().catch(() => undefined);
     if (!(await this.waitGone(inst, this.options.quitTimeoutMs ?? DEFAULT_QUIT_TIMEOUT_MS))) {
       if (inst.child) inst.child.kill('SIGKILL');
       else signalPid(inst.pid, 'SIGKILL');
       await this.waitGone(inst, KILL_TIMEOUT_MS);
     }
-    await rm(inst.dir, { recursive: true, force: true });
     log.debug('source QEMU gone, files removed');
   }
 
