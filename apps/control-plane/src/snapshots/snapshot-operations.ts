@@ -97,25 +97,27 @@ export class SnapshotOperations implements OnModuleInit {
   /**
    * snapshot.revert: the node loads it (a running guest resumes from it); it becomes the current
    * snapshot. It is recorded as current while the node loads it, not after (nothing then stands
-   * between the node's answer and the operation's end), and the one before is put back if the
-   * revert fails; a re-run after a crash records it again.
+   * between the node's answer and the operation's end), and the one before (kept in the
+   * operation's params) is put back if the revert fails; a re-run after a crash records it again.
+   * An operation requested without that (before 2026-12-01) records it once the node answered.
    */
   async handleRevert(op: OperationRow, ctx: OperationContext): Promise<void> {
     const { partition, snap } = await this.load(op);
     void ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30).catch(() => undefined);
-    const current = this.setCurrent(partition, snap.id);
+    const current = 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;
+    current?.catch(() => undefined); // awaited below; until then a failure must not go unhandled
     let r: agentV1.CommandResult__Output;
     try {
       r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
     } catch (e) {
-      await this.putBackCurrent(op, partition, current);
+      if (current) await this.putBackCurrent(op, partition, current);
       throw e;
     }
     if (!r.ok) {
-      await this.putBackCurrent(op, partition, current);
+      if (current) await this.putBackCurrent(op, partition, current);
       throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
     }
-    await current;
+    await (current ?? this.setCurrent(partition, snap.id));
     await this.images.record(op, partition, 'reverted', { details: { snapshot: snap.name } });
   }
 
@@ -128,8 +130,7 @@ export class SnapshotOperations implements OnModuleInit {
   /** A revert that failed: the current snapshot is the one from before the request again. */
   private async putBackCurrent(op: OperationRow, partition: PartitionRow, recorded: Promise<void>): Promise<void> {
     await recorded.catch(() => undefined);
-    const before = 'previousSnapshotId' in op.params ? ((op.params.previousSnapshotId as string | null) ?? null) : partition.current_snapshot_id;
-    await this.setCurrent(partition, before);
+    await this.setCurrent(partition, (op.params.previousSnapshotId as string | null | undefined) ?? null);
   }
 
   /** snapshot.delete: the node drops it (already gone is fine); children move up to its parent. */
