@@ -16,6 +16,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
+import { mulberry32 } from '@hyperplane/scheduler';
 import { ROOT, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
 const NODES = Number(process.env.BENCH_NODES ?? 1000);
@@ -52,18 +53,6 @@ function ticksOf(pid: number, fields: [number, number] = [11, 13]): number {
 }
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
-
-/** A small seeded generator of numbers in [0, 1) (mulberry32). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Sum over every process whose command is `comm` (all PostgreSQL backends, for instance). */
 function ticksOfComm(comm: string): number {
