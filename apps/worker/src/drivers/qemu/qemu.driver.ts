@@ -809,7 +809,7 @@ export class QemuDriver implements PartitionDriver {
         if (entry.vmStateBytes === 0) {
           throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
         }
-        const wasRunning = status?.running ?? (await qmp.queryStatus()).running;
+        const wasRunning = status!.running; // asked above: live() refuses an instance whose QMP was closed then
         const job = `snap-load-${Date.now()}`;
         let loaded = false;
         try {
