@@ -63,12 +63,19 @@ function beats(text: string): number[] {
   return [...text.replaceAll('\r', '').matchAll(/hb (\d+)$/gm)].map((m) => Number(m[1]));
 }
 
-/** Waits (up to 10 s) until a node's data dir has nothing left of a partition that migrated away. */
-async function sourceGone(dir: string, id: string): Promise<void> {
+/**
+ * Waits (up to 10 s) until a node has nothing left of a partition that migrated away: no files,
+ * no QEMU, and its driver no longer runs it. The source's pid is watched as well as the command
+ * lines: a QEMU that is tearing its memory down already shows an empty command line.
+ */
+async function sourceGone(driver: QemuDriver, dir: string, id: string, pid: number): Promise<void> {
   const pdir = join(dir, 'partitions', id);
-  for (let i = 0; i < 100 && (existsSync(pdir) || qemusMentioning(pdir).length > 0); i++) await new Promise((r) => setTimeout(r, 100));
+  const left = () => existsSync(pdir) || qemusMentioning(pdir).length > 0 || pidAlive(pid) || driver.isRunning(id);
+  for (let i = 0; i < 100 && left(); i++) await new Promise((r) => setTimeout(r, 100));
   expect(existsSync(pdir)).toBe(false);
   expect(qemusMentioning(pdir)).toEqual([]);
+  expect(pidAlive(pid)).toBe(false);
+  expect(driver.isRunning(id)).toBe(false);
 }
 
 /** A TCP port that is free, with the next one free too (migration stream + NBD). */
@@ -141,6 +148,17 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
       expect(['linked', 'copied']).toContain(await d.images.seed(GUEST_DIR));
     }
   });
+
+  // One test's failure leaves nothing for the next to trip over: whatever it left running goes.
+  afterEach(async () => {
+    for (const d of [a, b]) for (const id of Object.values(IDS)) await d.destroy(id).catch(() => undefined);
+    for (const dir of [dirA, dirB]) {
+      for (const pid of qemusMentioning(dir)) {
+        process.kill(pid, 'SIGKILL');
+        await waitForPidExit(pid, 5_000);
+      }
+    }
+  }, 60_000);
 
   afterAll(async () => {
     await a?.close();
@@ -247,9 +265,7 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     const switchMs = Date.now() - t0;
 
     // The paused source quits while the destination takes over: gone within moments.
-    await sourceGone(dirA, id);
-    expect(pidAlive(sourcePid)).toBe(false);
-    expect(a.isRunning(id)).toBe(false);
+    await sourceGone(a, dirA, id, sourcePid);
     expect(b.isRunning(id)).toBe(true);
     expect(progress.map((p) => p.phase)).toEqual(expect.arrayContaining(['storage', 'memory']));
     const onDest = await nextBeats(dirB, id, 0, 2);
@@ -267,7 +283,7 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
 
   it('live migration with shared storage (the same disk file under both nodes): the heartbeat goes on, snapshots stay', async () => {
     const id = IDS.shared;
-    await a.start(spec(id));
+    const { pid: sourcePid } = await a.start(spec(id));
     await waitBeatAtLeast(dirA, id, 3);
     await a.snapshotCreate(id, { tag: 'keep', withMemory: true });
 
@@ -279,7 +295,7 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     });
     await b.migrationFinishTarget(id);
 
-    await sourceGone(dirA, id);
+    await sourceGone(a, dirA, id, sourcePid);
     const onDest = await nextBeats(dirB, id, 0, 2);
     expect(onDest[0]).toBeGreaterThan(1);
     expect(onDest[0]).toBeLessThanOrEqual(lastOnSource + 3);
