@@ -231,6 +231,11 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     await expect(a.snapshotRevert(id, 'disk-only')).rejects.toThrow(/holds no memory state/);
     await a.snapshotDelete(id, 'disk-only');
     expect(a.isRunning(id)).toBe(true);
+    // The refused reverts (QEMU is asked and says no) left the guest running on from where it was.
+    expect((await (a as unknown as { instances: Map<string, { qmp: { queryStatus(): Promise<{ running: boolean }> } }> }).instances.get(id)!.qmp.queryStatus()).running).toBe(true);
+    const last = await lastBeat(dirA, id);
+    from = await consoleSize(dirA, id);
+    expect((await nextBeats(dirA, id, from, 1))[0]).toBeGreaterThan(last);
 
     // Disk-only snapshots of the stopped partition, through qemu-img (no QEMU runs).
     await a.stop(id, { force: true, graceMs: 0 });
