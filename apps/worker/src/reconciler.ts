@@ -476,12 +476,17 @@ export class Reconciler {
           if (!this.driver.isRunning(id)) throw Object.assign(new Error(`cannot migrate partition ${e.spec?.name || id}: it is ${e.state}`), { code: 'FAILED_PRECONDITION' });
           this.log.info({ partition: id, target: `${target.host}:${target.port}`, storage: target.storage }, 'live migration starting');
           // The reason tells a control plane that reconnects (or restarted) that a migration runs.
+          // Its record is written while the migration starts, not before: a restarted agent goes
+          // by what QEMU says (see recover), not by this reason; the record is replaced or
+          // forgotten below only once this write is done.
           this.setState(e, 'running', `migrating to ${target.host}:${target.port}`);
-          await this.settle(e);
+          const written = this.persist(e);
+          this.report(e);
           let result;
           try {
             result = await this.driver.migrationStart(id, target, options, onProgress);
           } catch (error) {
+            await written;
             if (this.driver.isRunning(id) && e.state === 'running') {
               this.setState(e, 'running', '');
               await this.settle(e);
@@ -490,6 +495,7 @@ export class Reconciler {
           }
           // The guest lives on the destination now: forget it here. The record goes first; the
           // paused QEMU's files go when it quits (a restart in between finds it: see recover).
+          await written;
           await this.deps.store.forgetRecord(id);
           e.gone = true;
           e.pid = 0;
