@@ -1,7 +1,8 @@
 /**
  * An operation cancelled before any handler ran undoes what its request recorded: a migration
  * leaves the partition where it was with the destination's capacity given back; a snapshot being
- * created is not listed; a snapshot being deleted is ready again. The control plane here only
+ * created is not listed; a snapshot being deleted is ready again. An undo that fails leaves the
+ * operation pending with its cancel asked for, to be undone again. The control plane here only
  * serves the API (HYPERPLANE_ROLE=api), so every operation stays pending until it is cancelled.
  */
 import { Api, clusterAdminToken, InProcess, startInProcess } from '../helpers/control-plane';
@@ -74,4 +75,32 @@ it('a snapshot cancelled while pending is not listed; a delete cancelled while p
   expect((await api.post(`/v1/operations/${d.body.operation.id}/cancel`)).body.status).toBe('cancelled');
   const list = (await api.get(`/v1/partitions/${partitionId}/snapshots`)).body.items;
   expect(list).toEqual([expect.objectContaining({ name: 'kept', state: 'ready' })]);
+});
+
+it('an undo that fails (here: the database refuses the partition update) leaves the operation pending with its cancel asked for; the next cancel undoes it and cancels it', async () => {
+  const m = await api.post(`/v1/partitions/${partitionId}/migrate`, { targetNode: 'cancel-pending-b', storage: 'shared' });
+  expect(m.status).toBe(202);
+  const op = m.body.operation.id;
+  // A failure injected where the undo writes: every update of this migrating partition fails.
+  await sql(`CREATE OR REPLACE FUNCTION hp_test_refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql`);
+  await sql(`CREATE TRIGGER hp_test_refuse BEFORE UPDATE ON partitions FOR EACH ROW WHEN (OLD.id = '${partitionId}' AND OLD.state = 'migrating') EXECUTE FUNCTION hp_test_refuse()`);
+  try {
+    const c = await api.post(`/v1/operations/${op}/cancel`);
+    expect(c.status).toBe(200);
+    expect(c.body.status).toBe('pending');
+    expect((await sql<{ c: boolean }>(`SELECT cancel_requested AS c FROM operations WHERE id = $1`, [op]))[0]!.c).toBe(true);
+    expect((await api.get(`/v1/partitions/${partitionId}`)).body.state).toBe('migrating');
+    expect(await allocated('b')).toBe(256); // still held: the migration is not undone yet
+  } finally {
+    await sql(`DROP TRIGGER IF EXISTS hp_test_refuse ON partitions`);
+    await sql(`DROP FUNCTION IF EXISTS hp_test_refuse()`);
+  }
+  // The partition stays blocked for other actions until then.
+  expect((await api.post(`/v1/partitions/${partitionId}/stop`, {})).status).toBe(409);
+
+  const again = await api.post(`/v1/operations/${op}/cancel`);
+  expect(again.status).toBe(200);
+  expect(again.body.status).toBe('cancelled');
+  expect((await api.get(`/v1/partitions/${partitionId}`)).body).toMatchObject({ state: 'running', node: nodeIds.a });
+  expect(await allocated('b')).toBe(0);
 });

@@ -103,7 +103,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
       const existing = await this.ops.get(id);
       if (!existing || isFinal(existing.status)) return;
       if (existing.cancel_requested && existing.status === 'pending') {
-        const cancelled = await this.service.cancelBeforeStart(id);
+        const cancelled = await this.service.cancelBeforeStart(existing);
         if (cancelled) await this.service.publish(cancelled);
       } else if (!handler) {
         await this.finish(id, 'failed', { code: 'INTERNAL', message: `no handler for operation kind ${existing.kind}` });

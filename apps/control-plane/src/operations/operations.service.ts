@@ -67,18 +67,22 @@ export class OperationsService {
   }
 
   /**
-   * Cancels a pending operation (its cancel was asked for) and runs its kind's undo; returns the
-   * row, or undefined when it was not live any more. The undo never throws: it is logged.
+   * Cancels a pending operation whose cancel was asked for: its kind's undo first, then the
+   * cancel. A crash or a failed undo in between leaves it pending with its cancel asked for: such
+   * an operation never starts (see OperationRepository.markRunning), and its job (the sweep
+   * re-queues it) or the next cancel request brings it back here. Undos are idempotent; two may
+   * run at once (a cancel request and a job). Returns the cancelled row, or undefined when it was
+   * not cancelled (not pending with its cancel asked for, or the undo failed: logged).
    */
-  async cancelBeforeStart(id: string): Promise<OperationRow | undefined> {
-    const op = await this.ops.finish(id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
-    if (!op) return undefined;
+  async cancelBeforeStart(op: OperationRow): Promise<OperationRow | undefined> {
+    if (op.status !== 'pending' || !op.cancel_requested) return undefined;
     try {
       await this.undoers.get(op.kind)?.(op);
     } catch (err) {
-      this.log.error({ err, operationId: op.id, kind: op.kind }, 'undoing an operation cancelled before it started failed');
+      this.log.error({ err, operationId: op.id, kind: op.kind }, 'undoing an operation cancelled before it started failed; it stays pending with its cancel asked for, and is undone again');
+      return undefined;
     }
-    return op;
+    return this.ops.finish(op.id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
   }
 
   /** Publishes an operation change to every event stream. */
@@ -155,7 +159,7 @@ export class OperationsService {
     let updated = await this.ops.requestCancel(id);
     if (updated && updated.status === 'pending') {
       await this.queue.removeIfWaiting(id);
-      updated = (await this.cancelBeforeStart(id)) ?? updated;
+      updated = (await this.cancelBeforeStart(updated)) ?? updated;
     }
     const latest = updated ?? (await this.ops.get(id)) ?? row;
     await this.publish(latest);
