@@ -149,12 +149,25 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     }
   });
 
-  // One test's failure leaves nothing for the next to trip over: whatever it left running goes.
+  // One test's failure leaves nothing for the next to trip over: whatever it left running goes,
+  // and a driver it closed (the agent-restart tests) is replaced.
   afterEach(async () => {
+    const fresh = (d: QemuDriver, dataDir: string) => {
+      if (!(d as unknown as { closed: boolean }).closed) return d;
+      const n = new QemuDriver({ dataDir, accel: 'tcg', log: silent });
+      n.setListener({ onExit: () => undefined, onEvent: () => undefined });
+      return n;
+    };
+    a = fresh(a, dirA);
+    b = fresh(b, dirB);
     for (const d of [a, b]) for (const id of Object.values(IDS)) await d.destroy(id).catch(() => undefined);
     for (const dir of [dirA, dirB]) {
       for (const pid of qemusMentioning(dir)) {
-        process.kill(pid, 'SIGKILL');
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          continue; // gone meanwhile
+        }
         await waitForPidExit(pid, 5_000);
       }
     }

@@ -795,29 +795,28 @@ export class QemuDriver implements PartitionDriver {
   async snapshotRevert(id: string, tag: string): Promise<void> {
     checkTag(tag);
     await this.exclusive(id, 'revert', async () => {
+      const inst = this.instances.get(id);
+      // A running guest's status is asked with its snapshot list: one QMP round trip for both.
+      const [list, status] = await Promise.all([this.snapshotList(id), inst?.qmp && !inst.qmp.closed ? inst.qmp.queryStatus() : undefined]);
+      const entry = list.find((s) => s.tag === tag);
+      if (!entry) throw new NotFoundError('snapshot', tag);
       const started = Date.now();
-      if (!this.instances.get(id)) {
-        if (!(await this.snapshotList(id)).some((s) => s.tag === tag)) throw new NotFoundError('snapshot', tag);
+      if (!inst) {
         await run(this.qemuImg, ['snapshot', '--image-opts', '-a', tag, qcow2ImageOpts(await this.offlineDisk(id))]);
       } else {
         const running = this.live(id, 'revert');
         const { qmp } = running;
-        // The snapshot list, the status and the load go in one write (QMP answers them in order):
-        // one round trip, not two. QEMU refuses an unknown tag and a disk-only snapshot before it
-        // touches the disk or the memory (it leaves the guest paused: resumed below); the list
-        // says which it was.
-        const listed = this.snapshotList(id);
-        const status = qmp.queryStatus();
+        if (entry.vmStateBytes === 0) {
+          throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
+        }
+        const wasRunning = status!.running; // asked above: live() refuses an instance whose QMP was closed then
         const job = `snap-load-${Date.now()}`;
-        const loading = this.memorySnapshotJob(running, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]));
-        const [list, before, load] = await Promise.allSettled([listed, status, loading]);
-        if (load.status === 'rejected') {
-          // QEMU resumes a guest that ran before a load that succeeded, not after one that failed.
-          if (before.status === 'fulfilled' && before.value.running && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
-          const entry = list.status === 'fulfilled' ? list.value.find((s) => s.tag === tag) : undefined;
-          if (list.status === 'fulfilled' && !entry) throw new NotFoundError('snapshot', tag);
-          if (entry?.vmStateBytes === 0) throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
-          throw load.reason;
+        let loaded = false;
+        try {
+          await this.memorySnapshotJob(running, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]));
+          loaded = true; // QEMU resumes a guest that ran before a load that succeeded
+        } finally {
+          if (!loaded && wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
         }
       }
       this.log.info({ partition: id, tag, ms: Date.now() - started }, 'reverted to snapshot');
