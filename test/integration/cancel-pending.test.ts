@@ -7,6 +7,7 @@
  */
 import { Api, clusterAdminToken, InProcess, startInProcess } from '../helpers/control-plane';
 import { seedNode, sql } from '../helpers/db';
+import { UNDO_LEASE_MS } from '../../apps/control-plane/src/operations/operations.service';
 
 jest.setTimeout(60_000);
 
@@ -95,9 +96,17 @@ it('an undo that fails (here: the database refuses the partition update) leaves 
     await sql(`DROP TRIGGER IF EXISTS hp_test_refuse ON partitions`);
     await sql(`DROP FUNCTION IF EXISTS hp_test_refuse()`);
   }
-  // The partition stays blocked for other actions until then.
+  // The operation says why; the partition stays blocked for other actions until it is undone.
+  expect((await api.get(`/v1/operations/${op}`)).body.phase).toMatch(/the undo failed \(.*injected failure.*\); it is tried again/);
   expect((await api.post(`/v1/partitions/${partitionId}/stop`, {})).status).toBe(409);
 
+  // An undo under way elsewhere (its claim is fresh) is not run a second time alongside it.
+  const claim = (ageMs: number) => sql(`UPDATE operations SET metadata = metadata || jsonb_build_object('undoClaimedAt', floor(extract(epoch FROM now()) * 1000)::bigint - $2) WHERE id = $1`, [op, ageMs]);
+  await claim(0);
+  expect((await api.post(`/v1/operations/${op}/cancel`)).body.status).toBe('pending');
+  expect((await api.get(`/v1/partitions/${partitionId}`)).body.state).toBe('migrating');
+  // A claim older than the lease is one whose replica died: the next cancel takes it over.
+  await claim(UNDO_LEASE_MS + 1_000);
   const again = await api.post(`/v1/operations/${op}/cancel`);
   expect(again.status).toBe(200);
   expect(again.body.status).toBe('cancelled');

@@ -236,6 +236,32 @@ export class OperationRepository {
     return found[0];
   }
 
+  /**
+   * Claims the undo of a pending operation whose cancel was asked for, for `leaseMs`: returns the
+   * row, or undefined when it is not such an operation or another claim is younger than that (an
+   * undo under way elsewhere; one whose replica died runs again once its claim is old).
+   */
+  async claimUndo(id: string, leaseMs: number): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds,
+      `UPDATE operations SET metadata = metadata || jsonb_build_object('undoClaimedAt', floor(extract(epoch FROM now()) * 1000)::bigint)
+       WHERE id = $1 AND status = 'pending' AND cancel_requested
+         AND (NOT metadata ? 'undoClaimedAt' OR (metadata->>'undoClaimedAt')::bigint < floor(extract(epoch FROM now()) * 1000)::bigint - $2)
+       RETURNING *`,
+      [id, leaseMs],
+    );
+    return found[0];
+  }
+
+  /** Gives up a claim of {@link claimUndo} after the undo failed, saying why in the operation's phase. */
+  async releaseUndo(id: string, phase: string): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds,
+      `UPDATE operations SET metadata = metadata - 'undoClaimedAt', phase = $2, version = version + 1, updated_at = now()
+       WHERE id = $1 AND status = 'pending' RETURNING *`,
+      [id, phase],
+    );
+    return found[0];
+  }
+
   /** Every operation not yet final (for recovery after a restart). */
   live(): Promise<OperationRow[]> {
     return rows(this.ds, `SELECT * FROM operations WHERE status IN ('pending', 'running') ORDER BY id`);

@@ -42,6 +42,12 @@ export function operationView(r: OperationRow): OperationView {
   };
 }
 
+/**
+ * How long a claim on the undo of a cancelled pending operation holds off other undos of it: more
+ * than an undo takes (a migration's asks the destination, with a 30 s timeout).
+ */
+export const UNDO_LEASE_MS = 120_000;
+
 /** Longest wait a client may ask for. */
 export const MAX_WAIT_SECONDS = 300;
 
@@ -70,16 +76,23 @@ export class OperationsService {
    * Cancels a pending operation whose cancel was asked for: its kind's undo first, then the
    * cancel. A crash or a failed undo in between leaves it pending with its cancel asked for: such
    * an operation never starts (see OperationRepository.markRunning), and its job (the sweep
-   * re-queues it) or the next cancel request brings it back here. Undos are idempotent; two may
-   * run at once (a cancel request and a job). Returns the cancelled row, or undefined when it was
-   * not cancelled (not pending with its cancel asked for, or the undo failed: logged).
+   * re-queues it) or the next cancel request brings it back here. One undo at a time per
+   * operation, cluster-wide ({@link UNDO_LEASE_MS}): an undo that ran late must not act on what
+   * came after the cancel (a new migration of the partition). Returns the cancelled row, or
+   * undefined when it was not cancelled here (not pending with its cancel asked for, an undo under
+   * way elsewhere, or the undo failed: logged, and said in the operation's phase).
    */
   async cancelBeforeStart(op: OperationRow): Promise<OperationRow | undefined> {
     if (op.status !== 'pending' || !op.cancel_requested) return undefined;
+    const claimed = await this.ops.claimUndo(op.id, UNDO_LEASE_MS);
+    if (!claimed) return undefined;
     try {
-      await this.undoers.get(op.kind)?.(op);
+      await this.undoers.get(op.kind)?.(claimed);
     } catch (err) {
       this.log.error({ err, operationId: op.id, kind: op.kind }, 'undoing an operation cancelled before it started failed; it stays pending with its cancel asked for, and is undone again');
+      const phase = `cancelling: the undo failed (${err instanceof Error ? err.message : String(err)}); it is tried again`;
+      const released = await this.ops.releaseUndo(op.id, phase.slice(0, 500)).catch(() => undefined);
+      if (released) await this.publish(released);
       return undefined;
     }
     return this.ops.finish(op.id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
