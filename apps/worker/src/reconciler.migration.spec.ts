@@ -246,6 +246,22 @@ describe('Reconciler snapshot and migration commands', () => {
       expect(driver.callsOf('migrationPrepareTarget')).toHaveLength(1);
     });
 
+    it('an abort naming another migration (the undo of an older one, run late) leaves the incoming migration alone', async () => {
+      driver.when('migrationPrepareTarget', async (_spec, options) => {
+        driver.running.set(A, 88);
+        return { host: options.host, port: options.port, storage: options.storage };
+      });
+      driver.when('migrationAbortTarget', async () => void driver.running.delete(A));
+      await expect(reconciler.command({ id: 'p1', body: 'migrationPrepareTarget', migrationPrepareTarget: { spec: spec(A, 'running', 5), port: 4000, storage: 'shared', sharedDiskPath: '/d/disk.qcow2', migrationId: 'm-new' } })).resolves.toMatchObject({ ok: true });
+      await expect(reconciler.command({ id: 'a1', body: 'migrationAbortTarget', migrationAbortTarget: { partitionId: A, migrationId: 'm-old' } })).resolves.toMatchObject({ ok: true });
+      expect(driver.callsOf('migrationAbortTarget')).toHaveLength(0);
+      expect(reconciler.stateOf(A)).toBe('starting');
+      // Its own abort still works.
+      await expect(reconciler.command({ id: 'a2', body: 'migrationAbortTarget', migrationAbortTarget: { partitionId: A, migrationId: 'm-new' } })).resolves.toMatchObject({ ok: true });
+      expect(driver.callsOf('migrationAbortTarget')).toHaveLength(1);
+      expect(reconciler.stateOf(A)).toBeUndefined();
+    });
+
     it('prepare for a partition the node has already is refused; a failed prepare leaves nothing', async () => {
       await running();
       await expect(prepare()).resolves.toMatchObject({ ok: false, errorCode: 'FAILED_PRECONDITION' });

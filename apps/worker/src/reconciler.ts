@@ -525,6 +525,8 @@ export class Reconciler {
           return { commandId, ok: true, errorCode: '', errorMessage: '', payload: '' };
         }
         if (!e.incoming) return { commandId, ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: `partition ${id} runs on this node: it is not an incoming migration`, payload: '' };
+        // The incoming migration of another (newer) migration of the partition: not this one's to abort.
+        if (migrationId && e.preparing && e.preparing.migrationId !== migrationId) return { commandId, ok: true, errorCode: '', errorMessage: '', payload: '' };
         return this.queued(commandId, e, async () => {
           await this.abortIncoming(e, 'migration aborted');
           return '';

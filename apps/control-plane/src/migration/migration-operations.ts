@@ -80,7 +80,7 @@ export class MigrationOperations implements OnModuleInit {
     const row = await this.partitions.getById(op.target_id);
     if (row?.state !== 'migrating' || row.target_node_id !== p.targetNodeId) return;
     await this.abortTarget(row, p, this.log.child({ operationId: op.id }), op.id); // what was prepared ahead, and what may still arrive
-    await this.end(row, 'stayed', p, '');
+    await this.end(row, 'stayed', p, '', undefined, op.id);
   }
 
   /** partition.migrate: see the class comment for the order of steps. */
@@ -300,14 +300,15 @@ export class MigrationOperations implements OnModuleInit {
   /**
    * Ends the migration in one transaction: the record names the node the guest is on, and the
    * capacity of the other node is given back. With copy storage, snapshots the copy did not carry go.
+   * `onlyOf`: only if no other migration operation of the partition is live (see endMigrationReleasing).
    */
-  private async end(row: PartitionRow, outcome: Outcome, p: MigrateParams, reason: string, state?: PartitionState): Promise<void> {
+  private async end(row: PartitionRow, outcome: Outcome, p: MigrateParams, reason: string, state?: PartitionState, onlyOf?: string): Promise<void> {
     const moved = outcome === 'moved';
     const freedNode = moved ? p.sourceNodeId : p.targetNodeId;
     const copied = moved && p.live && p.storage === 'copy';
     // Usually one statement; a disk copy also drops the snapshots it did not carry, in one transaction.
-    const out = !copied ? await this.partitions.endMigrationReleasing(this.ds, row.id, moved, state ?? p.previousState, reason, freedNode) : await inTransaction(this.ds, async (tx) => {
-      const ended = await this.partitions.endMigrationReleasing(tx, row.id, moved, state ?? p.previousState, reason, freedNode);
+    const out = !copied ? await this.partitions.endMigrationReleasing(this.ds, row.id, moved, state ?? p.previousState, reason, freedNode, onlyOf) : await inTransaction(this.ds, async (tx) => {
+      const ended = await this.partitions.endMigrationReleasing(tx, row.id, moved, state ?? p.previousState, reason, freedNode, onlyOf);
       if (!ended) return undefined;
       const dropped = await this.snapshots.removeAll(tx, row.id);
       return dropped.length ? ((await this.partitions.setCurrentSnapshot(tx, row.id, null)) ?? ended) : ended;

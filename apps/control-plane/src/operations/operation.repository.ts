@@ -237,27 +237,42 @@ export class OperationRepository {
   }
 
   /**
-   * Claims the undo of a pending operation whose cancel was asked for, for `leaseMs`: returns the
-   * row, or undefined when it is not such an operation or another claim is younger than that (an
-   * undo under way elsewhere; one whose replica died runs again once its claim is old).
+   * Claims the undo of a pending operation whose cancel was asked for, for `leaseMs`, under
+   * `token`: returns the row, or undefined when it is not such an operation or another claim is
+   * younger than that (an undo under way elsewhere; one whose replica died is taken over once
+   * its claim is old).
    */
-  async claimUndo(id: string, leaseMs: number): Promise<OperationRow | undefined> {
+  async claimUndo(id: string, token: string, leaseMs: number): Promise<OperationRow | undefined> {
     const found = await rows<OperationRow>(this.ds,
-      `UPDATE operations SET metadata = metadata || jsonb_build_object('undoClaimedAt', floor(extract(epoch FROM now()) * 1000)::bigint)
+      `UPDATE operations SET metadata = metadata || jsonb_build_object('undoClaim', jsonb_build_object('token', $2::text, 'at', floor(extract(epoch FROM now()) * 1000)::bigint))
        WHERE id = $1 AND status = 'pending' AND cancel_requested
-         AND (NOT metadata ? 'undoClaimedAt' OR (metadata->>'undoClaimedAt')::bigint < floor(extract(epoch FROM now()) * 1000)::bigint - $2)
+         AND (NOT metadata ? 'undoClaim' OR (metadata #>> '{undoClaim,at}')::bigint < floor(extract(epoch FROM now()) * 1000)::bigint - $3)
        RETURNING *`,
-      [id, leaseMs],
+      [id, token, leaseMs],
     );
     return found[0];
   }
 
-  /** Gives up a claim of {@link claimUndo} after the undo failed, saying why in the operation's phase. */
-  async releaseUndo(id: string, phase: string): Promise<OperationRow | undefined> {
+  /** Gives up the claim `token` of {@link claimUndo} after the undo failed, saying so in the operation's phase. */
+  async releaseUndo(id: string, token: string, phase: string): Promise<OperationRow | undefined> {
     const found = await rows<OperationRow>(this.ds,
-      `UPDATE operations SET metadata = metadata - 'undoClaimedAt', phase = $2, version = version + 1, updated_at = now()
-       WHERE id = $1 AND status = 'pending' RETURNING *`,
-      [id, phase],
+      `UPDATE operations SET metadata = metadata - 'undoClaim', phase = $3, version = version + 1, updated_at = now()
+       WHERE id = $1 AND status = 'pending' AND metadata #>> '{undoClaim,token}' = $2 RETURNING *`,
+      [id, token, phase],
+    );
+    return found[0];
+  }
+
+  /**
+   * Cancels a pending operation undone under the claim `token` (undefined when the claim is not
+   * its any more: the undo that took it over ends it). A phase an earlier failed undo left goes.
+   */
+  async cancelUndone(id: string, token: string, error: OperationError): Promise<OperationRow | undefined> {
+    const found = await rows<OperationRow>(this.ds,
+      `UPDATE operations SET status = 'cancelled', error = $3, finished_at = now(), metadata = metadata - 'undoClaim',
+         phase = CASE WHEN phase LIKE 'cancelling:%' THEN '' ELSE phase END, version = version + 1, updated_at = now()
+       WHERE id = $1 AND status = 'pending' AND metadata #>> '{undoClaim,token}' = $2 RETURNING *`,
+      [id, token, JSON.stringify(error)],
     );
     return found[0];
   }

@@ -1,7 +1,8 @@
+import { randomUUID } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
+import { DomainError, FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { EventBus } from '../events/event-bus';
 import { OperationQueueRepository } from './operation-queue.repository';
@@ -84,18 +85,19 @@ export class OperationsService {
    */
   async cancelBeforeStart(op: OperationRow): Promise<OperationRow | undefined> {
     if (op.status !== 'pending' || !op.cancel_requested) return undefined;
-    const claimed = await this.ops.claimUndo(op.id, UNDO_LEASE_MS);
+    const token = randomUUID();
+    const claimed = await this.ops.claimUndo(op.id, token, UNDO_LEASE_MS);
     if (!claimed) return undefined;
     try {
       await this.undoers.get(op.kind)?.(claimed);
     } catch (err) {
       this.log.error({ err, operationId: op.id, kind: op.kind }, 'undoing an operation cancelled before it started failed; it stays pending with its cancel asked for, and is undone again');
-      const phase = `cancelling: the undo failed (${err instanceof Error ? err.message : String(err)}); it is tried again`;
-      const released = await this.ops.releaseUndo(op.id, phase.slice(0, 500)).catch(() => undefined);
+      const why = err instanceof DomainError ? err.message : 'an internal error: see the control plane log';
+      const released = await this.ops.releaseUndo(op.id, token, `cancelling: the undo failed (${why}); it is tried again`.slice(0, 500)).catch(() => undefined);
       if (released) await this.publish(released);
       return undefined;
     }
-    return this.ops.finish(op.id, 'cancelled', { code: 'CANCELLED', message: 'cancelled before it started' });
+    return this.ops.cancelUndone(op.id, token, { code: 'CANCELLED', message: 'cancelled before it started' });
   }
 
   /** Publishes an operation change to every event stream. */

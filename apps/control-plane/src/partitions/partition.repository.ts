@@ -268,9 +268,10 @@ export class PartitionRepository {
    * switches; what the source reported is forgotten). Otherwise it stays on the source. Either way
    * it goes back to `state`, has no target any more, and the capacity of `freedNodeId` (the node
    * the guest is not on) is given back. Only a partition still migrating changes (nothing is
-   * released otherwise).
+   * released otherwise); with `onlyOf` (a migration operation's id), only while no other
+   * migration operation of it is live: an undo that ran late leaves a newer migration alone.
    */
-  async endMigrationReleasing(db: Db, id: string, moved: boolean, state: PartitionState, reason: string, freedNodeId: string): Promise<PartitionRow | undefined> {
+  async endMigrationReleasing(db: Db, id: string, moved: boolean, state: PartitionState, reason: string, freedNodeId: string, onlyOf?: string): Promise<PartitionRow | undefined> {
     const found = await rows<PartitionRow>(db,
       `WITH p AS (
          UPDATE partitions SET state = $3, state_reason = $4,
@@ -278,7 +279,9 @@ export class PartitionRepository {
            observed_state = CASE WHEN $2 THEN '' ELSE observed_state END,
            observed_reason = CASE WHEN $2 THEN '' ELSE observed_reason END,
            target_node_id = NULL, version = version + 1, updated_at = now()
-         WHERE id = $1 AND state = 'migrating' RETURNING *
+         WHERE id = $1 AND state = 'migrating'
+           AND ($6::uuid IS NULL OR NOT EXISTS (SELECT 1 FROM operations o WHERE o.target_id = $1 AND o.kind = 'partition.migrate' AND o.status IN ('pending', 'running') AND o.id <> $6))
+         RETURNING *
        ), freed AS (
          UPDATE nodes n SET allocated_vcpus = GREATEST(0, n.allocated_vcpus - p.vcpus),
            allocated_memory_mib = GREATEST(0, n.allocated_memory_mib - p.memory_mib),
@@ -286,7 +289,7 @@ export class PartitionRepository {
            version = n.version + 1, updated_at = now()
          FROM p WHERE n.id = $5
        )
-       SELECT * FROM p`, [id, moved, state, reason, freedNodeId]);
+       SELECT * FROM p`, [id, moved, state, reason, freedNodeId, onlyOf ?? null]);
     return found[0];
   }
 
