@@ -28,7 +28,6 @@ import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, P
 import { chainDiskFromWire, guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
 
-
 /** Grace of a stop the control plane asked for through `desired = stopped` alone. */
 export const DEFAULT_GRACE_MS = 30_000;
 
@@ -121,8 +120,8 @@ export class Reconciler {
     const { records, orphans } = await this.deps.store.loadAll();
     const recovered = new Map((await this.driver.recover()).map((r) => [r.id, r]));
     for (const record of records) {
-      const r0 = recovered.get(record.id);
-      if (r0 && !r0.alive && r0.movedAway) {
+      const r = recovered.get(record.id);
+      if (r && !r.alive && r.movedAway) {
         // Its outgoing migration completed before the agent stopped: the guest lives elsewhere.
         await this.deps.store.forget(record.id);
         this.log.info({ partition: record.id }, 'partition migrated away before the restart; its record is dropped');
@@ -132,7 +131,6 @@ export class Reconciler {
       e.spec = record.spec;
       e.applied = record.appliedGeneration;
       e.accepted = record.appliedGeneration;
-      const r = recovered.get(record.id);
       if (r?.alive && r.status === 'incoming') {
         e.state = 'starting';
         e.pid = r.pid;
@@ -149,10 +147,9 @@ export class Reconciler {
       if (e.state !== record.state || e.reason !== record.reason) await this.persist(e);
     }
     for (const id of orphans) {
-      const found = recovered.get(id);
-      if (found && !found.alive && found.movedAway) continue;
-      const e = this.newEntry(id);
       const r = recovered.get(id);
+      if (r && !r.alive && r.movedAway) continue;
+      const e = this.newEntry(id);
       e.state = r?.alive ? 'running' : 'stopped';
       e.pid = r?.alive ? r.pid : 0;
       e.reason = r?.alive ? 'found running without a record' : 'found without a record';

@@ -7,7 +7,6 @@ import { AgentRejectedError, AgentsService } from '../agents/agents.service';
 import { AgentStreamWriter } from '../agents/agent-sessions';
 import { ChainAgents } from '../service-chains/chain-agents';
 
-
 type AgentCall = grpc.ServerDuplexStream<agentV1.AgentMessage__Output, agentV1.ControlMessage>;
 
 /**

@@ -106,16 +106,12 @@ export class SnapshotOperations implements OnModuleInit {
     void ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30).catch(() => undefined);
     const current = 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;
     current?.catch(() => undefined); // awaited below; until then a failure must not go unhandled
-    let r: agentV1.CommandResult__Output;
     try {
-      r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
+      const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
+      if (!r.ok) throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
     } catch (e) {
       if (current) await this.putBackCurrent(op, partition, current);
       throw e;
-    }
-    if (!r.ok) {
-      if (current) await this.putBackCurrent(op, partition, current);
-      throw agentFailure(r, `revert of partition ${partition.name} to snapshot ${snap.name}`);
     }
     await (current ?? this.setCurrent(partition, snap.id));
     await this.images.record(op, partition, 'reverted', { details: { snapshot: snap.name } });

@@ -58,6 +58,18 @@ function qemusMentioning(needle: string): number[] {
   return pids;
 }
 
+/** SIGKILLs every QEMU that names `dir` (one that exits meanwhile is fine) and waits for each to go. */
+async function killQemusOf(dir: string): Promise<void> {
+  for (const pid of qemusMentioning(dir)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      continue; // gone meanwhile
+    }
+    await waitForPidExit(pid, 5_000);
+  }
+}
+
 /** Every heartbeat number in a console log, in order. */
 function beats(text: string): number[] {
   return [...text.replaceAll('\r', '').matchAll(/hb (\d+)$/gm)].map((m) => Number(m[1]));
@@ -161,26 +173,14 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     a = fresh(a, dirA);
     b = fresh(b, dirB);
     for (const d of [a, b]) for (const id of Object.values(IDS)) await d.destroy(id).catch(() => undefined);
-    for (const dir of [dirA, dirB]) {
-      for (const pid of qemusMentioning(dir)) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          continue; // gone meanwhile
-        }
-        await waitForPidExit(pid, 5_000);
-      }
-    }
+    for (const dir of [dirA, dirB]) await killQemusOf(dir);
   }, 60_000);
 
   afterAll(async () => {
     await a?.close();
     await b?.close();
     for (const dir of [dirA, dirB]) {
-      for (const pid of qemusMentioning(dir)) {
-        process.kill(pid, 'SIGKILL');
-        await waitForPidExit(pid, 5_000);
-      }
+      await killQemusOf(dir);
       expect(qemusMentioning(dir)).toEqual([]);
       await rm(dir, { recursive: true, force: true });
     }

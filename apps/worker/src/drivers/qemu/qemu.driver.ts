@@ -53,7 +53,6 @@ import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuAr
 import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob, watchEvent } from './qemu-jobs';
 import { cmdlineContains, pidAlive, readPidFile, signalPid, waitForPidExit } from './qemu-process';
 
-
 /** Settings of a QEMU driver; paths are made absolute. */
 export interface QemuDriverOptions {
   /** The node's data dir: runtime dirs go to `partitions/<id>/`, images live in `images/`. */
