@@ -6,7 +6,7 @@
  * the record saying which and nothing left on the other; bad input changes nothing; a cold
  * migration keeps the snapshots; a drain moves partitions away live.
  */
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Api, ChildControlPlane, clusterAdminToken, freePort, spawnControlPlane, testEnv, waitUntil } from '../helpers/control-plane';
@@ -52,8 +52,28 @@ async function beats(id: string): Promise<number[]> {
 
 async function waitBeat(id: string, n: number): Promise<number> {
   let last = 0;
-  await waitUntil(async () => (last = (await beats(id)).at(-1) ?? 0) >= n, 60_000, `heartbeat ${n}`, 250);
+  try {
+    await waitUntil(async () => (last = (await beats(id)).at(-1) ?? 0) >= n, 60_000, `heartbeat ${n}`, 250);
+  } catch (e) {
+    throw new Error(`${(e as Error).message} (last seen ${last})\n${await whereIs(id)}`);
+  }
   return last;
+}
+
+/** What the test can see of a partition that stopped beating: its record, its QEMUs and console files on each node, the processes' last words. */
+async function whereIs(id: string): Promise<string> {
+  const lines = [`record: ${JSON.stringify((await api.get(`/v1/partitions/${id}`)).body)}`];
+  const tail = await api.get(`/v1/partitions/${id}/console?tailBytes=300`);
+  lines.push(`console API: ${tail.status} ${JSON.stringify(tail.body.data ?? tail.body)}`);
+  for (const k of Object.keys(NODES) as NodeKey[]) {
+    const procs = qemuPids(k, id).map((pid) => `${pid} ${existsSync(`/proc/${pid}/stat`) ? readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.slice(0, 1) : 'gone'}`);
+    const log = join(dir, k, 'partitions', id, 'console.log');
+    const file = existsSync(log) ? `${statSync(log).size} bytes, modified ${statSync(log).mtime.toISOString()}, ends ${JSON.stringify(readFileSync(log, 'utf8').slice(-200))}` : 'none';
+    lines.push(`${NODES[k].name}: qemu [${procs.join(', ')}], files [${existsSync(join(dir, k, 'partitions', id)) ? readdirSync(join(dir, k, 'partitions', id)).join(' ') : ''}], console.log ${file}`);
+    lines.push(`${NODES[k].name} worker log:\n${workers[k]?.output().slice(-6000)}`);
+  }
+  lines.push(`control plane log:\n${cp.output().slice(-6000)}`);
+  return lines.join('\n');
 }
 
 /** The guest runs on exactly node `k`: one QEMU there, none on the other, the record says `k`, the heartbeat goes on. */
