@@ -16,13 +16,17 @@
  * Downtime is QEMU's own figure (`query-migrate` on the source) on both sides. 11 pairs
  * (BENCH_PAIRS), after one warm-up pair on each side that is not counted (the first migration of
  * a freshly booted guest and the first request of a fresh process are not what either measures).
+ * Which side goes first alternates from pair to pair (in a fixed order the second side always
+ * started on a machine the first had just left busy, or quiet, which moved the ratio by 0.1-0.2);
+ * each side starts once the other's old source QEMU is gone. BENCH_SKIP_MIGRATION=1 runs only the
+ * snapshot pairs.
  * Then snapshot save (memory + disk) and revert, API (`POST .../snapshots`, `.../revert`, to
  * the operation's success) against QMP `snapshot-save` / `snapshot-load` jobs, as many pairs.
  * Prints each figure and medians; the last line is JSON.
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createConnection } from 'node:net';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QmpClient } from '@hyperplane/qmp';
@@ -72,6 +76,17 @@ async function bareStart(dir: string, disk: string, incoming: boolean): Promise<
   }
   if (!qmp) throw new Error('bare QEMU did not answer on QMP');
   return { dir, proc, qmp };
+}
+
+/** Pids of the processes with a file under `dir` on their command line. */
+function qemusUnder(dir: string): string[] {
+  return readdirSync('/proc').filter((pid) => {
+    try {
+      return /^\d+$/.test(pid) && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir);
+    } catch {
+      return false; // gone meanwhile
+    }
+  });
 }
 
 async function bareQuit(b: Bare): Promise<void> {
@@ -134,48 +149,63 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const bareTotal: number[] = [];
     const bareDown: number[] = [];
     // i = -1: the warm-up pair, not counted.
-    for (let i = -1; i < PAIRS; i++) {
+    for (let i = -1; i < (process.env.BENCH_SKIP_MIGRATION ? -1 : PAIRS); i++) {
       const counted = i >= 0;
-      // API: to the other node.
-      const to = nodes[(i + 2) % 2]!.name;
-      const t0 = performance.now();
-      const m = await call('POST', `/v1/partitions/${id}/migrate`, { targetNode: to, storage: 'shared', maxDowntimeMs: MAX_DOWNTIME_MS });
-      if (!m.operation) throw new Error(`migrate: ${JSON.stringify(m)}`);
-      const done = await wait(m.operation.id);
-      const apiMs = performance.now() - t0;
-      const mt = done.migration ?? {};
-      if (counted) apiTotal.push(apiMs);
-      breakdown.push(`migrate${counted ? '' : ' (warm-up)'}: api ${apiMs.toFixed(0)} ms, queued ${Date.parse(done.startedAt) - Date.parse(done.createdAt)} ms, handler ${Date.parse(done.finishedAt) - Date.parse(done.startedAt)} ms (prepare ${mt.prepareMs}, source ${mt.sourceMs} [QEMU total ${mt.totalTimeMs}], finish ${mt.finishMs})`);
-      const apiDownMs = Number(done.migration?.downtimeMs ?? NaN);
-      if (counted) apiDown.push(apiDownMs);
-
-      // Bare QMP, the same limits.
-      const b0 = performance.now();
-      const port = await freePort();
-      const dst = await bareStart(join(dir, `bare-${i + 2}`), disk, true);
-      bares.push(dst);
-      await dst.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
-      await dst.qmp.migrateIncoming(`tcp:127.0.0.1:${port}`);
-      await src.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
-      await src.qmp.migrateSetParameters({ 'downtime-limit': MAX_DOWNTIME_MS, 'max-bandwidth': 2 ** 40 });
-      const changes = watchEvent(src.qmp, 'MIGRATION');
-      await src.qmp.migrate(`tcp:127.0.0.1:${port}`);
-      let info = await src.qmp.queryMigrate();
-      while (info.status !== 'completed') {
-        if (info.status === 'failed') throw new Error(`bare migration failed: ${info['error-desc']}`);
-        await changes.next(200);
+      let apiMs = 0, apiDownMs = NaN, bareMs = 0;
+      let mt: Record<string, unknown> = {};
+      let info: Awaited<ReturnType<QmpClient['queryMigrate']>> = {};
+      const viaApi = async () => {
+        // To the other node.
+        const to = nodes[(i + 2) % 2]!.name;
+        const t0 = performance.now();
+        const m = await call('POST', `/v1/partitions/${id}/migrate`, { targetNode: to, storage: 'shared', maxDowntimeMs: MAX_DOWNTIME_MS });
+        if (!m.operation) throw new Error(`migrate: ${JSON.stringify(m)}`);
+        const done = await wait(m.operation.id);
+        apiMs = performance.now() - t0;
+        mt = done.migration ?? {};
+        breakdown.push(`migrate${counted ? '' : ' (warm-up)'}: api ${apiMs.toFixed(0)} ms, queued ${Date.parse(done.startedAt) - Date.parse(done.createdAt)} ms, handler ${Date.parse(done.finishedAt) - Date.parse(done.startedAt)} ms (prepare ${mt.prepareMs}, source ${mt.sourceMs} [QEMU total ${mt.totalTimeMs}], finish ${mt.finishMs})`);
+        apiDownMs = Number(mt.downtimeMs ?? NaN);
+        // The source's paused QEMU quits 100 ms after the migration, and its worker reaps it: the
+        // next migration waits for neither (the bare side waits for its quit too).
+        const left = qemusUnder(join(dir, nodes[(i + 3) % 2]!.name, 'partitions', id));
+        for (let k = 0; k < 500 && left.some((pid) => existsSync(`/proc/${pid}`)); k++) await sleep(10);
+        await sleep(20); // the worker's own cleanup after the exit
+      };
+      const bare = async () => {
+        // The same limits, over QMP.
+        const b0 = performance.now();
+        const port = await freePort();
+        const dst = await bareStart(join(dir, `bare-${i + 2}`), disk, true);
+        bares.push(dst);
+        await dst.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
+        await dst.qmp.migrateIncoming(`tcp:127.0.0.1:${port}`);
+        await src.qmp.migrateSetCapabilities({ events: true, 'return-path': true });
+        await src.qmp.migrateSetParameters({ 'downtime-limit': MAX_DOWNTIME_MS, 'max-bandwidth': 2 ** 40 });
+        const changes = watchEvent(src.qmp, 'MIGRATION');
+        await src.qmp.migrate(`tcp:127.0.0.1:${port}`);
         info = await src.qmp.queryMigrate();
-      }
-      changes.close();
-      for (let s = await dst.qmp.queryMigrate(); s.status !== 'completed'; s = await dst.qmp.queryMigrate()) await sleep(5);
-      await dst.qmp.resume();
-      const bareMs = performance.now() - b0;
+        while (info.status !== 'completed') {
+          if (info.status === 'failed') throw new Error(`bare migration failed: ${info['error-desc']}`);
+          await changes.next(200);
+          info = await src.qmp.queryMigrate();
+        }
+        changes.close();
+        for (let s = await dst.qmp.queryMigrate(); s.status !== 'completed'; s = await dst.qmp.queryMigrate()) await sleep(5);
+        await dst.qmp.resume();
+        bareMs = performance.now() - b0;
+        await bareQuit(src);
+        src = dst;
+      };
+      // Which side goes first alternates from pair to pair, and the second starts as soon as the
+      // first's old source QEMU is gone (no pause: on these machines a migration that starts after a
+      // second or more of quiet took 400-600 ms instead of 150-250, whichever side it was).
+      for (const side of i % 2 === 0 ? [viaApi, bare] : [bare, viaApi]) await side();
       if (counted) {
+        apiTotal.push(apiMs);
+        apiDown.push(apiDownMs);
         bareTotal.push(bareMs);
         bareDown.push(Number(info.downtime ?? NaN));
       }
-      await bareQuit(src);
-      src = dst;
       console.log(`migration ${counted ? i + 1 : 'warm-up'}: api ${apiMs.toFixed(0)} ms (downtime ${apiDownMs} ms), bare QMP ${bareMs.toFixed(0)} ms (downtime ${info.downtime} ms)${process.env.BENCH_VERBOSE ? ` [QEMU total: api ${mt.totalTimeMs} ms, bare ${info['total-time']} ms]` : ''}`);
     }
 
@@ -186,27 +216,36 @@ async function run(database: { url: string; name: string }): Promise<void> {
     for (let i = -1; i < PAIRS; i++) {
       const counted = i >= 0; // i = -1: the warm-up pair, not counted
       const tag = counted ? String(i) : 'warm';
-      let t0 = performance.now();
-      const s = await call('POST', `/v1/partitions/${id}/snapshots`, { name: `s${tag}` });
-      if (!s.operation) throw new Error(`snapshot: ${JSON.stringify(s)}`);
-      await wait(s.operation.id);
-      const saveMs = performance.now() - t0;
-      await sleep(1000);
-      t0 = performance.now();
-      const r = await call('POST', `/v1/partitions/${id}/snapshots/${s.snapshot.id}/revert`);
-      const rev = await wait(r.operation.id);
-      const revertMs = performance.now() - t0;
-      breakdown.push(`revert${counted ? '' : ' (warm-up)'}: api ${revertMs.toFixed(0)} ms, queued ${Date.parse(rev.startedAt) - Date.parse(rev.createdAt)} ms, handler ${Date.parse(rev.finishedAt) - Date.parse(rev.startedAt)} ms`);
-
-      t0 = performance.now();
-      await src.qmp.snapshotSave(`save-${tag}`, `b${tag}`, 'disk0', ['disk0']);
-      await waitJob(src.qmp, `save-${tag}`, 300_000, 20); // woken by the job's events, a 20 ms poll besides
-      const bareSaveMs = performance.now() - t0;
-      await sleep(1000);
-      t0 = performance.now();
-      await src.qmp.snapshotLoad(`load-${tag}`, `b${tag}`, 'disk0', ['disk0']);
-      await waitJob(src.qmp, `load-${tag}`, 300_000, 20);
-      const bareRevertMs = performance.now() - t0;
+      let saveMs = 0, revertMs = 0, bareSaveMs = 0, bareRevertMs = 0;
+      const viaApi = async () => {
+        let t0 = performance.now();
+        const s = await call('POST', `/v1/partitions/${id}/snapshots`, { name: `s${tag}` });
+        if (!s.operation) throw new Error(`snapshot: ${JSON.stringify(s)}`);
+        await wait(s.operation.id);
+        saveMs = performance.now() - t0;
+        await sleep(1000);
+        t0 = performance.now();
+        const r = await call('POST', `/v1/partitions/${id}/snapshots/${s.snapshot.id}/revert`);
+        const rev = await wait(r.operation.id);
+        revertMs = performance.now() - t0;
+        breakdown.push(`revert${counted ? '' : ' (warm-up)'}: api ${revertMs.toFixed(0)} ms, queued ${Date.parse(rev.startedAt) - Date.parse(rev.createdAt)} ms, handler ${Date.parse(rev.finishedAt) - Date.parse(rev.startedAt)} ms`);
+      };
+      const bare = async () => {
+        let t0 = performance.now();
+        await src.qmp.snapshotSave(`save-${tag}`, `b${tag}`, 'disk0', ['disk0']);
+        await waitJob(src.qmp, `save-${tag}`, 300_000, 20); // woken by the job's events, a 20 ms poll besides
+        bareSaveMs = performance.now() - t0;
+        await sleep(1000);
+        t0 = performance.now();
+        await src.qmp.snapshotLoad(`load-${tag}`, `b${tag}`, 'disk0', ['disk0']);
+        await waitJob(src.qmp, `load-${tag}`, 300_000, 20);
+        bareRevertMs = performance.now() - t0;
+      };
+      // Which side goes first alternates from pair to pair, so neither always follows the other's writes.
+      for (const side of i % 2 === 0 ? [viaApi, bare] : [bare, viaApi]) {
+        await side();
+        await sleep(1000);
+      }
       if (counted) {
         apiSave.push(saveMs);
         apiRevert.push(revertMs);
