@@ -7,7 +7,8 @@
  * lets go first) + `blockdev-del`. Which disks a QEMU has is kept in `disks.json` in the
  * partition's directory, so an agent that restarts knows which replica each quorum child is.
  */
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FailedPreconditionError, ValidationError } from '@hyperplane/domain';
 import type { QmpClient } from '@hyperplane/qmp';
@@ -65,7 +66,8 @@ export function chainDiskArgs(disks: readonly ChainDiskSpec[], tlsDir: string | 
 /** Reads the chain disks a partition's QEMU has (none when the file is missing). */
 export async function readDisks(dir: string): Promise<ChainDiskSpec[]> {
   try {
-    return JSON.parse(await readFile(join(dir, DISKS_FILE), 'utf8')) as ChainDiskSpec[];
+    // Synchronous: a small file (usually none) read on a migration's critical path.
+    return JSON.parse(readFileSync(join(dir, DISKS_FILE), 'utf8')) as ChainDiskSpec[];
   } catch {
     return [];
   }

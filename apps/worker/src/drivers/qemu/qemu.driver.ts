@@ -10,9 +10,9 @@
  * file matches does `cont` let the guest run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, createReadStream, openSync } from 'node:fs';
+import { closeSync, createReadStream, openSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { chmod, link, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -114,8 +114,11 @@ interface Instance {
   stop: StopRun | undefined;
   /** Stops the pid poller of an adopted process. */
   stopPolling: (() => void) | undefined;
-  /** Set on the destination of a migration until `migrationFinishTarget` lets the guest run. */
-  incoming: { storage: 'copy' | 'shared' } | undefined;
+  /**
+   * Set on the destination of a migration until `migrationFinishTarget` lets the guest run; `status`
+   * is the incoming migration's, as its last MIGRATION event gave it.
+   */
+  incoming: { storage: 'copy' | 'shared'; status?: string } | undefined;
   /** Set on the source while `migrationStart` runs. */
   migration: MigrationRun | undefined;
   /**
@@ -125,6 +128,12 @@ interface Instance {
    */
   heldEvents: Array<{ event: string; data: Record<string, unknown>; at: Date }> | undefined;
   eventHolds: number;
+  /**
+   * The snapshots on the running guest's disk as QEMU last listed them. Only this driver makes or
+   * drops them while the guest runs: it is kept up to date by each such job (and forgotten when
+   * one fails), so a revert checks its tag without asking QEMU first.
+   */
+  snapshots: SnapshotEntry[] | undefined;
 }
 
 /** An outgoing migration in progress. */
@@ -350,19 +359,22 @@ export class QemuDriver implements PartitionDriver {
       if (Buffer.byteLength(path) > MAX_SOCKET_PATH) errors.push({ field: 'dataDir', message: `socket path ${path} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter data dir` });
     }
     if (errors.length) throw new ValidationError(errors);
-    const image = spec.libraryImageId ? await this.images.resolveLibrary(spec.libraryImageId) : await this.images.resolve(spec.image);
-    let virtualSize: number;
-    try {
-      virtualSize = await this.images.virtualSize(image.path, image.format);
-    } catch (error) {
-      throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not a readable ${image.format} file: ${(error as Error).message}`);
-    }
-    const stalePid = await readPidFile(join(dir, RUNTIME_FILES.pid));
+    // Independent reads, one wait (a destination's start is on a migration's critical path).
+    const [{ image, virtualSize }, stalePid, facts] = await Promise.all([this.imageOf(spec), readPidFile(join(dir, RUNTIME_FILES.pid)), this.hostFacts()]);
     if (stalePid !== undefined && pidAlive(stalePid) && cmdlineContains(stalePid, spec.id)) {
       throw new FailedPreconditionError(`a qemu process (pid ${stalePid}) already runs for partition ${spec.name || spec.id}`);
     }
-    const accel = (await this.hostFacts()).accelerator as 'kvm' | 'tcg';
-    return { imagePath: image.path, imageFormat: image.format, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel };
+    return { imagePath: image.path, imageFormat: image.format, diskBytes: Math.max(spec.diskGiB * 2 ** 30, virtualSize), accel: facts.accelerator as 'kvm' | 'tcg' };
+  }
+
+  /** The spec's image in this node's store, and its virtual size; ValidationError when it cannot be read. */
+  private async imageOf(spec: GuestSpec): Promise<{ image: { path: string; format: ImageFormat }; virtualSize: number }> {
+    const image = spec.libraryImageId ? await this.images.resolveLibrary(spec.libraryImageId) : await this.images.resolve(spec.image);
+    try {
+      return { image, virtualSize: await this.images.virtualSize(image.path, image.format) };
+    } catch (error) {
+      throw ValidationError.field('image', `image ${JSON.stringify(spec.image)} is not a readable ${image.format} file: ${(error as Error).message}`);
+    }
   }
 
   private async launch(
@@ -371,30 +383,37 @@ export class QemuDriver implements PartitionDriver {
     plan: LaunchPlan,
     log: Logger,
     incoming?: MigrationTargetOptions & { nbdPort: number },
+    dirMade = false,
   ): Promise<Instance> {
     const reverter = new Reverter();
     let child: ChildProcess | undefined;
     try {
-      if (!(await exists(dir))) {
-        await mkdir(dir, { recursive: true, mode: 0o700 });
+      // `dirMade`: the caller made the directory for this launch; it goes if the launch fails.
+      if (dirMade || !(await exists(dir))) {
+        if (!dirMade) await mkdir(dir, { recursive: true, mode: 0o700 });
         reverter.add(() => rm(dir, { recursive: true, force: true }));
       }
-      await chmod(dir, 0o700);
-      await removeEphemeral(dir);
-
       const disk = join(dir, RUNTIME_FILES.disk);
-      if (incoming?.storage === 'shared') {
-        // Shared storage: the source's disk file, under this partition's name (a hard link: same file).
-        await link(incoming.sharedDiskPath!, disk);
-        reverter.add(() => unlink(disk));
-      } else if (!(await exists(disk))) {
-        await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes, plan.imageFormat);
-        reverter.add(() => unlink(disk));
-      }
-      for (const file of [RUNTIME_FILES.qemuLog, RUNTIME_FILES.consoleLog]) {
-        const path = join(dir, file);
-        if (!(await exists(path))) reverter.add(() => rm(path, { force: true }));
-      }
+      // The directory's files are independent of each other: one wait for all of them (every one
+      // settled, so each undo is registered before a failure runs the reverter).
+      await settledAll([
+        chmod(dir, 0o700),
+        removeEphemeral(dir),
+        (async () => {
+          if (incoming?.storage === 'shared') {
+            // Shared storage: the source's disk file, under this partition's name (a hard link: same file).
+            await link(incoming.sharedDiskPath!, disk);
+            reverter.add(() => unlink(disk));
+          } else if (!(await exists(disk))) {
+            await createOverlay(this.qemuImg, disk, plan.imagePath, plan.diskBytes, plan.imageFormat);
+            reverter.add(() => unlink(disk));
+          }
+        })(),
+        ...[RUNTIME_FILES.qemuLog, RUNTIME_FILES.consoleLog].map(async (file) => {
+          const path = join(dir, file);
+          if (!(await exists(path))) reverter.add(() => rm(path, { force: true }));
+        }),
+      ]);
       reverter.add(() => removeEphemeral(dir));
 
       const args = buildQemuArgs({ id: spec.id, name: spec.name || spec.id, dir, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, accel: plan.accel, incoming: Boolean(incoming) });
@@ -444,8 +463,10 @@ export class QemuDriver implements PartitionDriver {
           await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort }, incoming.tls ? { 'tls-creds': MIG.tlsServer } : {});
           await qmp.blockExportAdd({ type: 'nbd', id: MIG.exportId, 'node-name': DISK_NODE, name: DISK_NODE, writable: true });
         }
-        await writeFile(join(dir, RUNTIME_FILES.incoming), JSON.stringify({ storage: incoming.storage, host: incoming.host, port: incoming.port }), { mode: 0o600 });
-        inst.incoming = { storage: incoming.storage };
+        writeFileSync(join(dir, RUNTIME_FILES.incoming), JSON.stringify({ storage: incoming.storage, host: incoming.host, port: incoming.port }), { mode: 0o600 }); // small, on the critical path: no thread-pool trip
+        const state: NonNullable<Instance['incoming']> = { storage: incoming.storage };
+        qmp.onEvent('MIGRATION', (e) => (state.status = String(e.data.status ?? '')));
+        inst.incoming = state;
       } else {
         if (before.status !== 'prelaunch') throw new InternalError(`qemu is ${before.status} before cont; expected prelaunch`);
         await qmp.resume();
@@ -493,7 +514,7 @@ export class QemuDriver implements PartitionDriver {
   private newInstance(id: string, dir: string, pid: number, child: ChildProcess | undefined): Instance {
     let resolveGone!: () => void;
     const gone = new Promise<void>((r) => (resolveGone = r));
-    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined, incoming: undefined, migration: undefined, heldEvents: undefined, eventHolds: 0 };
+    return { id, dir, pid, qmp: undefined, child, gone, resolveGone, ending: false, isGone: false, shutdown: undefined, stopRequested: false, stop: undefined, stopPolling: undefined, incoming: undefined, migration: undefined, heldEvents: undefined, eventHolds: 0, snapshots: undefined };
   }
 
   private attachQmp(inst: Instance, qmp: QmpClient): void {
@@ -703,7 +724,7 @@ export class QemuDriver implements PartitionDriver {
     if (inst?.qmp && !inst.qmp.closed && !inst.incoming) {
       const blocks = await inst.qmp.queryBlock();
       const disk = blocks.find((b) => b.inserted?.['node-name'] === DISK_NODE) ?? blocks.find((b) => b.inserted);
-      return snapshotsFromImageInfo(disk?.inserted?.image);
+      return (inst.snapshots = snapshotsFromImageInfo(disk?.inserted?.image));
     }
     const disk = await this.offlineDisk(id);
     const info = JSON.parse(await run(this.qemuImg, ['info', '-f', 'qcow2', '--output=json', disk])) as unknown;
@@ -726,6 +747,7 @@ export class QemuDriver implements PartitionDriver {
         const running = this.live(id, 'snapshot');
         const { qmp } = running;
         const wasRunning = (await qmp.queryStatus()).running;
+        running.snapshots = undefined; // listed again below (and by whatever comes next if this fails)
         try {
           if (options.withMemory) {
             const job = `snap-save-${Date.now()}`;
@@ -795,27 +817,38 @@ export class QemuDriver implements PartitionDriver {
     checkTag(tag);
     await this.exclusive(id, 'revert', async () => {
       const inst = this.instances.get(id);
-      // A running guest's status is asked with its snapshot list: one QMP round trip for both.
-      const [list, status] = await Promise.all([this.snapshotList(id), inst?.qmp && !inst.qmp.closed ? inst.qmp.queryStatus() : undefined]);
-      const entry = list.find((s) => s.tag === tag);
-      if (!entry) throw new NotFoundError('snapshot', tag);
       const started = Date.now();
       if (!inst) {
+        if (!(await this.snapshotList(id)).some((s) => s.tag === tag)) throw new NotFoundError('snapshot', tag);
         await run(this.qemuImg, ['snapshot', '--image-opts', '-a', tag, qcow2ImageOpts(await this.offlineDisk(id))]);
       } else {
         const running = this.live(id, 'revert');
         const { qmp } = running;
+        // The tag is checked before QEMU's load job, which stops the guest before it looks for the
+        // tag. Known from the list this driver keeps, the status goes in the load's write (asked
+        // first: whether the guest ran, which a failed load must put back); else the list and the
+        // status in one round trip, then the load.
+        const known = running.snapshots?.find((s) => s.tag === tag);
+        const [list, status] = known ? [running.snapshots!, undefined] : await Promise.all([this.snapshotList(id), qmp.queryStatus()]);
+        const entry = list.find((s) => s.tag === tag);
+        if (!entry) throw new NotFoundError('snapshot', tag);
         if (entry.vmStateBytes === 0) {
           throw new FailedPreconditionError(`snapshot ${tag} of partition ${id} holds no memory state: stop the partition to revert its disk`);
         }
-        const wasRunning = status!.running; // asked above: live() refuses an instance whose QMP was closed then
         const job = `snap-load-${Date.now()}`;
+        const before = status ? Promise.resolve(status) : qmp.queryStatus(); // sent ahead of the load
         let loaded = false;
         try {
-          await this.memorySnapshotJob(running, job, () => qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE]));
+          await this.memorySnapshotJob(running, job, async () => {
+            await Promise.all([before, qmp.snapshotLoad(job, tag, DISK_NODE, [DISK_NODE])]);
+          });
           loaded = true; // QEMU resumes a guest that ran before a load that succeeded
         } finally {
-          if (!loaded && wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
+          if (!loaded) {
+            running.snapshots = undefined; // the list may be wrong: ask QEMU next time
+            const wasRunning = await before.then((s) => s.running, () => false);
+            if (wasRunning && !qmp.closed && !(await qmp.queryStatus()).running) await qmp.resume();
+          }
         }
       }
       this.log.info({ partition: id, tag, ms: Date.now() - started }, 'reverted to snapshot');
@@ -830,8 +863,10 @@ export class QemuDriver implements PartitionDriver {
         await run(this.qemuImg, ['snapshot', '--image-opts', '-d', tag, qcow2ImageOpts(await this.offlineDisk(id))]);
         return;
       }
-      const { qmp } = this.live(id, 'delete a snapshot of');
+      const running = this.live(id, 'delete a snapshot of');
+      const { qmp } = running;
       const job = `snap-del-${Date.now()}`;
+      running.snapshots = undefined; // listed again when next asked
       await runJob(qmp, job, () => qmp.snapshotDelete(job, tag, [DISK_NODE]), SNAPSHOT_JOB_TIMEOUT_MS);
     });
   }
@@ -847,9 +882,18 @@ export class QemuDriver implements PartitionDriver {
     await this.retired(spec.id);
     return this.exclusive(spec.id, 'receive', async () => {
       if (this.instances.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
-      if (await exists(dir)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
-      const plan = await this.validate(spec, dir);
-      const inst = await this.launch(spec, dir, plan, log, { ...options, nbdPort });
+      // The directory is made here, and must be new (mkdir says whether it made it); the checks go alongside.
+      const [made, plan] = await Promise.allSettled([mkdir(dir, { recursive: true, mode: 0o700 }), this.validate(spec, dir)]);
+      const fresh = made.status === 'fulfilled' && made.value !== undefined;
+      try {
+        if (made.status === 'rejected') throw made.reason;
+        if (!fresh) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
+        if (plan.status === 'rejected') throw plan.reason;
+      } catch (error) {
+        if (fresh) await rm(dir, { recursive: true, force: true });
+        throw error;
+      }
+      const inst = await this.launch(spec, dir, (plan as PromiseFulfilledResult<LaunchPlan>).value, log, { ...options, nbdPort }, true);
       log.info({ qemuPid: inst.pid, port: options.port, nbdPort, storage: options.storage }, 'waiting for an incoming migration');
       return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}), ...(options.tls ? { tls: true } : {}) };
     });
@@ -860,29 +904,33 @@ export class QemuDriver implements PartitionDriver {
     if (!inst?.incoming || !inst.qmp || inst.qmp.closed) throw new FailedPreconditionError(`partition ${id} is not receiving a migration here`);
     const qmp = inst.qmp;
     try {
-      // The source may see `completed` a moment before this side finished loading the state.
-      const changes = watchEvent(qmp, 'MIGRATION');
-      let info: MigrationInfo = {};
-      try {
-        info = await qmp.queryMigrate();
-        for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
-          await changes.next(50);
+      // Its MIGRATION event usually said `completed` already; else (the source may see `completed`
+      // a moment before this side finished loading the state) ask until it is.
+      if (inst.incoming.status !== 'completed') {
+        const changes = watchEvent(qmp, 'MIGRATION');
+        let info: MigrationInfo = {};
+        try {
           info = await qmp.queryMigrate();
+          for (const end = Date.now() + 30_000; Date.now() < end && info.status && ['setup', 'active', 'device'].includes(info.status); ) {
+            await changes.next(50);
+            info = await qmp.queryMigrate();
+          }
+        } finally {
+          changes.close();
         }
-      } finally {
-        changes.close();
+        if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
       }
-      if (info.status !== 'completed') throw new FailedPreconditionError(`cannot finish the migration of partition ${id}: the incoming migration is ${info.status ?? 'none'}`);
-      if (inst.incoming.storage === 'copy') {
-        await qmp.blockExportDel(MIG.exportId, 'hard').catch((error: unknown) => this.log.warn({ partition: id, err: error }, 'block-export-del failed'));
-        await qmp.nbdServerStop().catch(() => undefined);
-      }
-      await qmp.resume(); // paused since it started (-S); `cont` is a no-op for a running guest
+      // Paused since it started (-S). Copy storage: the disk's NBD export goes first, in the same write.
+      await Promise.all([
+        inst.incoming.storage === 'copy' ? qmp.blockExportDel(MIG.exportId, 'hard').catch((error: unknown) => this.log.warn({ partition: id, err: error }, 'block-export-del failed')) : undefined,
+        inst.incoming.storage === 'copy' ? qmp.nbdServerStop().catch(() => undefined) : undefined,
+        qmp.resume(),
+      ]);
       inst.incoming = undefined;
     } finally {
       this.releaseEvents(inst); // also when this failed: the guest's events are not held for good
     }
-    await rm(join(inst.dir, RUNTIME_FILES.incoming), { force: true });
+    rmSync(join(inst.dir, RUNTIME_FILES.incoming), { force: true }); // small, on the critical path: no thread-pool trip
     this.log.info({ partition: id, qemuPid: inst.pid }, 'migrated guest runs here');
     return { pid: inst.pid };
   }
@@ -1005,13 +1053,14 @@ export class QemuDriver implements PartitionDriver {
         log.info({ ms: storageMs }, 'disk copied; the mirror follows writes');
       }
       checkCancel();
-      // One round trip for both (QMP runs them in order); tls-creds '' turns encryption off again
-      // after an earlier encrypted attempt.
-      await Promise.all([
+      // One round trip for the three (QMP runs them in order); tls-creds '' turns encryption off
+      // again after an earlier encrypted attempt. Should the capabilities or parameters be refused,
+      // the migration that started anyway is cancelled below, as any failed one is.
+      await settledAll([
         qmp.migrateSetCapabilities({ events: true, 'return-path': true, 'auto-converge': Boolean(options.autoConverge), 'postcopy-ram': Boolean(options.postcopy) }),
         qmp.migrateSetParameters({ 'downtime-limit': options.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS, 'max-bandwidth': bandwidth || 2 ** 40, ...(tls ?? { 'tls-creds': '' }) }),
+        qmp.migrate(`tcp:${target.host}:${target.port}`),
       ]);
-      await qmp.migrate(`tcp:${target.host}:${target.port}`);
       const memoryStarted = Date.now();
       let lastTransferred = -1;
       let lastMove = Date.now();
@@ -1372,6 +1421,12 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** Removes the files that only mean something while QEMU runs (sockets, pid file). */
+/** Waits until every promise settled; then throws the first rejection, if any. */
+async function settledAll(promises: Array<Promise<unknown>>): Promise<void> {
+  const failed = (await Promise.allSettled(promises)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 async function removeEphemeral(dir: string): Promise<void> {
   await Promise.all(EPHEMERAL_FILES.map((f) => rm(join(dir, f), { force: true })));
 }
