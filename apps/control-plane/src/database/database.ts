@@ -49,11 +49,13 @@ export type Db = Pick<EntityManager, 'query'>;
 
 /**
  * Runs SQL and returns its rows. TypeORM's postgres driver answers UPDATE/DELETE with
- * `[rows, affected]` and everything else with `rows`; this evens that out.
+ * `[rows, affected]` and everything else with `rows`; this evens that out. `name` (hot statements
+ * outside transactions) makes it a prepared statement: PostgreSQL parses and plans it once per
+ * connection instead of every time. A name must always go with the same text.
  */
-export async function rows<T>(db: Db, text: string, params: unknown[] = []): Promise<T[]> {
+export async function rows<T>(db: Db, text: string, params: unknown[] = [], name?: string): Promise<T[]> {
   const pool = poolOf(db);
-  if (pool) return (await pool.query(text, params)).rows as T[];
+  if (pool) return (await (name ? pool.query({ name, text, values: params }) : pool.query(text, params))).rows as T[];
   const res: unknown = await db.query(text, params);
   if (Array.isArray(res) && res.length === 2 && Array.isArray(res[0]) && typeof res[1] === 'number') return res[0] as T[];
   return res as T[];
@@ -63,9 +65,14 @@ export async function rows<T>(db: Db, text: string, params: unknown[] = []): Pro
  * Outside a transaction, statements go straight to the pool TypeORM manages: one round trip, none
  * of the query runner's per-call bookkeeping (the hot read path is measured by bench:api).
  */
-function poolOf(db: Db): { query(text: string, params: unknown[]): Promise<{ rows: unknown[] }> } | undefined {
+interface PgPool {
+  query(text: string, params: unknown[]): Promise<{ rows: unknown[] }>;
+  query(config: { name: string; text: string; values: unknown[] }): Promise<{ rows: unknown[] }>;
+}
+
+function poolOf(db: Db): PgPool | undefined {
   if (!(db instanceof DataSource)) return undefined;
-  const master = (db.driver as unknown as { master?: { query: (t: string, p: unknown[]) => Promise<{ rows: unknown[] }> } }).master;
+  const master = (db.driver as unknown as { master?: PgPool }).master;
   return master && typeof master.query === 'function' ? master : undefined;
 }
 
@@ -77,7 +84,7 @@ export function inOrder<T extends { id: string }>(found: T[], ids: readonly stri
 
 /** Reads by id coalesced into one `SELECT * FROM <table> WHERE id = ANY(...)` per moment. */
 export function rowsByIdBatcher<T extends { id: string }>(ds: () => DataSource, table: string): Batcher<string, T | undefined> {
-  return new Batcher<string, T | undefined>(async (ids) => inOrder(await rows<T>(ds(), `SELECT * FROM ${table} WHERE id = ANY($1::uuid[])`, [ids]), ids));
+  return new Batcher<string, T | undefined>(async (ids) => inOrder(await rows<T>(ds(), `SELECT * FROM ${table} WHERE id = ANY($1::uuid[])`, [ids], `${table}.byId`), ids));
 }
 
 /** True when `db` is the DataSource or its own manager, i.e. no transaction is open on it. */

@@ -89,8 +89,13 @@ export class MigrationOperations implements OnModuleInit {
     const row = await this.partitions.getById(op.target_id);
     if (!row) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     if (row.state !== 'migrating' || row.target_node_id !== p.targetNodeId) {
-      // Ended already: a re-run after a crash between the record and the operation's end.
-      if (row.node_id === p.targetNodeId) return;
+      // Ended already: a re-run after a crash between the record and the operation's end. The
+      // record names the destination as soon as the source completed, while the destination
+      // resumes the guest: finish there again (a node answers at once for a guest it runs).
+      if (row.node_id === p.targetNodeId) {
+        if (p.live && row.state !== 'failed') await this.finishOnTarget(row, p, ctx, p.targetNodeName);
+        return;
+      }
       throw new FailedPreconditionError(`the migration of partition ${row.name} ended without moving it`);
     }
     const [source, target] = await Promise.all([this.nodes.findByIdOrName(p.sourceNodeId), this.nodes.findByIdOrName(p.targetNodeId)]);
@@ -111,6 +116,7 @@ export class MigrationOperations implements OnModuleInit {
       // attempt may have prepared goes first.
       if (op.attempts > 1) await this.abortTarget(row, p, log); // not for good: this attempt prepares the same migration again
       let targetInfo: Record<string, unknown>;
+      let started: Promise<void> | undefined;
       try {
         const t0 = Date.now();
         // The record, a library image the destination lacks (fetched first) and the shared disk's
@@ -120,10 +126,16 @@ export class MigrationOperations implements OnModuleInit {
           this.images.ensureOnNode(row, p.targetNodeId, ctx),
           p.live && p.storage === 'shared' ? this.sharedDiskPath(row, p.sourceNodeId) : undefined,
         ]);
+        // From here on a re-run asks the source first (the start may have been sent): recorded
+        // while the destination gets ready, not after, so the start does not wait for it. (A crash
+        // before the start was sent then ends the migration where the guest is, rather than retrying.)
+        started = this.record(op, 'started', 'preparing the destination', 8, {});
+        started.catch(() => undefined); // awaited below; until then a failure must not go unhandled
         // Usually prepared ahead already (see prepareAhead): then the node answers what it answered then.
-        targetInfo = await this.prepare(row, p, sharedDiskPath, op.id);
+        [targetInfo] = await Promise.all([this.prepare(row, p, sharedDiskPath, op.id), started]);
         timings.prepareMs = Date.now() - t0;
       } catch (e) {
+        await started?.catch(() => undefined);
         await this.abortTarget(row, p, log, op.id);
         await this.end(row, 'stayed', p, `migration to node ${names.targetNode} failed: ${(e as Error).message}`);
         throw e;
@@ -134,7 +146,7 @@ export class MigrationOperations implements OnModuleInit {
         throw new CancelledError(`migration of partition ${row.name} cancelled before it started`);
       }
       stage = 'started';
-      await this.record(op, 'started', p.live ? 'migrating' : 'copying the disk', 10, { phase: p.live ? 'memory' : 'storage' });
+      void this.record(op, 'started', p.live ? 'migrating' : 'copying the disk', 10, { phase: p.live ? 'memory' : 'storage' }).catch(() => undefined); // shown; not waited for
       const t1 = Date.now();
       const sent = await this.start(op, row, p, targetInfo, ctx, log);
       timings.sourceMs = Date.now() - t1;
@@ -153,23 +165,41 @@ export class MigrationOperations implements OnModuleInit {
       throw failure ?? new InternalError(`migration of partition ${row.name} ended without moving it; it stays on node ${names.sourceNode}`);
     }
 
-    // Moved: the destination holds the guest's only copy. Let it run there, then the record follows.
-    // Shown while the destination is finished; not waited for (a re-run treats `moved` as `started`).
+    // Moved: the destination holds the guest's only copy, so the record names it at once, while the
+    // destination lets it run (a re-run after a crash in between finds the record ended and still
+    // finishes on the destination: see above). Shown while the destination is finished; not waited
+    // for (a re-run treats `moved` as `started`).
+    // The command to the destination goes out first; the records are written while it works.
+    const t2 = Date.now();
+    let ended: Promise<void> | undefined;
+    const finishing = p.live ? this.finishOnTarget(row, p, ctx, names.targetNode, () => ended) : undefined;
     void this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) }).catch(() => undefined);
-    if (p.live) {
-      const t2 = Date.now();
-      const finished = await this.untilAnswered(p.targetNodeId, { migrationFinishTarget: { partitionId: row.id } }, PREPARE_TIMEOUT_MS, ctx, 'finish on the destination');
-      timings.finishMs = Date.now() - t2;
-      if (!finished.ok) {
-        const lost = `the guest moved to node ${names.targetNode} but could not be resumed there: ${finished.errorMessage}`;
-        await this.end(row, 'moved', p, lost, 'failed');
-        throw new InternalError(`migration of partition ${row.name}: ${lost}`);
-      }
+    ended = this.end(row, 'moved', p, '');
+    ended.catch(() => undefined); // awaited below; until then a failure must not go unhandled
+    const recorded = this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
+    try {
+      await finishing;
+      if (p.live) timings.finishMs = Date.now() - t2;
+    } finally {
+      await Promise.all([ended, recorded]);
     }
-    await this.end(row, 'moved', p, '');
-    await this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
     ctx.succeedWith({ stage: 'done', migration: { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}), ...timings } });
     log.info({ ...result, ...timings }, 'partition migrated');
+  }
+
+  /**
+   * Lets the guest run on the destination of a live migration that completed (asking until the node
+   * answers). If the node cannot, the guest's only copy is stuck there: once `recorded` (the record
+   * naming the destination) is done, the partition is marked failed with the reason, and this throws.
+   */
+  private async finishOnTarget(row: PartitionRow, p: MigrateParams, ctx: OperationContext, targetName: string, recorded?: () => Promise<unknown> | undefined): Promise<void> {
+    const finished = await this.untilAnswered(p.targetNodeId, { migrationFinishTarget: { partitionId: row.id } }, PREPARE_TIMEOUT_MS, ctx, 'finish on the destination');
+    if (finished.ok) return;
+    await recorded?.()?.catch(() => undefined);
+    const lost = `the guest moved to node ${targetName} but could not be resumed there: ${finished.errorMessage}`;
+    const failed = await this.partitions.setState(this.ds.manager, row.id, 'failed', lost);
+    if (failed) void this.events.publish(partitionEvent('partition.updated', partitionView(failed)));
+    throw new InternalError(`migration of partition ${row.name}: ${lost}`);
   }
 
   /**

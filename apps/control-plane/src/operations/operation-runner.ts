@@ -28,7 +28,13 @@ export interface OperationContext {
  * Returns on success; throws a DomainError to fail; on cancel, undoes what it must and throws
  * {@link CancelledError}.
  */
-export type OperationHandler = (op: OperationRow, ctx: OperationContext) => Promise<void>;
+export type OperationHandler<P = unknown> = (op: OperationRow, ctx: OperationContext, prefetched?: P) => Promise<void>;
+
+/**
+ * Reads a handler wants, made by the operation's id alongside the statement that starts it (one
+ * wait for both instead of one after the other). Undefined (or a failed read) leaves the reading to the handler.
+ */
+export type OperationPrefetch<P> = (operationId: string) => Promise<P>;
 
 /** How often the sweep re-checks that every live operation has a job. */
 const SWEEP_MS = 15_000;
@@ -40,7 +46,7 @@ const SWEEP_MS = 15_000;
  */
 @Injectable()
 export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy {
-  private readonly handlers = new Map<string, OperationHandler>();
+  private readonly handlers = new Map<string, { handler: OperationHandler; prefetch?: OperationPrefetch<unknown> }>();
   private readonly running = new Map<string, AbortController>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
@@ -55,10 +61,10 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     @Inject(CONFIG) private readonly config: Config,
   ) {}
 
-  /** Registers the handler for a kind; each kind has exactly one. */
-  register(kind: string, handler: OperationHandler): void {
+  /** Registers the handler for a kind (and what to read for it as it starts); each kind has exactly one. */
+  register<P>(kind: string, handler: OperationHandler<P>, prefetch?: OperationPrefetch<P>): void {
     if (this.handlers.has(kind)) throw new Error(`operation kind ${kind} registered twice`);
-    this.handlers.set(kind, handler);
+    this.handlers.set(kind, { handler: handler as OperationHandler, prefetch });
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -97,7 +103,9 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     const id = job.data.operationId;
     // The common case in one statement: a live operation of a known kind starts. Anything else
     // (final already, cancelled while pending, no handler) is read and settled below.
-    const handler = this.handlers.get(job.name);
+    const registered = this.handlers.get(job.name);
+    const handler = registered?.handler;
+    const prefetched = registered?.prefetch?.(id).catch(() => undefined);
     const op = handler ? await this.ops.markRunning(id) : undefined;
     if (!op || !handler) {
       const existing = await this.ops.get(id);
@@ -127,7 +135,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     };
     const started = Date.now();
     try {
-      await handler(op, ctx);
+      await handler(op, ctx, await prefetched);
       await this.finish(id, 'succeeded', null, result);
       this.log.info({ operationId: id, requestId: op.request_id, kind: op.kind, ms: Date.now() - started }, 'operation succeeded');
     } catch (e) {

@@ -135,6 +135,7 @@ export class OperationRepository {
           cs.map((c) => (c.to !== 'running' && c.to !== 'progress' && c.error ? JSON.stringify(c.error) : null)),
           cs.map((c) => (c.to !== 'running' && c.to !== 'progress' && c.metadata ? JSON.stringify(c.metadata) : null)),
         ],
+        'operations.changes',
       );
       return inOrder(found, cs.map((c) => c.id));
     },
@@ -205,6 +206,7 @@ export class OperationRepository {
          phase = COALESCE($3, phase), progress = COALESCE($4, progress), version = version + 1, updated_at = now()
        WHERE id = $1 AND status = 'running' RETURNING *`,
       [id, JSON.stringify(patch), phase ?? null, progress === undefined ? null : Math.max(0, Math.min(100, Math.round(progress)))],
+      'operations.mergeMetadata',
     );
     return found[0];
   }

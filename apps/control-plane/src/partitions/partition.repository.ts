@@ -187,10 +187,31 @@ export class PartitionRepository {
     return found[0];
   }
 
+  /** The partition an operation targets, read by the operation's id. */
+  async ofOperation(operationId: string): Promise<PartitionRow | undefined> {
+    const found = await rows<PartitionRow>(this.ds, `SELECT p.* FROM operations o JOIN partitions p ON p.id = o.target_id WHERE o.id = $1`, [operationId], 'partitions.ofOperation');
+    return found[0];
+  }
+
   /** A partition locked for the rest of the transaction. */
   async lock(tx: Db, projectId: string, id: string): Promise<PartitionRow | undefined> {
     const found = await rows<PartitionRow>(tx, `SELECT * FROM partitions WHERE id = $1 AND project_id = $2 FOR UPDATE`, [id, projectId]);
     return found[0];
+  }
+
+  /**
+   * Locks the partition (as {@link lock}) and, in the same statement, finds the operation in
+   * flight on it (the oldest pending or running one), if any.
+   */
+  async lockWithLiveOperation(tx: Db, projectId: string, id: string): Promise<{ row: PartitionRow; live?: { id: string; kind: string } } | undefined> {
+    const found = await rows<PartitionRow & { live_op_id: string | null; live_op_kind: string | null }>(tx,
+      `SELECT p.*, o.id AS live_op_id, o.kind AS live_op_kind FROM partitions p
+         LEFT JOIN LATERAL (SELECT id, kind FROM operations WHERE target_id = p.id AND status IN ('pending', 'running') ORDER BY id LIMIT 1) o ON true
+       WHERE p.id = $1 AND p.project_id = $2 FOR UPDATE OF p`, [id, projectId]);
+    const r = found[0];
+    if (!r) return undefined;
+    const { live_op_id: liveId, live_op_kind: liveKind, ...row } = r;
+    return { row, ...(liveId ? { live: { id: liveId, kind: liveKind ?? '' } } : {}) };
   }
 
   /** A keyset page of a project's partitions. */
@@ -251,7 +272,7 @@ export class PartitionRepository {
   /** Sets the snapshot the partition's state now descends from. */
   async setCurrentSnapshot(db: Db, id: string, snapshotId: string | null): Promise<PartitionRow | undefined> {
     const found = await rows<PartitionRow>(db,
-      `UPDATE partitions SET current_snapshot_id = $2, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`, [id, snapshotId]);
+      `UPDATE partitions SET current_snapshot_id = $2, version = version + 1, updated_at = now() WHERE id = $1 RETURNING *`, [id, snapshotId], 'partitions.setCurrentSnapshot');
     return found[0];
   }
 
@@ -289,7 +310,7 @@ export class PartitionRepository {
            version = n.version + 1, updated_at = now()
          FROM p WHERE n.id = $5
        )
-       SELECT * FROM p`, [id, moved, state, reason, freedNodeId, onlyOf ?? null]);
+       SELECT * FROM p`, [id, moved, state, reason, freedNodeId, onlyOf ?? null], 'partitions.endMigrationReleasing');
     return found[0];
   }
 

@@ -382,10 +382,13 @@ export class PartitionsService {
     return this.tx.run(
       { scope: `project:${projectId}`, name: `partitions.${action}`, input: { id, params }, key: opts.idempotencyKey },
       async (db) => {
-        let row = await this.lock(db, projectId, id);
+        if (!UUID_RE.test(id)) throw new NotFoundError('partition', id);
+        const locked = await this.partitions.lockWithLiveOperation(db, projectId, id);
+        if (!locked) throw new NotFoundError('partition', id);
+        let row = locked.row;
+        const live = locked.live;
         checkIfMatch('partition', id, opts.ifMatch, row.version);
         assertCanPerform(action, row);
-        const live = await this.ops.liveForTarget(db, row.id);
         if (live && action !== 'delete') {
           throw new FailedPreconditionError(`cannot ${action} partition ${row.name}: operation ${live.id} (${live.kind}) is in progress; wait for it or cancel it`);
         }

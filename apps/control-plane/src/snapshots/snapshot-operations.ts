@@ -16,6 +16,9 @@ import { SnapshotRepository, SnapshotRow } from './snapshot.repository';
 import { snapshotEvent, snapshotView } from './snapshot-view';
 import { PartitionImages } from '../images/partition-images';
 
+/** An operation's partition and snapshot, undefined where gone. */
+type Read = [PartitionRow | undefined, SnapshotRow | undefined];
+
 /** Longest a node may take to save or load a snapshot (RAM is written to the disk file). */
 const SNAPSHOT_TIMEOUT_MS = 10 * 60_000;
 
@@ -46,7 +49,8 @@ export class SnapshotOperations implements OnModuleInit {
 
   onModuleInit(): void {
     this.runner.register('snapshot.create', (op, ctx) => this.handleCreate(op, ctx));
-    this.runner.register('snapshot.revert', (op, ctx) => this.handleRevert(op, ctx));
+    // A revert is short: its partition and snapshot are read alongside the operation's start.
+    this.runner.register('snapshot.revert', (op, ctx, read?: Read) => this.handleRevert(op, ctx, read), (id) => Promise.all([this.partitions.ofOperation(id), this.snapshots.ofOperation(id)]));
     this.runner.register('snapshot.delete', (op, ctx) => this.handleDelete(op, ctx));
     // Cancelled before the node was asked: a snapshot being created was never made; one being deleted stays.
     this.operations.onCancelledBeforeStart('snapshot.create', async (op) => {
@@ -101,8 +105,8 @@ export class SnapshotOperations implements OnModuleInit {
    * operation's params) is put back if the revert fails; a re-run after a crash records it again.
    * An operation requested without that (before 2026-12-01) records it once the node answered.
    */
-  async handleRevert(op: OperationRow, ctx: OperationContext): Promise<void> {
-    const { partition, snap } = await this.load(op);
+  async handleRevert(op: OperationRow, ctx: OperationContext, read?: Read): Promise<void> {
+    const { partition, snap } = await this.load(op, read);
     void ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30).catch(() => undefined);
     const current = 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;
     current?.catch(() => undefined); // awaited below; until then a failure must not go unhandled
@@ -152,7 +156,7 @@ export class SnapshotOperations implements OnModuleInit {
   }
 
   /** The operation's partition and snapshot, read together (undefined where gone). */
-  private read(op: OperationRow): Promise<[PartitionRow | undefined, SnapshotRow | undefined]> {
+  private read(op: OperationRow): Promise<Read> {
     return Promise.all([this.partitions.getById(op.target_id), this.snapshots.get(op.target_id, String(op.params.snapshotId))]);
   }
 
@@ -162,8 +166,9 @@ export class SnapshotOperations implements OnModuleInit {
     if (back) await this.events.publish(snapshotEvent('snapshot.updated', snapshotView(back, partition.current_snapshot_id)));
   }
 
-  private async load(op: OperationRow): Promise<{ partition: PartitionRow; snap: SnapshotRow }> {
-    const [partition, snap] = await this.read(op);
+  /** The operation's partition and snapshot (`read` ahead, or read now); Cancelled when either is gone. */
+  private async load(op: OperationRow, read?: Read): Promise<{ partition: PartitionRow; snap: SnapshotRow }> {
+    const [partition, snap] = read ?? (await this.read(op));
     if (!partition) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     if (!partition.node_id) throw new InternalError(`partition ${partition.name} has no node`);
     if (!snap) throw new CancelledError(`snapshot ${String(op.params.snapshotId)} no longer exists`);

@@ -61,6 +61,13 @@ export class SnapshotRepository {
     return found[0];
   }
 
+  /** The snapshot an operation on a partition names in its params (`snapshotId`), read by the operation's id. */
+  async ofOperation(operationId: string): Promise<SnapshotRow | undefined> {
+    const found = await rows<SnapshotRow>(this.ds,
+      `SELECT s.* FROM operations o JOIN snapshots s ON s.partition_id = o.target_id AND s.id = (o.params ->> 'snapshotId')::uuid WHERE o.id = $1`, [operationId], 'snapshots.ofOperation');
+    return found[0];
+  }
+
   /** A snapshot locked for the rest of the transaction. */
   async lock(tx: Db, partitionId: string, id: string): Promise<SnapshotRow | undefined> {
     const found = await rows<SnapshotRow>(tx, `SELECT * FROM snapshots WHERE id = $1 AND partition_id = $2 FOR UPDATE`, [id, partitionId]);
