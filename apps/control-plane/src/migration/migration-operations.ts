@@ -93,7 +93,8 @@ export class MigrationOperations implements OnModuleInit {
       // record names the destination as soon as the source completed, while the destination
       // resumes the guest: finish there again (a node answers at once for a guest it runs).
       if (row.node_id === p.targetNodeId) {
-        if (p.live && row.state !== 'failed') await this.finishOnTarget(row, p, ctx, p.targetNodeName);
+        const refused = p.live && row.state !== 'failed' ? await this.finishOnTarget(row, p, ctx) : undefined;
+        if (refused !== undefined) await this.lost(row, p.targetNodeName, refused);
         return;
       }
       throw new FailedPreconditionError(`the migration of partition ${row.name} ended without moving it`);
@@ -165,38 +166,42 @@ export class MigrationOperations implements OnModuleInit {
       throw failure ?? new InternalError(`migration of partition ${row.name} ended without moving it; it stays on node ${names.sourceNode}`);
     }
 
-    // Moved: the destination holds the guest's only copy, so the record names it at once, while the
-    // destination lets it run (a re-run after a crash in between finds the record ended and still
-    // finishes on the destination: see above). Shown while the destination is finished; not waited
-    // for (a re-run treats `moved` as `started`).
-    // The command to the destination goes out first; the records are written while it works.
+    // Moved: the destination holds the guest's only copy. The command that lets it run there goes out
+    // first; the record names the destination at once, while the node works (a re-run after a
+    // crash in between finds the record ended and still finishes on the destination: see above).
     const t2 = Date.now();
-    let ended: Promise<void> | undefined;
-    const finishing = p.live ? this.finishOnTarget(row, p, ctx, names.targetNode, () => ended) : undefined;
+    const finishing = p.live ? this.finishOnTarget(row, p, ctx) : Promise.resolve(undefined);
+    // Shown while the destination is finished; not waited for (a re-run treats `moved` as `started`).
     void this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) }).catch(() => undefined);
-    ended = this.end(row, 'moved', p, '');
-    ended.catch(() => undefined); // awaited below; until then a failure must not go unhandled
-    const recorded = this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } });
+    const written = Promise.all([this.end(row, 'moved', p, ''), this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } })]);
+    written.catch(() => undefined); // awaited below; until then a failure must not go unhandled
+    let refused: string | undefined;
     try {
-      await finishing;
-      if (p.live) timings.finishMs = Date.now() - t2;
+      refused = await finishing;
     } finally {
-      await Promise.all([ended, recorded]);
+      await written;
     }
+    if (refused !== undefined) await this.lost(row, names.targetNode, refused);
+    if (p.live) timings.finishMs = Date.now() - t2;
     ctx.succeedWith({ stage: 'done', migration: { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}), ...timings } });
     log.info({ ...result, ...timings }, 'partition migrated');
   }
 
   /**
    * Lets the guest run on the destination of a live migration that completed (asking until the node
-   * answers). If the node cannot, the guest's only copy is stuck there: once `recorded` (the record
-   * naming the destination) is done, the partition is marked failed with the reason, and this throws.
+   * answers). Resolves with undefined when it runs there, else with the node's reason.
    */
-  private async finishOnTarget(row: PartitionRow, p: MigrateParams, ctx: OperationContext, targetName: string, recorded?: () => Promise<unknown> | undefined): Promise<void> {
+  private async finishOnTarget(row: PartitionRow, p: MigrateParams, ctx: OperationContext): Promise<string | undefined> {
     const finished = await this.untilAnswered(p.targetNodeId, { migrationFinishTarget: { partitionId: row.id } }, PREPARE_TIMEOUT_MS, ctx, 'finish on the destination');
-    if (finished.ok) return;
-    await recorded?.()?.catch(() => undefined);
-    const lost = `the guest moved to node ${targetName} but could not be resumed there: ${finished.errorMessage}`;
+    return finished.ok ? undefined : finished.errorMessage ?? '';
+  }
+
+  /**
+   * The destination could not let the guest run: its only copy is stuck there. The partition (its
+   * record naming the destination) is marked failed with the reason; throws.
+   */
+  private async lost(row: PartitionRow, targetName: string, reason: string): Promise<never> {
+    const lost = `the guest moved to node ${targetName} but could not be resumed there: ${reason}`;
     const failed = await this.partitions.setState(this.ds.manager, row.id, 'failed', lost);
     if (failed) void this.events.publish(partitionEvent('partition.updated', partitionView(failed)));
     throw new InternalError(`migration of partition ${row.name}: ${lost}`);

@@ -266,7 +266,7 @@ export class PartitionsService {
   async update(principal: Principal, projectId: string, id: string, input: UpdatePartitionInput, opts: MutationOptions = {}): Promise<PartitionView> {
     requireRole(principal, 'operator', 'update partitions');
     const view = await this.tx.run({ scope: `project:${projectId}`, name: 'partitions.update', input: { id, input } }, async (db) => {
-      const row = await this.lock(db, projectId, id);
+      const row = await this.lock(id, () => this.partitions.lock(db, projectId, id));
       checkIfMatch('partition', id, opts.ifMatch, row.version);
       assertCanPerform('update', row);
       let labels: Record<string, string> | undefined;
@@ -339,11 +339,11 @@ export class PartitionsService {
     return row;
   }
 
-  private async lock(db: Db, projectId: string, id: string): Promise<PartitionRow> {
-    if (!UUID_RE.test(id)) throw new NotFoundError('partition', id);
-    const row = await this.partitions.lock(db, projectId, id);
-    if (!row) throw new NotFoundError('partition', id);
-    return row;
+  /** What `lock` found for partition `id` (a lock statement of the repository); 404 for a malformed id or nothing found. */
+  private async lock<T>(id: string, lock: () => Promise<T | undefined>): Promise<T> {
+    const found = UUID_RE.test(id) ? await lock() : undefined;
+    if (!found) throw new NotFoundError('partition', id);
+    return found;
   }
 
   /** Common shape of start/stop/reboot/delete: see {@link PartitionsService.act}. */
@@ -382,9 +382,7 @@ export class PartitionsService {
     return this.tx.run(
       { scope: `project:${projectId}`, name: `partitions.${action}`, input: { id, params }, key: opts.idempotencyKey },
       async (db) => {
-        if (!UUID_RE.test(id)) throw new NotFoundError('partition', id);
-        const locked = await this.partitions.lockWithLiveOperation(db, projectId, id);
-        if (!locked) throw new NotFoundError('partition', id);
+        const locked = await this.lock(id, () => this.partitions.lockWithLiveOperation(db, projectId, id));
         let row = locked.row;
         const live = locked.live;
         checkIfMatch('partition', id, opts.ifMatch, row.version);
