@@ -1,6 +1,6 @@
 /** What the benchmarks share: a database of their own, a control plane process, ports, RSS. */
 import { ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -88,4 +88,29 @@ export async function stopAll(children: ChildProcess[]): Promise<void> {
   for (const c of [...children].reverse()) c.kill('SIGTERM');
   await sleep(2000);
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}
+
+/** CPU ticks (1/100 s) a process used so far: user + system by default (fields of /proc/PID/stat after the command). */
+export function ticksOf(pid: number, fields: [number, number] = [11, 13]): number {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(...fields).reduce((a, b) => a + Number(b), 0);
+  } catch {
+    return 0; // exited meanwhile
+  }
+}
+
+export const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+
+/** CPU ticks summed over every process whose command is `comm` (all PostgreSQL backends, for instance). */
+export function ticksOfComm(comm: string): number {
+  let total = 0;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readFileSync(`/proc/${d}/comm`, 'utf8').trim().startsWith(comm)) total += ticksOf(Number(d));
+    } catch {
+      // gone
+    }
+  }
+  return total;
 }

@@ -19,7 +19,8 @@
  * Which side goes first alternates from pair to pair (in a fixed order the second side always
  * started on a machine the first had just left busy, or quiet, which moved the ratio by 0.1-0.2);
  * each side starts once the other's old source QEMU is gone. BENCH_SKIP_MIGRATION=1 runs only the
- * snapshot pairs.
+ * snapshot pairs, BENCH_SKIP_SNAPSHOTS=1 only the migrations. BENCH_VERBOSE=1 prints each step, and
+ * the CPU the API side's processes used per migration.
  * Then snapshot save (memory + disk) and revert, API (`POST .../snapshots`, `.../revert`, to
  * the operation's success) against QMP `snapshot-save` / `snapshot-load` jobs, as many pairs.
  * Prints each figure and medians; the last line is JSON.
@@ -32,7 +33,7 @@ import { join, resolve } from 'node:path';
 import { QmpClient } from '@hyperplane/qmp';
 import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
 import { waitJob, watchEvent } from '@hyperplane/worker/dist/drivers/qemu/qemu-jobs';
-import { ROOT, freePort, projectHeaders, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { ROOT, freePort, projectHeaders, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 11);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
@@ -107,9 +108,14 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
     children.push(cp.proc);
     const nodes = [{ name: 'bench-a', address: '127.0.0.81' }, { name: 'bench-b', address: '127.0.0.82' }];
+    const workers: ChildProcess[] = [];
     for (const n of nodes) {
-      children.push(spawn(process.execPath, [join(ROOT, 'apps/worker/dist/main.js'), '--node', n.name, '--address', n.address, '--control-plane', cp.grpcAddress, '--data-dir', join(dir, n.name), '--driver', 'qemu'], { env: cp.env, stdio: ['ignore', 'ignore', 'inherit'] }));
+      workers.push(spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/worker/dist/main.js'), '--node', n.name, '--address', n.address, '--control-plane', cp.grpcAddress, '--data-dir', join(dir, n.name), '--driver', 'qemu'], { env: cp.env, stdio: ['ignore', 'ignore', 'inherit'] }));
     }
+    children.push(...workers);
+    /** CPU ticks used so far by the API side's processes (BENCH_VERBOSE: CPU per migration). */
+    const apiCpu = () => ({ controlPlane: ticksOf(cp.proc.pid!), workers: sum(workers.map((w) => ticksOf(w.pid!))), postgres: ticksOfComm('postgres'), redis: ticksOfComm('redis-server') });
+    const cpuUsed = { controlPlane: 0, workers: 0, postgres: 0, redis: 0 };
     const h = cp.adminHeaders();
     for (let i = 0; i < 150; i++) {
       const ready = ((await (await fetch(`${cp.base}/v1/nodes?state=ready`, { headers: h })).json()) as { items: unknown[] }).items.length;
@@ -141,7 +147,11 @@ async function run(database: { url: string; name: string }): Promise<void> {
     await src.qmp.resume();
     await sleep(6000); // boot
     await typeOn(join(src.dir, RUNTIME_FILES.console), DIRTIER);
-    await sleep(15_000);
+    await sleep(10_000);
+    const idle0 = apiCpu();
+    await sleep(5_000);
+    const idle1 = apiCpu();
+    const idlePerSecond = Object.fromEntries(Object.entries(idle1).map(([k, v]) => [k, ((v - idle0[k as keyof typeof idle0]) * 10) / 5]));
 
     const breakdown: string[] = [];
     const apiTotal: number[] = [];
@@ -157,11 +167,14 @@ async function run(database: { url: string; name: string }): Promise<void> {
       const viaApi = async () => {
         // To the other node.
         const to = nodes[(i + 2) % 2]!.name;
+        const cpu0 = apiCpu();
         const t0 = performance.now();
         const m = await call('POST', `/v1/partitions/${id}/migrate`, { targetNode: to, storage: 'shared', maxDowntimeMs: MAX_DOWNTIME_MS });
         if (!m.operation) throw new Error(`migrate: ${JSON.stringify(m)}`);
         const done = await wait(m.operation.id);
         apiMs = performance.now() - t0;
+        const cpu1 = apiCpu();
+        if (counted) for (const k of Object.keys(cpuUsed) as (keyof typeof cpuUsed)[]) cpuUsed[k] += cpu1[k] - cpu0[k];
         mt = done.migration ?? {};
         breakdown.push(`migrate${counted ? '' : ' (warm-up)'}: api ${apiMs.toFixed(0)} ms, queued ${Date.parse(done.startedAt) - Date.parse(done.createdAt)} ms, handler ${Date.parse(done.finishedAt) - Date.parse(done.startedAt)} ms (prepare ${mt.prepareMs}, source ${mt.sourceMs} [QEMU total ${mt.totalTimeMs}], finish ${mt.finishMs})`);
         apiDownMs = Number(mt.downtimeMs ?? NaN);
@@ -213,7 +226,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const apiRevert: number[] = [];
     const bareSave: number[] = [];
     const bareRevert: number[] = [];
-    for (let i = -1; i < PAIRS; i++) {
+    for (let i = -1; i < (process.env.BENCH_SKIP_SNAPSHOTS ? -1 : PAIRS); i++) {
       const counted = i >= 0; // i = -1: the warm-up pair, not counted
       const tag = counted ? String(i) : 'warm';
       let saveMs = 0, revertMs = 0, bareSaveMs = 0, bareRevertMs = 0;
@@ -255,7 +268,11 @@ async function run(database: { url: string; name: string }): Promise<void> {
       console.log(`snapshot ${counted ? i + 1 : 'warm-up'}: save api ${saveMs.toFixed(0)} ms, bare ${bareSaveMs.toFixed(0)} ms; revert api ${revertMs.toFixed(0)} ms, bare ${bareRevertMs.toFixed(0)} ms`);
     }
 
-    if (process.env.BENCH_VERBOSE) console.log(breakdown.join('\n'));
+    if (process.env.BENCH_VERBOSE) {
+      console.log(breakdown.join('\n'));
+      const n = Math.max(1, apiTotal.length);
+      console.log(`CPU per API migration, request to success (ms, /proc ticks): ${Object.entries(cpuUsed).map(([k, v]) => `${k} ${((v * 10) / n).toFixed(1)}`).join(', ')}; while idle (ms per second): ${Object.entries(idlePerSecond).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`);
+    }
     const r = (a: number[], b: number[]) => Number((median(a) / median(b)).toFixed(3));
     const out = {
       migrateTotalRatio: r(apiTotal, bareTotal),

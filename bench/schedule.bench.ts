@@ -12,12 +12,12 @@
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { Agent, request } from 'node:http';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { mulberry32 } from '@hyperplane/scheduler';
-import { ROOT, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { ROOT, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
 
 const NODES = Number(process.env.BENCH_NODES ?? 1000);
 const PARTITIONS = Number(process.env.BENCH_PARTITIONS_TOTAL ?? 10_000);
@@ -42,30 +42,6 @@ interface CpuSnapshot {
   procs: { controlPlane: number; worker: number; bench: number; postgres: number; redis: number };
   /** The control plane's time in the kernel (system calls: sockets to PostgreSQL, Redis, clients). */
   controlPlaneSys: number;
-}
-
-function ticksOf(pid: number, fields: [number, number] = [11, 13]): number {
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(...fields).reduce((a, b) => a + Number(b), 0);
-  } catch {
-    return 0; // exited meanwhile
-  }
-}
-
-const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
-
-/** Sum over every process whose command is `comm` (all PostgreSQL backends, for instance). */
-function ticksOfComm(comm: string): number {
-  let sum = 0;
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      if (readFileSync(`/proc/${d}/comm`, 'utf8').trim().startsWith(comm)) sum += ticksOf(Number(d));
-    } catch {
-      // gone
-    }
-  }
-  return sum;
 }
 
 function cpuSnapshot(p: { controlPlane: number[]; worker: number; bench: number }): CpuSnapshot {
