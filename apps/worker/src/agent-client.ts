@@ -136,6 +136,7 @@ export class AgentClient implements TickMember {
       case 'ready':
         if (now >= this.nextHeartbeatAt) {
           this.nextHeartbeatAt = now + this.heartbeatMs;
+          this.options.reconciler.recheckIncoming(now);
           this.send({
             heartbeat: {
               sequence: ++this.sequence,

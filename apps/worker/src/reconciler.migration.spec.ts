@@ -7,7 +7,7 @@ import type { agentV1 } from '@hyperplane/proto';
 import pino from 'pino';
 import type { MigrationProgress } from './drivers/driver';
 import { PartitionStore } from './partition-store';
-import { INCOMING_REASON, Reconciler } from './reconciler';
+import { INCOMING_RECHECK_MS, INCOMING_REASON, Reconciler } from './reconciler';
 import { StrictFakeDriver } from './testing/strict-fake-driver';
 
 const A = '01900000-0000-7000-8000-00000000000a';
@@ -204,6 +204,36 @@ describe('Reconciler snapshot and migration commands', () => {
       await reconciler.idle();
       expect(statesOf(A).at(-1)).toBe('absent@6 (incoming migration ended: qemu exited with signal SIGKILL)');
       expect(existsSync(join(dir, 'partitions', A))).toBe(false);
+    });
+
+    it('an incoming partition is reported again once a minute until it ends, and an explicit absent (the migration ended elsewhere) drops it', async () => {
+      const t0 = Date.now();
+      await prepare();
+      expect(statesOf(A)).toEqual([`starting@5 (${INCOMING_REASON})`]);
+      reconciler.recheckIncoming(t0 + INCOMING_RECHECK_MS - 1_000);
+      expect(statesOf(A)).toHaveLength(1); // not yet
+      const later = Date.now() + INCOMING_RECHECK_MS;
+      reconciler.recheckIncoming(later);
+      reconciler.recheckIncoming(later + 1_000); // once per period
+      expect(statesOf(A)).toEqual([`starting@5 (${INCOMING_REASON})`, `starting@5 (${INCOMING_REASON})`]);
+
+      // The control plane's answer to a report of a migration that is over: absent, a generation on.
+      driver.when('migrationAbortTarget', async () => void driver.running.delete(A));
+      reconciler.upsert({ ...spec(A, 'absent', 6) });
+      await reconciler.idle();
+      expect(reconciler.stateOf(A)).toBeUndefined();
+      expect(statesOf(A).at(-1)).toBe('absent@6 (dropped: the control plane does not migrate it here)');
+      expect(driver.callsOf('migrationAbortTarget')).toEqual([[A]]);
+      reconciler.recheckIncoming(later + 2 * INCOMING_RECHECK_MS);
+      expect(statesOf(A).at(-1)).toMatch(/^absent@/); // nothing more about it
+
+      // A finished one is not reported as incoming again.
+      await prepare(7);
+      driver.when('migrationFinishTarget', async () => ({ pid: 88 }));
+      await reconciler.command({ id: 'f1', body: 'migrationFinishTarget', migrationFinishTarget: { partitionId: A } });
+      const n = statesOf(A).length;
+      reconciler.recheckIncoming(Date.now() + 2 * INCOMING_RECHECK_MS);
+      expect(statesOf(A)).toHaveLength(n);
     });
 
     it('a second prepare of the same migration (prepared ahead, then by the operation) joins the first; another migration is refused', async () => {

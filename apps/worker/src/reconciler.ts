@@ -20,6 +20,7 @@
  *   removed by a DesiredState that does not list it; a migrated-away partition is forgotten and
  *   reported `absent`.
  */
+import { INCOMING_MIGRATION_REASON } from '@hyperplane/domain';
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
 import { freePortPair } from './ports';
@@ -80,13 +81,21 @@ interface Entry {
   incoming: boolean;
   /** While incoming: the migration's id and its prepare, which a second prepare of it joins. */
   preparing: { migrationId: string; result: Promise<agentV1.CommandResult> } | undefined;
+  /** While incoming: when it is reported again (see {@link Reconciler.recheckIncoming}). */
+  incomingRecheckAt: number;
 }
 
 /** How many aborted migration ids a node remembers (a late prepare comes within seconds). */
 const ABORTED_MIGRATIONS_KEPT = 256;
 
 /** The reason reported for a partition being received by live migration. */
-export const INCOMING_REASON = 'incoming migration';
+export const INCOMING_REASON = INCOMING_MIGRATION_REASON;
+
+/**
+ * How often a partition still being received is reported again, so that the control plane drops
+ * one whose migration it ended without reaching this node (see recheckIncoming).
+ */
+export const INCOMING_RECHECK_MS = 60_000;
 
 /** Reconciles one node's partitions. Call `init` once, before anything else. */
 export class Reconciler {
@@ -136,6 +145,7 @@ export class Reconciler {
         e.pid = r.pid;
         e.reason = INCOMING_REASON;
         e.incoming = true;
+        e.incomingRecheckAt = Date.now() + INCOMING_RECHECK_MS;
       } else if (r?.alive) {
         e.state = 'running';
         e.pid = r.pid;
@@ -172,6 +182,21 @@ export class Reconciler {
   }
 
   /** Number of partitions whose guest runs. */
+  /**
+   * Reports again each partition that has been incoming for INCOMING_RECHECK_MS (then once per
+   * period). The control plane ignores the report while its record says the partition migrates
+   * here, and answers `absent` (which drops it) once the migration ended without it: an incoming
+   * guest whose abort never arrived (the node was away, the command lost) does not stay for good.
+   * Called on the heartbeat.
+   */
+  recheckIncoming(now = Date.now()): void {
+    for (const e of this.entries.values()) {
+      if (!e.incoming || e.gone || now < e.incomingRecheckAt) continue;
+      e.incomingRecheckAt = now + INCOMING_RECHECK_MS;
+      this.report(e);
+    }
+  }
+
   runningCount(): number {
     let n = 0;
     for (const e of this.entries.values()) if (e.state === 'running') n++;
@@ -329,7 +354,7 @@ export class Reconciler {
   }
 
   private newEntry(id: string): Entry {
-    return { id, spec: undefined, applied: 0, accepted: -1, pending: undefined, state: 'absent', reason: '', pid: 0, tail: Promise.resolve(), stopRequest: undefined, gone: false, incoming: false, preparing: undefined };
+    return { id, spec: undefined, applied: 0, accepted: -1, pending: undefined, state: 'absent', reason: '', pid: 0, tail: Promise.resolve(), stopRequest: undefined, gone: false, incoming: false, preparing: undefined, incomingRecheckAt: 0 };
   }
 
   /** Runs `fn` in the partition's queue; its error becomes a failed result. */
@@ -399,6 +424,7 @@ export class Reconciler {
         }
         const e = this.newEntry(spec.id);
         e.incoming = true;
+        e.incomingRecheckAt = Date.now() + INCOMING_RECHECK_MS;
         e.spec = { ...spec, desired: 'running' };
         e.applied = spec.generation;
         e.accepted = spec.generation;
@@ -589,6 +615,7 @@ export class Reconciler {
       if (this.entries.has(spec.id)) return { commandId, ok: false, errorCode: 'FAILED_PRECONDITION', errorMessage: `partition ${spec.name || spec.id} is already on this node`, payload: '' };
       const e = this.newEntry(spec.id);
       e.incoming = true;
+      e.incomingRecheckAt = Date.now() + INCOMING_RECHECK_MS;
       e.spec = { ...spec, desired: 'stopped' };
       e.applied = spec.generation;
       e.accepted = spec.generation;
@@ -660,8 +687,9 @@ export class Reconciler {
     e.applied = spec.generation;
     if (spec.desired !== 'absent') e.spec = spec;
     if (e.incoming) {
-      // Until migrationFinishTarget the guest is not ours to start or stop; absent drops it.
-      if (spec.desired === 'absent') await this.abortIncoming(e, 'deleted during an incoming migration');
+      // Until migrationFinishTarget the guest is not ours to start or stop; absent (the partition
+      // deleted, or its migration over without this node) drops it.
+      if (spec.desired === 'absent') await this.abortIncoming(e, 'dropped: the control plane does not migrate it here');
       else await this.settle(e);
       return;
     }

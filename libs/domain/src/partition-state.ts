@@ -21,6 +21,12 @@ export const PARTITION_STATES = [
 /** One state of {@link PARTITION_STATES}. */
 export type PartitionState = (typeof PARTITION_STATES)[number];
 
+/**
+ * The reason a node reports (with state `starting`) for a partition it is receiving by live
+ * migration: that report is the migration's business, never a change of the partition's state.
+ */
+export const INCOMING_MIGRATION_REASON = 'incoming migration';
+
 /** A user-visible action on a partition. */
 export type PartitionAction = 'start' | 'stop' | 'reboot' | 'delete' | 'console' | 'update' | 'snapshot' | 'revert' | 'delete snapshots of' | 'export snapshots of' | 'migrate';
 

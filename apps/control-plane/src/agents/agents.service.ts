@@ -1,5 +1,5 @@
 import { Inject, Injectable, OnApplicationBootstrap, OnModuleDestroy } from '@nestjs/common';
-import { PartitionState, UUID_RE, uuidv7 } from '@hyperplane/domain';
+import { INCOMING_MIGRATION_REASON, PartitionState, UUID_RE, uuidv7 } from '@hyperplane/domain';
 import { agentV1 } from '@hyperplane/proto';
 import { Logger } from 'pino';
 import { Config, CONFIG } from '../config';
@@ -155,8 +155,11 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     if (!s.id || !UUID_RE.test(s.id)) return;
     const observed = s.state ?? '';
     const row = await this.partitions.getById(s.id);
-    // The destination of a migration reports the partition it receives: that is the migration's business.
-    if (row && row.target_node_id === nodeId) return;
+    // The destination of a migration reports the partition it receives: that is the migration's
+    // business (also once the record moved there, while the node resumes the guest). An incoming
+    // partition of a migration that ended without this node is dropped below: nodes report one
+    // again every minute (Reconciler.recheckIncoming), so it goes even if the abort never arrived.
+    if (row && (row.target_node_id === nodeId || (row.node_id === nodeId && s.reason === INCOMING_MIGRATION_REASON))) return;
     if (!row || row.node_id !== nodeId) {
       // Unknown here (deleted while the node was away, or placed elsewhere): the node must drop it.
       if (observed !== 'absent') this.sessions.send(nodeId, { upsert: { id: s.id, desired: 'absent', generation: Number(s.generation) + 1 } });
