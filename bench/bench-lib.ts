@@ -1,6 +1,6 @@
 /** What the benchmarks share: a database of their own, a control plane process, ports, RSS. */
 import { ChildProcess, spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -55,15 +55,23 @@ export interface BenchControlPlane {
   adminHeaders(): Record<string, string>;
 }
 
+/** Where a started process's output goes: a file `<name>.log` in BENCH_LOG_DIR when it is set, else nowhere. */
+export function logTo(name: string): 'ignore' | number {
+  const dir = process.env.BENCH_LOG_DIR;
+  if (!dir) return 'ignore';
+  mkdirSync(dir, { recursive: true });
+  return openSync(join(dir, `${name}.log`), 'a');
+}
+
 /**
  * Starts `apps/control-plane/dist/main.js` on free ports against the database and waits for
- * /readyz. `BENCH_NODE_ARGS` adds node flags (e.g. `--cpu-prof`).
+ * /readyz. `BENCH_NODE_ARGS` adds node flags (e.g. `--cpu-prof`); BENCH_LOG_DIR keeps its log.
  */
 export async function startControlPlane(db: { url: string; name: string }, dataDir: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<BenchControlPlane> {
   const [httpPort, grpcPort] = [await freePort(), await freePort()];
   const env = { ...process.env, DATABASE_URL: db.url, HYPERPLANE_HTTP_PORT: String(httpPort), HYPERPLANE_GRPC_PORT: String(grpcPort), HYPERPLANE_DATA_DIR: dataDir, HYPERPLANE_REDIS_PREFIX: db.name, HYPERPLANE_BIND_ADDRESS: '127.0.0.1', ...extraEnv };
   const args = [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/control-plane/dist/main.js')];
-  const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  const proc = spawn(process.execPath, args, { env, stdio: ['ignore', logTo('control-plane'), 'inherit'] });
   const base = `http://127.0.0.1:${httpPort}`;
   for (let i = 0; i < 150 && !(await fetch(`${base}/readyz`).then((r) => r.ok, () => false)); i++) await sleep(200);
   return {

@@ -33,7 +33,7 @@ import { join, resolve } from 'node:path';
 import { QmpClient } from '@hyperplane/qmp';
 import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
 import { waitJob, watchEvent } from '@hyperplane/worker/dist/drivers/qemu/qemu-jobs';
-import { ROOT, freePort, projectHeaders, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
+import { ROOT, freePort, logTo, projectHeaders, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 11);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
@@ -110,7 +110,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     const nodes = [{ name: 'bench-a', address: '127.0.0.81' }, { name: 'bench-b', address: '127.0.0.82' }];
     const workers: ChildProcess[] = [];
     for (const n of nodes) {
-      workers.push(spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/worker/dist/main.js'), '--node', n.name, '--address', n.address, '--control-plane', cp.grpcAddress, '--data-dir', join(dir, n.name), '--driver', 'qemu'], { env: cp.env, stdio: ['ignore', 'ignore', 'inherit'] }));
+      workers.push(spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean), join(ROOT, 'apps/worker/dist/main.js'), '--node', n.name, '--address', n.address, '--control-plane', cp.grpcAddress, '--data-dir', join(dir, n.name), '--driver', 'qemu'], { env: cp.env, stdio: ['ignore', logTo(`worker-${n.name}`), 'inherit'] }));
     }
     children.push(...workers);
     /** CPU ticks used so far by the API side's processes (BENCH_VERBOSE: CPU per migration). */
