@@ -11,7 +11,7 @@
  * files with the format pinned, and never writes to them.
  */
 import { randomUUID } from 'node:crypto';
-import { watch as fsWatch, type FSWatcher } from 'node:fs';
+import { realpathSync, statSync, watch as fsWatch, type FSWatcher } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { ValidationError, isInsideDir, storeFilePath } from '@hyperplane/domain';
@@ -115,7 +115,7 @@ export class ImageStore implements NodeImageStore {
     }
     for (const format of claimed ? [claimed] : FORMATS) {
       const path = join(this.dir, `${base}.${format}`);
-      const st = await stat(path).catch(() => undefined);
+      const st = statSync(path, { throwIfNoEntry: false }); // every start asks: no thread-pool trip for a stat
       if (!st?.isFile()) continue;
       return this.usable(name, path, format);
     }
@@ -127,7 +127,7 @@ export class ImageStore implements NodeImageStore {
     if (!LIBRARY_ID_RE.test(id)) throw ValidationError.field('libraryImageId', `${JSON.stringify(id)} is not a library image id`);
     for (const format of FORMATS) {
       const path = join(this.libraryDir, `${id}.${format}`);
-      const st = await stat(path).catch(() => undefined);
+      const st = statSync(path, { throwIfNoEntry: false });
       if (st?.isFile()) return this.usable(`library image ${id}`, path, format);
     }
     throw ValidationError.field('image', `library image ${id} has not been fetched to this node (${this.libraryDir})`);
@@ -146,7 +146,7 @@ export class ImageStore implements NodeImageStore {
   async virtualSize(path: string, format: ImageFormat = 'qcow2'): Promise<number> {
     // Every start and every incoming migration asks; qemu-img is a process spawn (tens of ms under
     // TCG load), and a store file only changes by being replaced: remember it per file version.
-    const st = await stat(path);
+    const st = statSync(path);
     const version = `${format}:${st.ino}:${st.size}:${st.mtimeMs}`;
     const known = this.virtualSizes.get(path);
     if (known?.version === version) return known.bytes;
@@ -175,7 +175,7 @@ export class ImageStore implements NodeImageStore {
       const name = file.slice(0, -(claimed.length + 1));
       seen.add(path);
       const e = await this.entry(name, path, claimed, st);
-      const outside = await this.outsideStore(path);
+      const outside = this.outsideStore(path);
       if (outside) e.rejected = { reason: 'outside-store', message: `${file} is a link to ${outside}, outside the image store` };
       if (!e.rejected && !IMAGE_NAME_RE.test(name)) e.rejected = { reason: 'bad-name', message: `${JSON.stringify(file)}: image names are letters, digits, '.', '_' and '-'` };
       const first = byName.get(name);
@@ -308,15 +308,24 @@ export class ImageStore implements NodeImageStore {
   }
 
   /** The real path of `path` when a symlink takes it outside the store, else undefined. */
-  private async outsideStore(path: string): Promise<string | undefined> {
-    const [dir, real] = await Promise.all([realpath(this.dir).catch(() => this.dir), realpath(path).catch(() => path)]);
-    return isInside(dir, real) ? undefined : real;
+  private outsideStore(path: string): string | undefined {
+    const real = (p: string) => {
+      try {
+        return realpathSync(p);
+      } catch {
+        return p;
+      }
+    };
+    const [dir, file] = [real(this.dir), real(path)];
+    return isInside(dir, file) ? undefined : file;
   }
 
   /** A file that passed the checks, or ValidationError naming why it did not. */
   private async usable(what: string, path: string, format: ImageFormat): Promise<{ path: string; format: ImageFormat }> {
-    const st = await stat(path);
-    const outside = await this.outsideStore(path);
+    // Every start asks (an incoming migration's on its critical path): the stat and the two
+    // realpaths are metadata calls of microseconds, made here rather than through the thread pool.
+    const st = statSync(path);
+    const outside = this.outsideStore(path);
     if (outside) throw ValidationError.field('image', `image ${JSON.stringify(what)} is rejected (outside-store): it links to ${outside}`);
     const e = await this.entry(what, path, format, st);
     if (e.rejected) throw ValidationError.field('image', `image ${JSON.stringify(what)} is rejected (${e.rejected.reason}): ${e.rejected.message}`);

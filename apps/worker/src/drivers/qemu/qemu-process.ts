@@ -36,7 +36,19 @@ export function cmdlineContains(pid: number, needle: string): boolean {
 
 /** The pid in a QEMU `-pidfile`, or undefined when the file is missing or holds no pid. */
 export async function readPidFile(path: string): Promise<number | undefined> {
-  const text = await readFile(path, 'utf8').catch(() => '');
+  return pidOf(await readFile(path, 'utf8').catch(() => ''));
+}
+
+/** readPidFile without the thread pool (a few bytes, on a start's critical path). */
+export function readPidFileSync(path: string): number | undefined {
+  try {
+    return pidOf(readFileSync(path, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+function pidOf(text: string): number | undefined {
   const pid = Number.parseInt(text.trim(), 10);
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
