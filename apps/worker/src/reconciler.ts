@@ -446,7 +446,11 @@ export class Reconciler {
             },
           );
           e.pid = 0;
-          await this.settle(e);
+          // Recorded, not reported: the migration that asked knows, and a report could reach the
+          // control plane before the request that asked committed (a destination is prepared ahead
+          // of the commit), which answers a report of an incoming partition no record names with
+          // absent. Reported from a minute on (recheckIncoming), and when the guest runs here.
+          await this.persist(e);
           return JSON.stringify(target);
         });
         if (body.migrationId) e.preparing = { migrationId: body.migrationId, result: prepared };

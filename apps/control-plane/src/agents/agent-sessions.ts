@@ -18,7 +18,18 @@ export interface AgentStreamWriter {
 type Routed =
   | { type: 'sync'; partitionId: string }
   | { type: 'provider'; replicaId: string }
-  | { type: 'command'; requestId: string; replyTo: string; body: CommandBody; timeoutMs: number };
+  | { type: 'command'; requestId: string; replyTo: string; body: CommandBody; timeoutMs: number; atOnce?: boolean };
+
+/** How a command is sent. */
+export interface CommandOptions {
+  /**
+   * Its result is handed to the waiter as soon as it arrives, not after the node's messages sent
+   * before it were handled (their status reports are written to PostgreSQL one after the other).
+   * Only for a waiter that does not read what those messages record: a migration's steps, which
+   * write the partition's record themselves.
+   */
+  atOnce?: boolean;
+}
 
 interface Pending {
   resolve: (r: agentV1.CommandResult__Output) => void;
@@ -38,7 +49,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
   private readonly local = new Map<string, AgentStreamWriter>();
   private readonly pending = new Map<string, Pending>();
   /** Commands written down a local stream and not yet answered (wire command id → node), failed when the stream goes. */
-  private readonly unanswered = new Map<string, string>();
+  private readonly unanswered = new Map<string, { nodeId: string; atOnce: boolean }>();
   private readonly prefix: string;
   private pushSpec: (nodeId: string, partitionId: string) => Promise<void> = async () => undefined;
   private pushProvider: (nodeId: string, replicaId: string) => Promise<void> = async () => undefined;
@@ -100,7 +111,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
     await this.sub.unsubscribe(this.nodeChannel(nodeId)).catch(() => undefined);
     // Results of commands sent down that stream will never come: their waiters learn it now.
     for (const [commandId, n] of [...this.unanswered]) {
-      if (n !== nodeId) continue;
+      if (n.nodeId !== nodeId) continue;
       await this.resolveResult({ commandId, ok: false, errorCode: 'UNAVAILABLE', errorMessage: `node ${nodeId} disconnected before it answered`, payload: '' });
     }
   }
@@ -129,7 +140,8 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
   }
 
   /** Sends a command to a node and waits for its result. */
-  command(nodeId: string, body: CommandBody, timeoutMs: number): Promise<agentV1.CommandResult__Output> {
+  command(nodeId: string, body: CommandBody, timeoutMs: number, opts: CommandOptions = {}): Promise<agentV1.CommandResult__Output> {
+    const atOnce = Boolean(opts.atOnce);
     const requestId = randomUUID();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -143,16 +155,21 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
         reject(e);
       };
       if (this.local.has(nodeId)) {
-        this.unanswered.set(requestId, nodeId);
+        this.unanswered.set(requestId, { nodeId, atOnce });
         this.send(nodeId, { command: { id: requestId, ...body } });
         return;
       }
-      const routed: Routed = { type: 'command', requestId, replyTo: this.replicaId, body, timeoutMs };
+      const routed: Routed = { type: 'command', requestId, replyTo: this.replicaId, body, timeoutMs, ...(atOnce ? { atOnce } : {}) };
       this.redis.publish(this.nodeChannel(nodeId), JSON.stringify(routed)).then(
         (n) => { if (n === 0) fail(new UnavailableError(`node ${nodeId} is not connected`)); },
         (e: Error) => fail(new UnavailableError(`cannot reach node ${nodeId}: ${e.message}`)),
       );
     });
+  }
+
+  /** True for the result of a command sent with `atOnce` (see CommandOptions): it need not wait for the node's earlier messages. */
+  answersAtOnce(commandId: string): boolean {
+    return this.unanswered.get(commandId)?.atOnce ?? false;
   }
 
   /** Delivers an agent's command result to whoever waits for it, here or on another replica. */
@@ -187,7 +204,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
       if (m.type === 'sync') await this.pushSpec(nodeId, m.partitionId);
       else if (m.type === 'provider') await this.pushProvider(nodeId, m.replicaId);
       else {
-        this.unanswered.set(`${m.requestId}@${m.replyTo}`, nodeId);
+        this.unanswered.set(`${m.requestId}@${m.replyTo}`, { nodeId, atOnce: Boolean(m.atOnce) });
         this.send(nodeId, { command: { id: `${m.requestId}@${m.replyTo}`, ...m.body } });
       }
     } catch (err) {

@@ -175,6 +175,11 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     return this.nodeImages.recordChange(nodeId, m.images);
   }
 
+  /** True when a result may be handed over ahead of the node's earlier messages (AgentSessions.answersAtOnce). */
+  answersAtOnce(r: agentV1.CommandResult__Output): boolean {
+    return this.sessions.answersAtOnce(r.commandId ?? '');
+  }
+
   /** A command's result, for whoever waits on it. */
   onResult(r: agentV1.CommandResult__Output): Promise<void> {
     return this.sessions.resolveResult(r);

@@ -35,6 +35,8 @@ describe('AgentGrpcApi: the messages of one stream', () => {
       onResult: async (r: { commandId: string }) => {
         calls.push(`result ${r.commandId}`);
       },
+      // Commands sent with atOnce (here: ids starting "now").
+      answersAtOnce: (r: { commandId: string }) => r.commandId.startsWith('now'),
       disconnected: async () => undefined,
     } as unknown as AgentsService;
     const chains = { onRegister: async () => undefined } as unknown as ChainAgents;
@@ -59,5 +61,37 @@ describe('AgentGrpcApi: the messages of one stream', () => {
     call.emit('data', event(6));
     await new Promise((r) => setImmediate(r));
     expect(calls.at(-1)).toBe('events node-1 E6');
+  });
+
+  it('hand the result of a command sent with atOnce over at once, even while earlier messages are still handled', async () => {
+    let release!: () => void;
+    const blocked = new Promise<void>((r) => (release = r));
+    const calls: string[] = [];
+    const agents = {
+      register: async () => 'node-1',
+      onStatus: async (_node: string, s: { state: string }) => {
+        calls.push(`status ${s.state}`);
+        if (s.state === 'slow') await blocked;
+      },
+      onResult: async (r: { commandId: string }) => {
+        calls.push(`result ${r.commandId}`);
+      },
+      answersAtOnce: (r: { commandId: string }) => r.commandId.startsWith('now'),
+      disconnected: async () => undefined,
+    } as unknown as AgentsService;
+    const api = new AgentGrpcApi(agents, { onRegister: async () => undefined } as unknown as ChainAgents, pino({ level: 'silent' }));
+    const call = new FakeCall();
+    (api.service().Connect as (c: unknown) => void)(call);
+    call.emit('data', { body: 'register', register: { name: 'n1' } });
+    await new Promise((r) => setImmediate(r)); // registered
+    call.emit('data', status('slow'));
+    call.emit('data', result('later-1'));
+    call.emit('data', result('now-1'));
+    await new Promise((r) => setImmediate(r));
+    expect([...calls].sort()).toEqual(['result now-1', 'status slow']); // the other result waits behind the status
+    release();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls.at(-1)).toBe('result later-1');
+    expect(calls).toHaveLength(3);
   });
 });

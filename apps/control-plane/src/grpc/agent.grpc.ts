@@ -84,6 +84,11 @@ export class AgentGrpcApi {
       };
     };
     call.on('data', (m: agentV1.AgentMessage__Output) => {
+      if (m.body === 'result' && nodeId && this.agents.answersAtOnce(m.result!)) {
+        // Its waiter does not depend on the messages before it (see CommandOptions.atOnce).
+        void this.agents.onResult(m.result!).catch((err: unknown) => this.log.error({ err, nodeId }, 'agent message failed'));
+        return;
+      }
       const next = step(m);
       if (!next) return;
       chain = chain.then(next).catch((err: unknown) => {

@@ -24,8 +24,16 @@ import { MigrateParams } from './migration.service';
 const PREPARE_TIMEOUT_MS = 60_000;
 /** How long a live migration may run before the control plane asks where the guest is. */
 const MIGRATE_TIMEOUT_MS = 60 * 60_000;
+/** How long a destination prepared ahead is kept for an operation that runs on another replica. */
+const AHEAD_KEPT_MS = 5 * 60_000;
 /** Wait between attempts to reach a node that is away (reconnecting, restarting). */
 const RETRY_MS = 2000;
+
+/**
+ * Every command of a migration is answered as soon as the node's result arrives: the steps write the
+ * partition's record themselves and read none of what the node's status reports record.
+ */
+const AT_ONCE = { atOnce: true };
 
 /** Where the guest is once a migration attempt ended. */
 type Outcome = 'moved' | 'stayed';
@@ -69,6 +77,9 @@ export class MigrationOperations implements OnModuleInit {
     private readonly images: PartitionImages,
   ) {}
 
+  /** Destinations being prepared ahead by this replica, by migration (operation) id: see prepareAhead. */
+  private readonly ahead = new Map<string, Promise<Record<string, unknown>>>();
+
   onModuleInit(): void {
     this.runner.register('partition.migrate', (op, ctx) => this.handleMigrate(op, ctx));
     this.operations.onCancelledBeforeStart('partition.migrate', (op) => this.undoPending(op));
@@ -78,6 +89,7 @@ export class MigrationOperations implements OnModuleInit {
   private async undoPending(op: OperationRow): Promise<void> {
     const p = op.params as unknown as MigrateParams;
     const row = await this.partitions.getById(op.target_id);
+    this.ahead.delete(op.id);
     if (row?.state !== 'migrating' || row.target_node_id !== p.targetNodeId) return;
     await this.abortTarget(row, p, this.log.child({ operationId: op.id }), op.id); // what was prepared ahead, and what may still arrive
     await this.end(row, 'stayed', p, '', undefined, op.id);
@@ -120,20 +132,28 @@ export class MigrationOperations implements OnModuleInit {
       let started: Promise<void> | undefined;
       try {
         const t0 = Date.now();
+        // Prepared ahead by this replica (the usual case): its answer, unless it failed.
+        const ahead = op.attempts > 1 ? undefined : this.takeAhead(op.id);
         // The record, a library image the destination lacks (fetched first) and the shared disk's
         // path are independent: one wait for the three.
         const [, , sharedDiskPath] = await Promise.all([
           this.record(op, 'preparing', 'preparing the destination', 5, { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' }),
           this.images.ensureOnNode(row, p.targetNodeId, ctx),
-          p.live && p.storage === 'shared' ? this.sharedDiskPath(row, p.sourceNodeId) : undefined,
+          p.live && p.storage === 'shared' && !ahead ? this.sharedDiskPath(row, p.sourceNodeId) : undefined,
         ]);
         // From here on a re-run asks the source first (the start may have been sent): recorded
         // while the destination gets ready, not after, so the start does not wait for it. (A crash
         // before the start was sent then ends the migration where the guest is, rather than retrying.)
         started = this.record(op, 'started', 'preparing the destination', 8, {});
         started.catch(() => undefined); // awaited below; until then a failure must not go unhandled
-        // Usually prepared ahead already (see prepareAhead): then the node answers what it answered then.
-        [targetInfo] = await Promise.all([this.prepare(row, p, sharedDiskPath, op.id), started]);
+        // Usually prepared ahead (see prepareAhead): its answer; else (it failed, or another replica made it) a prepare now.
+        const prepared = (async () => {
+          const answer = await ahead;
+          if (answer) return answer;
+          const disk = sharedDiskPath ?? (ahead && p.live && p.storage === 'shared' ? await this.sharedDiskPath(row, p.sourceNodeId) : undefined);
+          return this.prepare(row, p, disk, op.id);
+        })();
+        [targetInfo] = await Promise.all([prepared, started]);
         timings.prepareMs = Date.now() - t0;
       } catch (e) {
         await started?.catch(() => undefined);
@@ -208,19 +228,45 @@ export class MigrationOperations implements OnModuleInit {
   }
 
   /**
-   * Starts getting the destination of a live migration ready as soon as the request committed,
-   * while the operation is queued and picked up (the QEMU spawn takes as long as both): the
-   * operation's own prepare of the same migration then joins it on the node. Best effort: if it
-   * fails, the operation's prepare reports why. Not for a library image the node may lack (the
-   * operation fetches it first, with progress). `sharedDiskPath`: the source's answer, asked while
-   * the request's transaction ran.
+   * Starts getting the destination of a live migration ready while the request's transaction
+   * commits and the operation is queued and picked up (the QEMU spawn takes longer than all three).
+   * The operation's own prepare of the same migration then takes this one's answer: here, without
+   * asking again; on another replica, the node answers it what it answered this one. Best effort:
+   * if it fails, the operation prepares again and reports why. Not for a library image the node may
+   * lack (the operation fetches it first, with progress). `sharedDiskPath`: the source's answer,
+   * asked while the request's transaction runs. False when it does not apply.
    */
-  prepareAhead(migrationId: string, row: PartitionRow, p: MigrateParams, sharedDiskPath?: Promise<string>): void {
-    if (!p.live || row.image_id) return;
-    void (async () => {
+  prepareAhead(migrationId: string, row: PartitionRow, p: MigrateParams, sharedDiskPath?: Promise<string>): boolean {
+    if (!p.live || row.image_id) return false;
+    const prepared = (async () => {
       const disk = p.storage === 'shared' ? await (sharedDiskPath ?? this.sharedDiskPath(row, p.sourceNodeId)) : undefined;
-      await this.prepare(row, p, disk, migrationId);
-    })().catch((err: unknown) => this.log.debug({ err, operationId: migrationId }, 'preparing the destination ahead failed; the operation prepares it'));
+      return this.prepare(row, p, disk, migrationId);
+    })();
+    prepared.catch((err: unknown) => this.log.debug({ err, operationId: migrationId }, 'preparing the destination ahead failed; the operation prepares it'));
+    this.ahead.set(migrationId, prepared);
+    // Taken by the operation when it runs here; forgotten after a while when it runs elsewhere.
+    setTimeout(() => this.ahead.delete(migrationId), AHEAD_KEPT_MS).unref();
+    return true;
+  }
+
+  /** A migration whose request did not commit: what was prepared ahead for it goes (also if the prepare is still on its way). */
+  abandonAhead(migrationId: string, row: PartitionRow, p: MigrateParams): void {
+    const prepared = this.ahead.get(migrationId);
+    this.ahead.delete(migrationId);
+    void (async () => {
+      await prepared?.catch(() => undefined);
+      await this.abortTarget(row, p, this.log.child({ operationId: migrationId, partition: row.name }), migrationId);
+    })();
+  }
+
+  /**
+   * The prepare made ahead for this migration by this replica, if there was one: it resolves with
+   * its answer, or with undefined when it failed.
+   */
+  private takeAhead(migrationId: string): Promise<Record<string, unknown> | undefined> | undefined {
+    const prepared = this.ahead.get(migrationId);
+    this.ahead.delete(migrationId);
+    return prepared?.catch(() => undefined);
   }
 
   /** Prepares the destination; returns what the source needs to reach it. */
@@ -229,7 +275,7 @@ export class MigrationOperations implements OnModuleInit {
     const body: CommandBody = p.live
       ? { migrationPrepareTarget: { spec: { ...spec, desired: 'running' }, storage: p.storage, postcopy: Boolean(p.options.postcopy), tls: p.tls, migrationId, ...(sharedDiskPath ? { sharedDiskPath } : {}) } }
       : { coldMigrationPrepareTarget: { spec: { ...spec, desired: 'stopped' } } };
-    const r = await this.sessions.command(p.targetNodeId, body, PREPARE_TIMEOUT_MS);
+    const r = await this.sessions.command(p.targetNodeId, body, PREPARE_TIMEOUT_MS, AT_ONCE);
     if (!r.ok) throw agentFailure(r, `preparing node ${p.targetNodeName} to receive partition ${row.name}`);
     return JSON.parse(r.payload || '{}') as Record<string, unknown>;
   }
@@ -265,14 +311,14 @@ export class MigrationOperations implements OnModuleInit {
     const onAbort = () => {
       if (!p.live) return; // a disk file in flight is not cancelled halfway; it ends soon
       log.info('cancel requested: cancelling the migration on the source');
-      void this.sessions.command(p.sourceNodeId, { migrationCancel: { partitionId: row.id } }, 30_000).then(
+      void this.sessions.command(p.sourceNodeId, { migrationCancel: { partitionId: row.id } }, 30_000, AT_ONCE).then(
         (r) => { if (!r.ok) log.warn({ error: r.errorMessage }, 'the source did not cancel the migration'); },
         () => undefined,
       );
     };
     ctx.signal.addEventListener('abort', onAbort);
     try {
-      const r = await this.sessions.command(p.sourceNodeId, body, MIGRATE_TIMEOUT_MS);
+      const r = await this.sessions.command(p.sourceNodeId, body, MIGRATE_TIMEOUT_MS, AT_ONCE);
       if (r.ok) return { outcome: 'moved', result: p.live ? (JSON.parse(r.payload || '{}') as MigrationResult) : undefined };
       if (r.errorCode === 'UNAVAILABLE') return {};
       return { outcome: 'stayed', failure: agentFailure(r, `migration of partition ${row.name}`) };
@@ -287,7 +333,7 @@ export class MigrationOperations implements OnModuleInit {
   /** Asks the source until it answers whether the partition is still there (see MigrationOutcome). */
   private async outcomeFromSource(row: PartitionRow, p: MigrateParams, ctx: OperationContext): Promise<Outcome> {
     const r = await this.untilAnswered(p.sourceNodeId, { migrationOutcome: { partitionId: row.id } }, MIGRATE_TIMEOUT_MS, ctx, 'asking the source where the guest is', () => {
-      if (p.live) void this.sessions.command(p.sourceNodeId, { migrationCancel: { partitionId: row.id } }, 30_000).catch(() => undefined);
+      if (p.live) void this.sessions.command(p.sourceNodeId, { migrationCancel: { partitionId: row.id } }, 30_000, AT_ONCE).catch(() => undefined);
     });
     if (!r.ok) throw agentFailure(r, `asking node ${p.sourceNodeId} about partition ${row.name}`);
     const answer = JSON.parse(r.payload || '{}') as { present?: boolean };
@@ -308,7 +354,7 @@ export class MigrationOperations implements OnModuleInit {
         onAbort();
       }
       try {
-        const r = await this.sessions.command(nodeId, body, timeoutMs);
+        const r = await this.sessions.command(nodeId, body, timeoutMs, AT_ONCE);
         if (r.errorCode !== 'UNAVAILABLE') return r;
       } catch (e) {
         if (!(e instanceof UnavailableError || e instanceof DeadlineExceededError)) throw e;
@@ -325,7 +371,7 @@ export class MigrationOperations implements OnModuleInit {
    */
   private async abortTarget(row: PartitionRow, p: MigrateParams, log: Logger, migrationId = ''): Promise<void> {
     try {
-      const r = await this.sessions.command(p.targetNodeId, { migrationAbortTarget: { partitionId: row.id, migrationId } }, 30_000);
+      const r = await this.sessions.command(p.targetNodeId, { migrationAbortTarget: { partitionId: row.id, migrationId } }, 30_000, AT_ONCE);
       if (!r.ok) log.warn({ error: r.errorMessage }, 'the destination did not abort the incoming migration');
     } catch (e) {
       log.warn({ err: e }, 'could not reach the destination to abort the incoming migration; it drops it when it reconnects');
@@ -359,7 +405,7 @@ export class MigrationOperations implements OnModuleInit {
 
   /** Shared storage: the path of the source's disk file, which the destination sees at the same path. */
   async sharedDiskPath(row: PartitionRow, sourceNodeId = row.node_id!): Promise<string> {
-    const r = await this.sessions.command(sourceNodeId, { migrationOutcome: { partitionId: row.id } }, 30_000);
+    const r = await this.sessions.command(sourceNodeId, { migrationOutcome: { partitionId: row.id } }, 30_000, AT_ONCE);
     const disk = (JSON.parse(r.payload || '{}') as { diskPath?: string }).diskPath;
     if (!disk) throw new FailedPreconditionError(`node ${sourceNodeId} did not say where the disk of partition ${row.name} is, which shared storage needs`);
     return disk;

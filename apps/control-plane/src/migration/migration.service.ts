@@ -56,11 +56,15 @@ export class MigrationService {
    * node or one the scheduler chooses among the others under the partition's placement rules.
    */
   migrate(principal: Principal, projectId: string, id: string, input: MigratePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView> {
-    return this.partitionsService.act<{ row: PartitionRow; params: MigrateParams; sharedDiskPath?: Promise<string> }>(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row) => {
+    // The destination starts getting ready once the transaction has chosen and reserved it, before
+    // the commit (its QEMU start is most of a migration's time); undone if the commit does not come.
+    let ahead: { operationId: string; row: PartitionRow; params: MigrateParams } | undefined;
+    let committed = false;
+    return this.partitionsService.act(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row, operationId) => {
       const running = row.state === 'running';
       const live = input.live ?? running;
       // Shared storage: where the source has the disk is asked now, while the transaction goes on,
-      // for the destination that starts getting ready after the commit (see prepareAhead).
+      // for the destination that starts getting ready once it is chosen (see prepareAhead).
       const sharedDiskPath = live && running && input.storage === 'shared' ? this.operations.sharedDiskPath(row) : undefined;
       sharedDiskPath?.catch(() => undefined); // the request may still be refused; the operation asks again
       if (live && !running) throw new FailedPreconditionError(`cannot migrate partition ${row.name} live: it is ${row.state} (a stopped partition migrates cold: leave live unset or false)`);
@@ -114,10 +118,17 @@ export class MigrationService {
           postcopyAfterMs: input.postcopyAfterMs,
         },
       };
+      if (this.operations.prepareAhead(operationId, row, params, sharedDiskPath)) ahead = { operationId, row, params };
       const moving = await this.partitions.beginMigration(db, row.id, target.id, `${live ? 'live' : 'cold'} migration to node ${target.name}`);
-      return { row: moving, params: params as unknown as Record<string, unknown>, extra: { row: moving ?? row, params, sharedDiskPath } };
-    }, async (done) => {
-      if (done.extra) this.operations.prepareAhead(done.operation.id, done.extra.row, done.extra.params, done.extra.sharedDiskPath);
-    }).then(({ partition, operation }) => ({ partition, operation }));
+      return { row: moving, params: params as unknown as Record<string, unknown> };
+    }, async () => {
+      committed = true;
+    }).then(
+      ({ partition, operation }) => ({ partition, operation }),
+      (e: unknown) => {
+        if (ahead && !committed) this.operations.abandonAhead(ahead.operationId, ahead.row, ahead.params);
+        throw e;
+      },
+    );
   }
 }

@@ -363,9 +363,10 @@ export class PartitionsService {
   /**
    * Records an action on a partition as an operation, in one transaction: lock the partition,
    * check If-Match, the state ({@link assertCanPerform}) and that no other operation is in
-   * flight (delete supersedes it), let `prepare` check and change more (it may return the
-   * changed row, the operation's params and an `extra` result), insert the operation; after the
-   * commit, queue its job and publish. Used by partitions, snapshots and migration.
+   * flight (delete supersedes it), let `prepare` check and change more (it gets the id the
+   * operation will have; it may return the changed row, the operation's params and an `extra`
+   * result), insert the operation; after the commit, queue its job and publish. Used by
+   * partitions, snapshots and migration.
    */
   act<X = undefined>(
     principal: Principal,
@@ -375,7 +376,7 @@ export class PartitionsService {
     kind: string,
     params: Record<string, unknown>,
     opts: MutationOptions,
-    prepare?: (db: Db, row: PartitionRow) => Promise<{ row?: PartitionRow; params?: Record<string, unknown>; extra?: X }>,
+    prepare?: (db: Db, row: PartitionRow, operationId: string) => Promise<{ row?: PartitionRow; params?: Record<string, unknown>; extra?: X }>,
     afterCommit?: (r: { partition: PartitionView; operation: OperationView; extra?: X }) => Promise<void>,
   ): Promise<{ partition: PartitionView; operation: OperationView; extra?: X }> {
     requireRole(principal, 'operator', `${action} partitions`);
@@ -390,9 +391,10 @@ export class PartitionsService {
         if (live && action !== 'delete') {
           throw new FailedPreconditionError(`cannot ${action} partition ${row.name}: operation ${live.id} (${live.kind}) is in progress; wait for it or cancel it`);
         }
-        const prepared = prepare ? await prepare(db, row) : {};
+        const operationId = uuidv7();
+        const prepared = prepare ? await prepare(db, row, operationId) : {};
         row = prepared.row ?? row;
-        const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind, targetType: 'partition', targetId: row.id, params: prepared.params ?? params, requestId: opts.requestId });
+        const op = await this.ops.insert(db, { id: operationId, projectId, kind, targetType: 'partition', targetId: row.id, params: prepared.params ?? params, requestId: opts.requestId });
         return { partition: partitionView(row), operation: operationView(op), superseded: live?.id, extra: prepared.extra };
       },
       async (r) => {
