@@ -121,7 +121,7 @@ export class MigrationOperations implements OnModuleInit {
     /** How long each step took, ms: shown on the operation, so an operator sees where time went. */
     const timings: { prepareMs?: number; sourceMs?: number; finishMs?: number } = {};
     let result: MigrationResult | undefined;
-    if (stage === 'started' || stage === 'moved') {
+    if (stage === 'started' || stage === 'moved') { // moved: recorded by earlier versions once the source completed
       log.info({ stage }, 're-run of a migration whose start was sent: asking the source where the guest is');
       outcome = await this.outcomeFromSource(row, p, ctx);
     } else {
@@ -134,17 +134,19 @@ export class MigrationOperations implements OnModuleInit {
         const t0 = Date.now();
         // Prepared ahead by this replica (the usual case): its answer, unless it failed.
         const ahead = op.attempts > 1 ? undefined : this.takeAhead(op.id);
+        const shown: MigrationMetadata = { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' };
         // The record, a library image the destination lacks (fetched first) and the shared disk's
-        // path are independent: one wait for the three.
+        // path are independent: one wait for the three. Without a library image there is nothing
+        // to fetch, and the `started` record below shows the same.
         const [, , sharedDiskPath] = await Promise.all([
-          this.record(op, 'preparing', 'preparing the destination', 5, { ...names, mode: p.live ? 'live' : 'cold', storage: p.storage, phase: 'preparing' }),
+          row.image_id ? this.record(op, 'preparing', 'preparing the destination', 5, shown) : undefined,
           this.images.ensureOnNode(row, p.targetNodeId, ctx),
           p.live && p.storage === 'shared' && !ahead ? this.sharedDiskPath(row, p.sourceNodeId) : undefined,
         ]);
         // From here on a re-run asks the source first (the start may have been sent): recorded
         // while the destination gets ready, not after, so the start does not wait for it. (A crash
         // before the start was sent then ends the migration where the guest is, rather than retrying.)
-        started = this.record(op, 'started', 'preparing the destination', 8, {});
+        started = this.record(op, 'started', 'preparing the destination', 8, row.image_id ? {} : shown);
         started.catch(() => undefined); // awaited below; until then a failure must not go unhandled
         // Usually prepared ahead (see prepareAhead): its answer; else (it failed, or another replica made it) a prepare now.
         const prepared = (async () => {
@@ -167,7 +169,8 @@ export class MigrationOperations implements OnModuleInit {
         throw new CancelledError(`migration of partition ${row.name} cancelled before it started`);
       }
       stage = 'started';
-      void this.record(op, 'started', p.live ? 'migrating' : 'copying the disk', 10, { phase: p.live ? 'memory' : 'storage' }).catch(() => undefined); // shown; not waited for
+      // A live migration's source reports its phase as soon as it started; a cold one's is shown here (not waited for).
+      if (!p.live) void this.record(op, 'started', 'copying the disk', 10, { phase: 'storage' }).catch(() => undefined);
       const t1 = Date.now();
       const sent = await this.start(op, row, p, targetInfo, ctx, log);
       timings.sourceMs = Date.now() - t1;
@@ -191,8 +194,7 @@ export class MigrationOperations implements OnModuleInit {
     // crash in between finds the record ended and still finishes on the destination: see above).
     const t2 = Date.now();
     const finishing = p.live ? this.finishOnTarget(row, p, ctx) : Promise.resolve(undefined);
-    // Shown while the destination is finished; not waited for (a re-run treats `moved` as `started`).
-    void this.record(op, 'moved', 'finishing on the destination', 95, { phase: 'finishing', ...(result ? { totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {}) }).catch(() => undefined);
+    // (The operation shows nothing new for these few ms: its end records QEMU's figures.)
     const written = Promise.all([this.end(row, 'moved', p, ''), this.images.record(op, row, 'migrated', { node: names.targetNode, details: { from: names.sourceNode, live: p.live } })]);
     written.catch(() => undefined); // awaited below; until then a failure must not go unhandled
     let refused: string | undefined;
@@ -203,7 +205,8 @@ export class MigrationOperations implements OnModuleInit {
     }
     if (refused !== undefined) await this.lost(row, names.targetNode, refused);
     if (p.live) timings.finishMs = Date.now() - t2;
-    ctx.succeedWith({ stage: 'done', migration: { phase: 'completed', bytesRemaining: 0, ...(result ? { bytesTransferred: result.ramTransferredBytes } : {}), ...timings } });
+    const figures = result ? { bytesTransferred: result.ramTransferredBytes, totalTimeMs: result.totalTimeMs, downtimeMs: result.downtimeMs, postcopy: result.postcopy } : {};
+    ctx.succeedWith({ stage: 'done', migration: { phase: 'completed', bytesRemaining: 0, ...figures, ...timings } });
     log.info({ ...result, ...timings }, 'partition migrated');
   }
 
