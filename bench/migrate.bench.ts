@@ -9,7 +9,7 @@
  * - one is a partition, migrated through the API between two workers on this machine
  *   (`POST /v1/partitions/{id}/migrate`, shared storage, max downtime 300 ms), timed from the
  *   request to the operation's success (the guest runs on the destination then);
- * - one is a bare `qemu-system-x86_64` with the same command line, migrated by this script over
+ * - one is a bare `qemu-system-x86_64` with the same command line and a disk of the same size, migrated by this script over
  *   QMP with the same limits: start the destination paused with `-incoming defer`,
  *   `migrate-incoming`, `migrate` on the source, wait for `completed`, `cont` on the destination,
  *   quit the source. Timed from starting the destination to `cont` answered.
@@ -139,9 +139,12 @@ async function run(database: { url: string; name: string }): Promise<void> {
     await typeOn(consoleOf('bench-a'), DIRTIER);
     await sleep(15_000); // the resident data written, the dirtier running
 
-    // The bare guest: the same image and command line, its disk an overlay both bare QEMUs open (shared storage).
+    // The bare guest: the same image and command line, its disk an overlay both bare QEMUs open
+    // (shared storage), of the partition's disk size (a node makes the overlay that size: the
+    // memory a snapshot saves lies in the image beyond it).
     const disk = join(dir, 'bare-disk.qcow2');
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(GUEST, 'sample.qcow2'), disk]);
+    const diskGiB = Number(created.partition.diskGiB);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(GUEST, 'sample.qcow2'), disk, ...(diskGiB > 0 ? [`${diskGiB}G`] : [])]);
     let src = await bareStart(join(dir, 'bare-0'), disk, false);
     bares.push(src);
     await src.qmp.resume();
