@@ -86,7 +86,13 @@ describe('agent ↔ control plane (fake control plane, simulated driver)', () =>
 
     const p1 = cp.messages.filter((m) => m.body === 'status' && m.status?.id === P1).map((m) => m.status!.state);
     expect(p1).toEqual(['starting', 'running']);
-    await expect(readFile(join(dataDir, 'node-id'), 'utf8')).resolves.toBe(`node-${NODE}\n`);
+    // Persisted without holding up the registration: it may land a moment after the first reports.
+    let nodeId = '';
+    for (let i = 0; i < 100 && !nodeId; i++) {
+      nodeId = await readFile(join(dataDir, 'node-id'), 'utf8').catch(() => '');
+      if (!nodeId) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(nodeId).toBe(`node-${NODE}\n`);
   });
 
   it('sends heartbeats with a rising sequence and the number of running partitions', async () => {
