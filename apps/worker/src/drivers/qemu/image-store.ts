@@ -11,7 +11,7 @@
  * files with the format pinned, and never writes to them.
  */
 import { randomUUID } from 'node:crypto';
-import { realpathSync, statSync, watch as fsWatch, type FSWatcher } from 'node:fs';
+import { realpathSync, statSync, watch as fsWatch, type FSWatcher, type Stats } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { ValidationError, isInsideDir, storeFilePath } from '@hyperplane/domain';
@@ -117,7 +117,7 @@ export class ImageStore implements NodeImageStore {
       const path = join(this.dir, `${base}.${format}`);
       const st = statSync(path, { throwIfNoEntry: false }); // every start asks: no thread-pool trip for a stat
       if (!st?.isFile()) continue;
-      return this.usable(name, path, format);
+      return this.usable(name, path, format, st);
     }
     throw ValidationError.field('image', `image ${JSON.stringify(name)} is not in this node's store (${this.dir})`);
   }
@@ -128,7 +128,7 @@ export class ImageStore implements NodeImageStore {
     for (const format of FORMATS) {
       const path = join(this.libraryDir, `${id}.${format}`);
       const st = statSync(path, { throwIfNoEntry: false });
-      if (st?.isFile()) return this.usable(`library image ${id}`, path, format);
+      if (st?.isFile()) return this.usable(`library image ${id}`, path, format, st);
     }
     throw ValidationError.field('image', `library image ${id} has not been fetched to this node (${this.libraryDir})`);
   }
@@ -320,11 +320,12 @@ export class ImageStore implements NodeImageStore {
     return isInside(dir, file) ? undefined : file;
   }
 
-  /** A file that passed the checks, or ValidationError naming why it did not. */
-  private async usable(what: string, path: string, format: ImageFormat): Promise<{ path: string; format: ImageFormat }> {
-    // Every start asks (an incoming migration's on its critical path): the stat and the two
-    // realpaths are metadata calls of microseconds, made here rather than through the thread pool.
-    const st = statSync(path);
+  /**
+   * A file that passed the checks, or ValidationError naming why it did not; `st` is the file's
+   * stat its caller just made. Every start asks (an incoming migration's on its critical path): the
+   * realpaths are metadata calls of microseconds, made here rather than through the thread pool.
+   */
+  private async usable(what: string, path: string, format: ImageFormat, st: Stats): Promise<{ path: string; format: ImageFormat }> {
     const outside = this.outsideStore(path);
     if (outside) throw ValidationError.field('image', `image ${JSON.stringify(what)} is rejected (outside-store): it links to ${outside}`);
     const e = await this.entry(what, path, format, st);

@@ -318,7 +318,7 @@ export class QemuDriver implements PartitionDriver {
         log.error({ qemuPid: pid, err: error }, 'QEMU runs but does not answer on QMP; left alone');
         return { id, alive: false, reason: `qemu (pid ${pid}) runs but does not answer on QMP: ${(error as Error).message}` };
       }
-      await removeEphemeral(dir);
+      removeEphemeral(dir);
       log.info('guest is gone (it ended while the agent was not running); runtime files cleaned up');
       return { id, alive: false, reason: 'qemu is gone: it ended while the agent was not running' };
     }
@@ -398,7 +398,7 @@ export class QemuDriver implements PartitionDriver {
       // The directory's files: metadata calls of microseconds, made at once rather than through the
       // thread pool (an incoming migration waits on them); only a new overlay is a process.
       chmodSync(dir, 0o700);
-      for (const f of EPHEMERAL_FILES) rmSync(join(dir, f), { force: true });
+      removeEphemeral(dir);
       reverter.add(() => removeEphemeral(dir));
       for (const file of [RUNTIME_FILES.qemuLog, RUNTIME_FILES.consoleLog]) {
         const path = join(dir, file);
@@ -584,7 +584,11 @@ export class QemuDriver implements PartitionDriver {
     inst.stopPolling?.();
     if (this.instances.get(inst.id) === inst) this.instances.delete(inst.id);
     await inst.qmp?.close();
-    await removeEphemeral(inst.dir).catch(() => undefined);
+    try {
+      removeEphemeral(inst.dir);
+    } catch {
+      /* best effort: the next start of the partition removes them too */
+    }
     // A destination that never received the guest leaves nothing behind.
     if (inst.incoming) await rm(inst.dir, { recursive: true, force: true }).catch(() => undefined);
     const exit = await this.describeExit(inst, status);
@@ -879,23 +883,17 @@ export class QemuDriver implements PartitionDriver {
     return this.exclusive(spec.id, 'receive', async () => {
       if (this.instances.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
       // The directory is made here, and must be new (mkdir says whether it made it); then the checks.
-      let fresh = false;
-      let madeError: unknown;
-      try {
-        fresh = mkdirSync(dir, { recursive: true, mode: 0o700 }) !== undefined;
-      } catch (error) {
-        madeError = error ?? new Error(`cannot make ${dir}`);
+      if (mkdirSync(dir, { recursive: true, mode: 0o700 }) === undefined) {
+        throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
       }
-      const [plan] = await Promise.allSettled([this.validate(spec, dir)]);
+      let plan: LaunchPlan;
       try {
-        if (madeError) throw madeError;
-        if (!fresh) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already has files on this node (${dir})`);
-        if (plan.status === 'rejected') throw plan.reason;
+        plan = await this.validate(spec, dir);
       } catch (error) {
-        if (fresh) await rm(dir, { recursive: true, force: true });
+        await rm(dir, { recursive: true, force: true });
         throw error;
       }
-      const inst = await this.launch(spec, dir, (plan as PromiseFulfilledResult<LaunchPlan>).value, log, { ...options, nbdPort }, true);
+      const inst = await this.launch(spec, dir, plan, log, { ...options, nbdPort }, true);
       log.info({ qemuPid: inst.pid, port: options.port, nbdPort, storage: options.storage }, 'waiting for an incoming migration');
       return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}), ...(options.tls ? { tls: true } : {}) };
     });
@@ -1422,15 +1420,18 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Removes the files that only mean something while QEMU runs (sockets, pid file). */
 /** Waits until every promise settled; then throws the first rejection, if any. */
 async function settledAll(promises: Array<Promise<unknown>>): Promise<void> {
   const failed = (await Promise.allSettled(promises)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
 }
 
-async function removeEphemeral(dir: string): Promise<void> {
-  await Promise.all(EPHEMERAL_FILES.map((f) => rm(join(dir, f), { force: true })));
+/**
+ * Removes the files that only mean something while QEMU runs (sockets, pid file). A few small
+ * files, removed without the thread pool: a start (a migration's destination) waits on it.
+ */
+function removeEphemeral(dir: string): void {
+  for (const f of EPHEMERAL_FILES) rmSync(join(dir, f), { force: true });
 }
 
 /** Waits for `promise` at most `ms`; never rejects (a rejection counts as settled). */
