@@ -76,3 +76,99 @@ describe('OperationRunner prefetch', () => {
     expect(seen).toEqual([undefined]);
   });
 });
+
+describe('OperationRunner runs operations accepted here under a lease', () => {
+  /** A started runner (its queue worker and timers faked) with `concurrency` slots. */
+  function started(concurrency: number, ops: Partial<OperationRepository> = {}) {
+    const calls: string[] = [];
+    const repo = {
+      live: async () => [],
+      finish: async (id: string, status: string) => {
+        calls.push(`finish ${id} ${status}`);
+        return { id, status };
+      },
+      ...ops,
+    } as unknown as OperationRepository;
+    const published: string[] = [];
+    const service = { publish: async (r: OperationRow) => void published.push(`${r.id} ${r.status}`) } as unknown as OperationsService;
+    const queue = { startWorker: () => undefined } as unknown as OperationQueueRepository;
+    const events = { subscribe: () => () => undefined } as unknown as EventBus;
+    const runner = new OperationRunner(repo, queue, service, events, pino({ level: 'silent' }), { role: 'all', operationConcurrency: concurrency } as Config);
+    return { runner, calls, published };
+  }
+
+  afterEach(() => jest.useRealTimers());
+
+  it('leases only kinds it has a handler for, and only while it has room; a lease given back frees its slot', async () => {
+    const { runner } = started(2);
+    runner.register('thing.do', async () => undefined);
+    await runner.onApplicationBootstrap();
+    expect(runner.leaseHere('other.kind')).toBeUndefined();
+    const a = runner.leaseHere('thing.do');
+    expect(a).toEqual({ owner: runner.owner, ms: 10_000 });
+    expect(runner.leaseHere('thing.do')).toBeDefined();
+    expect(runner.leaseHere('thing.do')).toBeUndefined(); // both slots taken
+    runner.unlease();
+    expect(runner.leaseHere('thing.do')).toBeDefined();
+    await runner.onModuleDestroy();
+  });
+
+  it('does not lease when it runs no operations (the queue then carries them to a replica that does)', () => {
+    const { runner } = started(8);
+    runner.register('thing.do', async () => undefined);
+    expect(runner.leaseHere('thing.do')).toBeUndefined(); // never bootstrapped as an operations runner
+  });
+
+  it('runs a leased operation without a start statement, to its end, and keeps its lease while it runs', async () => {
+    const renewed: string[][] = [];
+    const { runner, calls, published } = started(4, {
+      renewLeases: async (_owner: string, ids: string[]) => {
+        renewed.push(ids);
+        return ids;
+      },
+    } as Partial<OperationRepository>);
+    let release!: () => void;
+    const seen: string[] = [];
+    runner.register('thing.do', async (op) => {
+      seen.push(`${op.id} attempt ${op.attempts}`);
+      await new Promise<void>((r) => (release = r));
+    });
+    jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
+    await runner.onApplicationBootstrap();
+    expect(runner.leaseHere('thing.do')).toBeDefined();
+    runner.runHere(running('op-9', 'thing.do'));
+    await new Promise((r) => setImmediate(r));
+    expect(seen).toEqual(['op-9 attempt 1']);
+    expect(published).toEqual([]); // its start was told by the request that recorded it
+    await jest.advanceTimersByTimeAsync(10_000 / 3 + 1);
+    expect(renewed).toEqual([['op-9']]);
+    release();
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    expect(calls).toEqual(['finish op-9 succeeded']);
+    await jest.advanceTimersByTimeAsync(10_000);
+    expect(renewed).toEqual([['op-9']]); // nothing left to renew
+    await runner.onModuleDestroy();
+  });
+
+  it('the sweep gives no job to an operation a replica holds under a live lease', async () => {
+    const ensured: string[] = [];
+    const { runner } = started(4, {
+      live: async () => [
+        { ...running('leased-op', 'thing.do'), leased: true },
+        { ...running('orphan-op', 'thing.do'), leased: false },
+      ],
+    } as unknown as Partial<OperationRepository>);
+    (runner as unknown as { queue: unknown }).queue = {
+      startWorker: () => undefined,
+      ensure: async (id: string) => {
+        ensured.push(id);
+        return 'queued';
+      },
+    };
+    runner.register('thing.do', async () => undefined);
+    await runner.onApplicationBootstrap();
+    expect(ensured).toEqual(['orphan-op']);
+    await runner.onModuleDestroy();
+  });
+});

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Inject, Injectable, OnApplicationBootstrap, OnModuleDestroy } from '@nestjs/common';
 import { CancelledError, DomainError, isFinal } from '@hyperplane/domain';
 import { Job } from 'bullmq';
@@ -6,7 +7,7 @@ import { LOGGER } from '../common/tokens';
 import { Config, CONFIG, runsOperations } from '../config';
 import { EventBus } from '../events/event-bus';
 import { OperationJobData, OperationQueueRepository } from './operation-queue.repository';
-import { OperationError, OperationMetadata, OperationRepository, OperationRow } from './operation.repository';
+import { OperationError, OperationLease, OperationMetadata, OperationRepository, OperationRow } from './operation.repository';
 import { OperationsService } from './operations.service';
 
 /** What a handler gets besides its operation. */
@@ -40,6 +41,13 @@ export type OperationPrefetch<P> = (operationId: string) => Promise<P>;
 const SWEEP_MS = 15_000;
 
 /**
+ * How long the lease of an operation run here without a job lasts; renewed at a third of it. A
+ * replica that dies holding one leaves its operations to the sweep of another once it ran out
+ * (BullMQ's job lock, `OperationQueueRepository.lockDurationMs`, is as long).
+ */
+export const LEASE_MS = 10_000;
+
+/**
  * Runs operations from the BullMQ queue through their handlers, drives each to a final status,
  * and after a restart makes sure every operation that was live gets a job again (Incus
  * operations.go: a status machine, a cancel hook, an event on every transition).
@@ -48,6 +56,13 @@ const SWEEP_MS = 15_000;
 export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy {
   private readonly handlers = new Map<string, { handler: OperationHandler; prefetch?: OperationPrefetch<unknown> }>();
   private readonly running = new Map<string, AbortController>();
+  /** This replica, as the owner of the leases it holds. */
+  readonly owner = randomUUID();
+  /** Operations this replica runs under a lease (renewed by `leaseTimer`). */
+  private readonly leased = new Set<string>();
+  /** Leases handed out by {@link leaseHere} whose operation has not started yet. */
+  private reserved = 0;
+  private leaseTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
   private started = false;
@@ -77,10 +92,13 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     await this.sweep();
     this.sweepTimer = setInterval(() => void this.sweep(), SWEEP_MS);
     this.sweepTimer.unref();
+    this.leaseTimer = setInterval(() => void this.renewLeases(), LEASE_MS / 3);
+    this.leaseTimer.unref();
   }
 
   async onModuleDestroy(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.unsubscribe?.();
     for (const ac of this.running.values()) ac.abort(new Error('shutting down'));
   }
@@ -90,7 +108,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     if (!this.started) return;
     try {
       for (const op of await this.ops.live()) {
-        if (this.running.has(op.id)) continue;
+        if (this.running.has(op.id) || op.leased) continue; // a replica runs it: a job would not start it
         const r = await this.queue.ensure(op.id, op.kind);
         if (r !== 'present') this.log.info({ operationId: op.id, kind: op.kind, action: r }, 'recovered operation');
       }
@@ -99,14 +117,57 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     }
   }
 
+  /**
+   * A lease for an operation about to be recorded, when this replica runs operations and has room
+   * for one more: the request's transaction records it running under the lease
+   * (`OperationRepository.insert`), and after the commit {@link runHere} starts it, with no trip
+   * through the queue. Undefined: record it pending and queue its job. Give back what was not used
+   * with {@link unlease}.
+   */
+  leaseHere(kind: string): OperationLease | undefined {
+    if (!this.started || !this.handlers.has(kind) || this.running.size + this.reserved >= this.config.operationConcurrency) return undefined;
+    this.reserved++;
+    return { owner: this.owner, ms: LEASE_MS };
+  }
+
+  /** Gives back a lease from {@link leaseHere} whose operation was not recorded (the request failed). */
+  unlease(): void {
+    this.reserved = Math.max(0, this.reserved - 1);
+  }
+
+  /**
+   * Runs `op`, recorded running under a lease from {@link leaseHere}, to its final status (not
+   * waited for). The caller tells the event streams that it started.
+   */
+  runHere(op: OperationRow): void {
+    this.unlease();
+    const registered = this.handlers.get(op.kind)!;
+    this.leased.add(op.id);
+    void this.execute(op, registered.handler, registered.prefetch?.(op.id).catch(() => undefined), true).finally(() => this.leased.delete(op.id));
+  }
+
+  /** Keeps this replica's leases; one it lost (taken over after it ran out) is logged. */
+  private async renewLeases(): Promise<void> {
+    if (!this.leased.size) return;
+    const ids = [...this.leased];
+    try {
+      const kept = new Set(await this.ops.renewLeases(this.owner, ids, LEASE_MS));
+      for (const id of ids) {
+        if (!kept.has(id) && this.leased.has(id) && this.running.has(id)) this.log.warn({ operationId: id }, 'lost the lease of an operation running here; another replica may have taken it up');
+      }
+    } catch (err) {
+      this.log.warn({ err }, 'renewing operation leases failed');
+    }
+  }
+
   private async onJob(job: Job<OperationJobData>): Promise<void> {
     const id = job.data.operationId;
     // The common case in one statement: a live operation of a known kind starts. Anything else
-    // (final already, cancelled while pending, no handler) is read and settled below.
+    // (final already, cancelled while pending, no handler, run under a replica's lease) is read and settled below.
     const registered = this.handlers.get(job.name);
     const handler = registered?.handler;
     const prefetched = registered?.prefetch?.(id).catch(() => undefined);
-    const op = handler ? await this.ops.markRunning(id) : undefined;
+    const op = handler && !this.running.has(id) ? await this.ops.markRunning(id) : undefined;
     if (!op || !handler) {
       const existing = await this.ops.get(id);
       if (!existing || isFinal(existing.status)) return;
@@ -118,7 +179,13 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
       }
       return;
     }
-    void this.service.publish(op); // delivered here at once; the handler does not wait for Redis
+    await this.execute(op, handler, prefetched);
+  }
+
+  /** Runs a started operation's handler and records how it ended; `published`: its start was told already. */
+  private async execute(op: OperationRow, handler: OperationHandler, prefetched: Promise<unknown> | undefined, published = false): Promise<void> {
+    const id = op.id;
+    if (!published) void this.service.publish(op); // delivered here at once; the handler does not wait for Redis
     const ac = new AbortController();
     this.running.set(id, ac);
     if (op.cancel_requested) ac.abort();

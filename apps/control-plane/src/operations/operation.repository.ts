@@ -36,6 +36,15 @@ export interface OperationRow {
   started_at: Date | null;
   finished_at: Date | null;
   updated_at: Date;
+  /** The replica running it without a job (see {@link OperationLease}), until `lease_until`. */
+  lease_owner: string | null;
+  lease_until: Date | null;
+}
+
+/** A replica's claim to run an operation itself, without a queued job, for `ms` unless renewed. */
+export interface OperationLease {
+  owner: string;
+  ms: number;
 }
 
 /** A migration's progress and outcome, as the operation shows it (`migration`). */
@@ -79,6 +88,9 @@ export interface NewOperation {
   params?: Record<string, unknown>;
   /** Id of the API request that asked for it (for logs). */
   requestId?: string;
+  /** Phase and progress it starts with (one recorded with the operation rather than just after it). */
+  phase?: string;
+  progress?: number;
 }
 
 /** One status change of a live operation, as the runner makes them. */
@@ -118,13 +130,18 @@ export class OperationRepository {
            phase = CASE WHEN u.kind = 'progress' THEN u.phase WHEN u.kind = 'succeeded' THEN 'done' ELSE o.phase END,
            progress = CASE WHEN u.kind = 'progress' THEN u.progress WHEN u.kind = 'succeeded' THEN 100 ELSE o.progress END,
            metadata = CASE WHEN u.meta IS NULL THEN o.metadata ELSE ${mergedMetadata('o.metadata', 'u.meta')} END,
+           -- a start by a job takes over from a replica whose lease ran out
+           lease_owner = CASE WHEN u.kind = 'running' THEN NULL ELSE o.lease_owner END,
+           lease_until = CASE WHEN u.kind = 'running' THEN NULL ELSE o.lease_until END,
            version = o.version + 1, updated_at = now()
          FROM (SELECT id FROM operations WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) l,
               unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[]) AS u(id, kind, phase, progress, error, meta)
          WHERE o.id = l.id AND o.id = u.id
            AND (CASE WHEN u.kind = 'progress' THEN o.status = 'running'
                      -- a pending operation whose cancel was asked for does not start (the runner cancels it)
-                     WHEN u.kind = 'running' THEN o.status = 'running' OR (o.status = 'pending' AND NOT o.cancel_requested)
+                     -- nor does one that a live replica runs under its lease
+                     WHEN u.kind = 'running' THEN (o.status = 'running' AND (o.lease_until IS NULL OR o.lease_until < now()))
+                                                 OR (o.status = 'pending' AND NOT o.cancel_requested)
                      ELSE o.status IN ('pending', 'running') END)
          RETURNING o.*`,
         [
@@ -144,14 +161,33 @@ export class OperationRepository {
 
   constructor(@Inject(DATA_SOURCE) private readonly ds: DataSource) {}
 
-  /** Records a new pending operation (in the transaction that creates its work). */
-  async insert(tx: Db, op: NewOperation): Promise<OperationRow> {
+  /**
+   * Records a new operation (in the transaction that creates its work): pending, for a job to
+   * start; or, with a `lease`, running already, started by the lease's owner (its first attempt).
+   */
+  async insert(tx: Db, op: NewOperation, lease?: OperationLease): Promise<OperationRow> {
     const found = await rows<OperationRow>(tx, 
-      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id)
-       VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7) RETURNING *`,
-      [op.id, op.projectId, op.kind, op.targetType, op.targetId, JSON.stringify(op.params ?? {}), op.requestId ?? ''],
+      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id, started_at, attempts, lease_owner, lease_until, phase, progress)
+       VALUES ($1, $2, $3, $4, $5, CASE WHEN $8::text IS NULL THEN 'pending' ELSE 'running' END, $6, $7,
+               CASE WHEN $8::text IS NULL THEN NULL ELSE now() END, CASE WHEN $8::text IS NULL THEN 0 ELSE 1 END,
+               $8, CASE WHEN $8::text IS NULL THEN NULL ELSE now() + make_interval(secs => $9::int / 1000.0) END, $10, $11) RETURNING *`,
+      [op.id, op.projectId, op.kind, op.targetType, op.targetId, JSON.stringify(op.params ?? {}), op.requestId ?? '', lease?.owner ?? null, lease?.ms ?? 0, op.phase ?? '', op.progress ?? 0],
     );
     return found[0]!;
+  }
+
+  /**
+   * Extends `owner`'s leases on the running operations `ids` by `ms` from now; returns the ids
+   * whose lease it still held.
+   */
+  async renewLeases(owner: string, ids: string[], ms: number): Promise<string[]> {
+    const found = await rows<{ id: string }>(this.ds,
+      `UPDATE operations SET lease_until = now() + make_interval(secs => $3::int / 1000.0)
+       WHERE id = ANY($1::uuid[]) AND lease_owner = $2 AND status = 'running' RETURNING id`,
+      [ids, owner, ms],
+      'operations.renewLeases',
+    );
+    return found.map((r) => r.id);
   }
 
   /** Records any pending operations in one statement, in order. */
@@ -280,8 +316,8 @@ export class OperationRepository {
   }
 
   /** Every operation not yet final (for recovery after a restart). */
-  live(): Promise<OperationRow[]> {
-    return rows(this.ds, `SELECT * FROM operations WHERE status IN ('pending', 'running') ORDER BY id`);
+  live(): Promise<Array<OperationRow & { leased: boolean }>> {
+    return rows(this.ds, `SELECT *, lease_until IS NOT NULL AND lease_until >= now() AS leased FROM operations WHERE status IN ('pending', 'running') ORDER BY id`);
   }
 
   /** The live operation on a target, if any (one at a time per partition). */

@@ -22,7 +22,8 @@ import { EventBus } from '../events/event-bus';
 import { PlacementDemand, PlacementService, PlacementSpec } from './placement.service';
 import { Batcher } from '../common/batcher';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
-import { NewOperation, OperationRepository } from '../operations/operation.repository';
+import { NewOperation, OperationRepository, OperationRow } from '../operations/operation.repository';
+import { OperationRunner } from '../operations/operation-runner';
 import { OperationView, OperationsService, operationView } from '../operations/operations.service';
 import { AgentSessions } from '../agents/agent-sessions';
 import { ImagePolicy, ImageTerms } from '../images/image-policy';
@@ -107,6 +108,7 @@ export class PartitionsService {
     private readonly events: EventBus,
     private readonly tx: TransactionRunner,
     private readonly imagePolicy: ImagePolicy,
+    private readonly runner: OperationRunner,
   ) {}
 
   /** Creates arriving together, committed together (see {@link create}). */
@@ -364,9 +366,10 @@ export class PartitionsService {
    * Records an action on a partition as an operation, in one transaction: lock the partition,
    * check If-Match, the state ({@link assertCanPerform}) and that no other operation is in
    * flight (delete supersedes it), let `prepare` check and change more (it gets the id the
-   * operation will have; it may return the changed row, the operation's params and an `extra`
-   * result), insert the operation; after the commit, queue its job and publish. Used by
-   * partitions, snapshots and migration.
+   * operation will have; it may return the changed row, the operation's params, the phase it
+   * starts in and an `extra` result), insert the operation; after the commit, start it here
+   * (see OperationRunner.leaseHere) or queue its job, and publish. Used by partitions, snapshots
+   * and migration.
    */
   act<X = undefined>(
     principal: Principal,
@@ -376,10 +379,15 @@ export class PartitionsService {
     kind: string,
     params: Record<string, unknown>,
     opts: MutationOptions,
-    prepare?: (db: Db, row: PartitionRow, operationId: string) => Promise<{ row?: PartitionRow; params?: Record<string, unknown>; extra?: X }>,
+    prepare?: (db: Db, row: PartitionRow, operationId: string) => Promise<{ row?: PartitionRow; params?: Record<string, unknown>; extra?: X; phase?: { phase: string; progress: number } }>,
     afterCommit?: (r: { partition: PartitionView; operation: OperationView; extra?: X }) => Promise<void>,
   ): Promise<{ partition: PartitionView; operation: OperationView; extra?: X }> {
     requireRole(principal, 'operator', `${action} partitions`);
+    // Run by this replica when it can: recorded running under its lease, started after the commit
+    // without a trip through the queue; else recorded pending with a queued job.
+    const lease = this.runner.leaseHere(kind);
+    let inserted: OperationRow | undefined;
+    let leaseUsed = false;
     return this.tx.run(
       { scope: `project:${projectId}`, name: `partitions.${action}`, input: { id, params }, key: opts.idempotencyKey },
       async (db) => {
@@ -394,21 +402,29 @@ export class PartitionsService {
         const operationId = uuidv7();
         const prepared = prepare ? await prepare(db, row, operationId) : {};
         row = prepared.row ?? row;
-        const op = await this.ops.insert(db, { id: operationId, projectId, kind, targetType: 'partition', targetId: row.id, params: prepared.params ?? params, requestId: opts.requestId });
-        return { partition: partitionView(row), operation: operationView(op), superseded: live?.id, extra: prepared.extra };
+        // Run here, it starts in the phase its handler would record first (a pending one has none yet).
+        const start = lease ? prepared.phase : undefined;
+        inserted = await this.ops.insert(db, { id: operationId, projectId, kind, targetType: 'partition', targetId: row.id, params: prepared.params ?? params, requestId: opts.requestId, ...start }, lease);
+        return { partition: partitionView(row), operation: operationView(inserted), superseded: live?.id, extra: prepared.extra };
       },
       async (r) => {
         if (r.superseded) await this.ops.requestCancel(r.superseded).then((o) => o && this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: o.id, projectId, data: operationView(o) }));
+        if (lease && inserted) {
+          leaseUsed = true;
+          this.runner.runHere(inserted);
+        }
         // afterCommit does not wait for the job and the events (a migration's destination starts getting ready).
-        await Promise.all([this.launched(r, 'partition.updated'), afterCommit?.(r)]);
+        await Promise.all([this.launched(r, 'partition.updated', !lease), afterCommit?.(r)]);
       },
-    ).then(({ partition, operation, extra }) => ({ partition, operation, extra }));
+    ).then(({ partition, operation, extra }) => ({ partition, operation, extra })).finally(() => {
+      if (lease && !leaseUsed) this.runner.unlease(); // refused, failed, or an idempotent replay (which starts nothing)
+    });
   }
 
-  /** After commit: queue the operation's job and tell the event streams. */
-  private async launched(r: { partition: PartitionView; operation: OperationView }, type: string): Promise<void> {
+  /** After commit: queue the operation's job (unless this replica runs it) and tell the event streams. */
+  private async launched(r: { partition: PartitionView; operation: OperationView }, type: string, queue = true): Promise<void> {
     await Promise.all([
-      this.queue.enqueue(r.operation.id, r.operation.kind).catch(() => undefined), // the sweep re-queues it if Redis hiccupped
+      queue ? this.queue.enqueue(r.operation.id, r.operation.kind).catch(() => undefined) : undefined, // the sweep re-queues it if Redis hiccupped
       this.events.publish(partitionEvent(type, r.partition)),
       this.operations.publishView(r.operation),
     ]);
