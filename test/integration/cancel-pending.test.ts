@@ -78,6 +78,16 @@ it('a snapshot cancelled while pending is not listed; a delete cancelled while p
   expect((await api.post(`/v1/operations/${d.body.operation.id}/cancel`)).body.status).toBe('cancelled');
   const list = (await api.get(`/v1/partitions/${partitionId}/snapshots`)).body.items;
   expect(list).toEqual([expect.objectContaining({ name: 'kept', state: 'ready' })]);
+
+  // A revert is recorded as current with its request; cancelled while pending, the snapshot
+  // current before (here: none) is current again.
+  expect((await api.get(`/v1/partitions/${partitionId}/snapshots/${kept.body.snapshot.id}`)).body.current).toBe(false);
+  const r = await api.post(`/v1/partitions/${partitionId}/snapshots/${kept.body.snapshot.id}/revert`);
+  expect(r.status).toBe(202);
+  expect(r.body.snapshot.current).toBe(true);
+  expect((await api.post(`/v1/operations/${r.body.operation.id}/cancel`)).body.status).toBe('cancelled');
+  expect((await api.get(`/v1/partitions/${partitionId}/snapshots/${kept.body.snapshot.id}`)).body.current).toBe(false);
+  expect((await sql<{ c: string | null }>(`SELECT current_snapshot_id AS c FROM partitions WHERE id = $1`, [partitionId]))[0]!.c).toBeNull();
 });
 
 it('an undo that fails (here: the database refuses the partition update) leaves the operation pending with its cancel asked for; the next cancel undoes it and cancels it', async () => {

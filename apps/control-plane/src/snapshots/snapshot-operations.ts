@@ -57,6 +57,11 @@ export class SnapshotOperations implements OnModuleInit {
       const [partition, snap] = await this.read(op);
       if (partition && snap?.state === 'creating') await this.discard(snap, partition);
     });
+    // A revert cancelled before the node was asked: the snapshot current before is current again.
+    this.operations.onCancelledBeforeStart('snapshot.revert', async (op) => {
+      const partition = op.params.currentRecorded === true ? await this.partitions.getById(op.target_id) : undefined;
+      if (partition) await this.setCurrent(partition, (op.params.previousSnapshotId as string | null | undefined) ?? null);
+    });
     this.operations.onCancelledBeforeStart('snapshot.delete', async (op) => {
       const [partition, snap] = await this.read(op);
       if (partition && snap?.state === 'deleting') await this.backToReady(snap, partition);
@@ -100,15 +105,18 @@ export class SnapshotOperations implements OnModuleInit {
 
   /**
    * snapshot.revert: the node loads it (a running guest resumes from it); it becomes the current
-   * snapshot. It is recorded as current while the node loads it, not after (nothing then stands
-   * between the node's answer and the operation's end), and the one before (kept in the
-   * operation's params) is put back if the revert fails; a re-run after a crash records it again.
-   * An operation requested without that (before 2026-12-01) records it once the node answered.
+   * snapshot. The request records it as current (`currentRecorded`), so nothing is written while
+   * the node loads it (a commit then slowed QEMU's load by 10-20 ms) and nothing stands between
+   * the node's answer and the operation's end; the one before (kept in the operation's params) is
+   * put back if the revert fails. Operations requested before that record it while the node loads
+   * it (`previousSnapshotId` alone: since 2026-12-01; a re-run after a crash records it again) or
+   * once the node answered (neither: before).
    */
   async handleRevert(op: OperationRow, ctx: OperationContext, read?: Read): Promise<void> {
     const { partition, snap } = await this.load(op, read);
-    void ctx.progress(partition.state === 'running' ? 'loading memory and disk' : 'reverting disk', 30).catch(() => undefined);
-    const current = 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;
+    const phase = partition.state === 'running' ? 'loading memory and disk' : 'reverting disk';
+    if (op.phase !== phase) void ctx.progress(phase, 30).catch(() => undefined); // started here, it began in it
+    const current = op.params.currentRecorded === true ? Promise.resolve() : 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;
     current?.catch(() => undefined); // awaited below; until then a failure must not go unhandled
     try {
       const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);

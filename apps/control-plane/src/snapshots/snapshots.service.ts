@@ -6,7 +6,7 @@ import { MutationOptions } from '../common/transactions';
 import { Db } from '../database/database';
 import { EventBus } from '../events/event-bus';
 import { OperationView } from '../operations/operations.service';
-import { PartitionRow } from '../partitions/partition.repository';
+import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { PartitionView } from '../partitions/partition-view';
 import { PartitionsService } from '../partitions/partitions.service';
 import { SnapshotRepository, SnapshotRow } from './snapshot.repository';
@@ -31,6 +31,7 @@ export class SnapshotsService {
     private readonly snapshots: SnapshotRepository,
     private readonly partitions: PartitionsService,
     private readonly events: EventBus,
+    private readonly partitionRows: PartitionRepository,
   ) {}
 
   /**
@@ -87,8 +88,11 @@ export class SnapshotsService {
       if (row.state === 'running' && !snap.with_memory) {
         throw new FailedPreconditionError(`cannot revert running partition ${row.name} to snapshot ${snap.name}: it holds no memory state; stop the partition first`);
       }
-      // The current snapshot before: the revert's handler puts it back if the revert fails.
-      return { snap, params: { snapshotId: snap.id, previousSnapshotId: row.current_snapshot_id } };
+      // Recorded as current with the request (no write while the node loads it: a commit then
+      // slowed the load); the one before is kept, and the handler puts it back if the revert fails.
+      const moved = await this.partitionRows.setCurrentSnapshot(db, row.id, snap.id);
+      const phase = { phase: row.state === 'running' ? 'loading memory and disk' : 'reverting disk', progress: 30 };
+      return { snap, row: moved, phase, params: { snapshotId: snap.id, previousSnapshotId: row.current_snapshot_id, currentRecorded: true } };
     }, null);
   }
 
@@ -99,12 +103,12 @@ export class SnapshotsService {
     action: 'snapshot' | 'revert' | 'delete snapshots of',
     kind: string,
     opts: MutationOptions,
-    prepare: (db: Db, row: PartitionRow) => Promise<{ snap: SnapshotRow; params: Record<string, unknown> }>,
+    prepare: (db: Db, row: PartitionRow) => Promise<{ snap: SnapshotRow; params: Record<string, unknown>; row?: PartitionRow; phase?: { phase: string; progress: number } }>,
     eventType: string | null,
   ): Promise<SnapshotOperationView> {
     const r = await this.partitions.act<SnapshotView>(principal, projectId, partitionId, action, kind, {}, opts, async (db, row) => {
-      const { snap, params } = await prepare(db, row);
-      return { params, extra: snapshotView(snap, row.current_snapshot_id) };
+      const { snap, params, row: changed, phase } = await prepare(db, row);
+      return { params, row: changed, phase, extra: snapshotView(snap, (changed ?? row).current_snapshot_id) };
     }, async (done) => {
       if (eventType && done.extra) await this.events.publish(snapshotEvent(eventType, done.extra));
     });
