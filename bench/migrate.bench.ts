@@ -69,7 +69,7 @@ interface Bare {
 async function bareStart(dir: string, disk: string, incoming: boolean): Promise<Bare> {
   mkdirSync(dir, { recursive: true });
   const args = buildQemuArgs({ id: '00000000-0000-4000-8000-000000000001', name: 'bare', dir, vcpus: 1, memoryMiB: MEMORY_MIB, accel: 'tcg', incoming }).map((a) => a.replace(join(dir, RUNTIME_FILES.disk), disk));
-  const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore', cwd: dir });
+  const proc = spawn('qemu-system-x86_64', args, { stdio: 'ignore', cwd: dir, detached: true });
   let qmp: QmpClient | undefined;
   for (let i = 0; i < 200 && !qmp; i++) {
     qmp = await QmpClient.connect(join(dir, RUNTIME_FILES.qmp)).catch(() => undefined);
