@@ -151,6 +151,54 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     await runner.onModuleDestroy();
   });
 
+  it('a run gives its slot back when it ends, also when its end cannot be recorded (nothing thrown out of it)', async () => {
+    const { runner } = started(1, {
+      finish: async () => {
+        throw new Error('database gone');
+      },
+    } as Partial<OperationRepository>);
+    runner.register('thing.do', async () => undefined);
+    await runner.onApplicationBootstrap();
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      expect(runner.leaseHere('thing.do')).toBeDefined();
+      expect(runner.leaseHere('thing.do')).toBeUndefined();
+      runner.runHere(running('op-10', 'thing.do'));
+      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+      expect(runner.leaseHere('thing.do')).toBeDefined(); // the one slot is free again
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await runner.onModuleDestroy();
+    }
+  });
+
+  it('a run whose lease another replica took over does not record its end', async () => {
+    const { runner, calls } = started(4, { renewLeases: async () => [] } as Partial<OperationRepository>);
+    let release!: () => void;
+    runner.register('thing.do', () => new Promise<void>((r) => (release = r)));
+    jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
+    await runner.onApplicationBootstrap();
+    runner.leaseHere('thing.do');
+    runner.runHere(running('op-11', 'thing.do'));
+    await new Promise((r) => setImmediate(r));
+    await jest.advanceTimersByTimeAsync(10_000 / 3 + 1); // the renewal finds the lease gone
+    release();
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    expect(calls).toEqual([]); // no finish
+    await runner.onModuleDestroy();
+  });
+
+  it('stops leasing once it shuts down', async () => {
+    const { runner } = started(4);
+    runner.register('thing.do', async () => undefined);
+    await runner.onApplicationBootstrap();
+    await runner.onModuleDestroy();
+    expect(runner.leaseHere('thing.do')).toBeUndefined();
+  });
+
   it('the sweep gives no job to an operation a replica holds under a live lease', async () => {
     const ensured: string[] = [];
     const { runner } = started(4, {

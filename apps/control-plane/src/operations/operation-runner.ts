@@ -60,6 +60,8 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   readonly owner = randomUUID();
   /** Operations this replica runs under a lease (renewed by `leaseTimer`). */
   private readonly leased = new Set<string>();
+  /** Operations run here whose lease another replica took over (their end is not recorded here). */
+  private readonly lost = new Set<string>();
   /** Leases handed out by {@link leaseHere} whose operation has not started yet. */
   private reserved = 0;
   private leaseTimer: NodeJS.Timeout | undefined;
@@ -97,6 +99,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   }
 
   async onModuleDestroy(): Promise<void> {
+    this.started = false; // no more leases: requests still answered meanwhile queue their operations
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.unsubscribe?.();
@@ -143,7 +146,13 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     this.unlease();
     const registered = this.handlers.get(op.kind)!;
     this.leased.add(op.id);
-    void this.execute(op, registered.handler, registered.prefetch?.(op.id).catch(() => undefined), true).finally(() => this.leased.delete(op.id));
+    this.execute(op, registered.handler, registered.prefetch?.(op.id).catch(() => undefined), true)
+      // Its end could not be recorded (the database gone): the lease runs out and the sweep takes it up.
+      .catch((err: unknown) => this.log.error({ err, operationId: op.id }, 'recording the end of an operation failed'))
+      .finally(() => {
+        this.leased.delete(op.id);
+        this.lost.delete(op.id);
+      });
   }
 
   /** Keeps this replica's leases; one it lost (taken over after it ran out) is logged. */
@@ -153,7 +162,11 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     try {
       const kept = new Set(await this.ops.renewLeases(this.owner, ids, LEASE_MS));
       for (const id of ids) {
-        if (!kept.has(id) && this.leased.has(id) && this.running.has(id)) this.log.warn({ operationId: id }, 'lost the lease of an operation running here; another replica may have taken it up');
+        if (kept.has(id) || !this.leased.has(id) || !this.running.has(id)) continue;
+        // Not renewed in time (the database slow or out of reach): another replica may run it now,
+        // and records its end; this run's end is not recorded.
+        this.lost.add(id);
+        this.log.warn({ operationId: id }, 'lost the lease of an operation running here; another replica may have taken it up');
       }
     } catch (err) {
       this.log.warn({ err }, 'renewing operation leases failed');
@@ -220,6 +233,10 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   }
 
   private async finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', error: OperationError | null, metadata?: OperationMetadata): Promise<void> {
+    if (this.lost.has(id)) {
+      this.log.warn({ operationId: id, status }, 'an operation whose lease was lost ended here; its end is left to the replica that took it up');
+      return;
+    }
     const r = await this.ops.finish(id, status, error, undefined, metadata);
     if (r) await this.service.publish(r);
   }

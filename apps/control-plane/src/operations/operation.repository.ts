@@ -163,14 +163,15 @@ export class OperationRepository {
 
   /**
    * Records a new operation (in the transaction that creates its work): pending, for a job to
-   * start; or, with a `lease`, running already, started by the lease's owner (its first attempt).
+   * start; or, with a `lease`, running already, started by the lease's owner (its first attempt),
+   * the lease counted from this statement (not from the transaction's start, as now() would).
    */
   async insert(tx: Db, op: NewOperation, lease?: OperationLease): Promise<OperationRow> {
     const found = await rows<OperationRow>(tx, 
       `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id, started_at, attempts, lease_owner, lease_until, phase, progress)
        VALUES ($1, $2, $3, $4, $5, CASE WHEN $8::text IS NULL THEN 'pending' ELSE 'running' END, $6, $7,
                CASE WHEN $8::text IS NULL THEN NULL ELSE now() END, CASE WHEN $8::text IS NULL THEN 0 ELSE 1 END,
-               $8, CASE WHEN $8::text IS NULL THEN NULL ELSE now() + make_interval(secs => $9::int / 1000.0) END, $10, $11) RETURNING *`,
+               $8, CASE WHEN $8::text IS NULL THEN NULL ELSE clock_timestamp() + make_interval(secs => $9::int / 1000.0) END, $10, $11) RETURNING *`,
       [op.id, op.projectId, op.kind, op.targetType, op.targetId, JSON.stringify(op.params ?? {}), op.requestId ?? '', lease?.owner ?? null, lease?.ms ?? 0, op.phase ?? '', op.progress ?? 0],
     );
     return found[0]!;

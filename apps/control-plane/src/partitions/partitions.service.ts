@@ -408,10 +408,14 @@ export class PartitionsService {
         return { partition: partitionView(row), operation: operationView(inserted), superseded: live?.id, extra: prepared.extra };
       },
       async (r) => {
-        if (r.superseded) await this.ops.requestCancel(r.superseded).then((o) => o && this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: o.id, projectId, data: operationView(o) }));
-        if (lease && inserted) {
-          leaseUsed = true;
-          this.runner.runHere(inserted);
+        try {
+          if (r.superseded) await this.ops.requestCancel(r.superseded).then((o) => o && this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: o.id, projectId, data: operationView(o) }));
+        } finally {
+          // Started whatever happens above: committed running, it would otherwise wait for its lease to run out.
+          if (lease && inserted) {
+            leaseUsed = true;
+            this.runner.runHere(inserted);
+          }
         }
         // afterCommit does not wait for the job and the events (a migration's destination starts getting ready).
         await Promise.all([this.launched(r, 'partition.updated', !lease), afterCommit?.(r)]);

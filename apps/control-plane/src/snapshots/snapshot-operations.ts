@@ -116,7 +116,9 @@ export class SnapshotOperations implements OnModuleInit {
     const { partition, snap } = await this.load(op, read);
     const phase = partition.state === 'running' ? 'loading memory and disk' : 'reverting disk';
     if (op.phase !== phase) void ctx.progress(phase, 30).catch(() => undefined); // started here, it began in it
-    const current = op.params.currentRecorded === true ? Promise.resolve() : 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;
+    // A re-run records it again (an earlier attempt may have put the one before back).
+    const recorded = op.params.currentRecorded === true && op.attempts <= 1;
+    const current = recorded ? Promise.resolve() : 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;
     current?.catch(() => undefined); // awaited below; until then a failure must not go unhandled
     try {
       const r = await this.sessions.command(partition.node_id!, { snapshotRevert: { partitionId: partition.id, tag: snap.id } }, SNAPSHOT_TIMEOUT_MS);
