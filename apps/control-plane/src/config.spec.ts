@@ -15,6 +15,17 @@ describe('configuration', () => {
     expect(c.dataDir.endsWith('.hyperplane')).toBe(true);
     expect(c.role).toBe('all');
     expect(c.operationConcurrency).toBe(256);
+    expect(c.runAccepted).toBe(true);
+  });
+
+  it.each([
+    ['0', false],
+    ['off', false],
+    ['false', false],
+    ['1', true],
+    ['on', true],
+  ])('takes HYPERPLANE_RUN_ACCEPTED=%s as %s', (raw, expected) => {
+    expect(loadConfig({ HYPERPLANE_RUN_ACCEPTED: raw }).runAccepted).toBe(expected);
   });
 
   it.each([
@@ -40,6 +51,7 @@ describe('configuration', () => {
     [{ HYPERPLANE_LOG_LEVEL: 'loud' }, 'HYPERPLANE_LOG_LEVEL="loud" must be one of'],
     [{ HYPERPLANE_ROLE: 'worker' }, 'HYPERPLANE_ROLE="worker" must be one of all, api, operations'],
     [{ HYPERPLANE_OPERATION_CONCURRENCY: '0' }, 'HYPERPLANE_OPERATION_CONCURRENCY="0" is not a positive integer'],
+    [{ HYPERPLANE_RUN_ACCEPTED: 'maybe' }, 'HYPERPLANE_RUN_ACCEPTED="maybe" must be on or off (1/0, true/false)'],
     [{ HYPERPLANE_SCHEDULER_MAX_CANDIDATES: '0' }, 'HYPERPLANE_SCHEDULER_MAX_CANDIDATES="0" must be auto, all or a positive integer'],
     [{ HYPERPLANE_SCHEDULER_MAX_CANDIDATES: 'many' }, 'HYPERPLANE_SCHEDULER_MAX_CANDIDATES="many" must be auto, all or a positive integer'],
   ])('rejects %j naming the variable', (env, message) => {

@@ -36,6 +36,12 @@ export interface Config {
   maxImageVirtualBytes: number;
   /** Operations one replica runs at once (most of them only wait for a node's report). */
   operationConcurrency: number;
+  /**
+   * Whether an action on one partition runs in the replica that accepted it, under a lease
+   * (OperationRunner.leaseHere), rather than through the queue. Off while replicas older than the
+   * leases (2026-12-06) still run: they would start a leased operation a second time.
+   */
+  runAccepted: boolean;
   /** What this process does: everything, the public API only, or operations and agent streams only. */
   role: ControlPlaneRole;
   /**
@@ -103,6 +109,14 @@ function role(env: NodeJS.ProcessEnv): ControlPlaneRole {
   return raw as ControlPlaneRole;
 }
 
+function onOff(env: NodeJS.ProcessEnv, name: string, def: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  if (['1', 'true', 'on'].includes(raw)) return true;
+  if (['0', 'false', 'off'].includes(raw)) return false;
+  throw new ConfigError(`${name}=${JSON.stringify(raw)} must be on or off (1/0, true/false)`);
+}
+
 function strategy(env: NodeJS.ProcessEnv): 'binpack' | 'spread' {
   const raw = env.HYPERPLANE_PLACEMENT_STRATEGY || 'spread';
   if (raw !== 'binpack' && raw !== 'spread') throw new ConfigError(`HYPERPLANE_PLACEMENT_STRATEGY=${JSON.stringify(raw)} must be binpack or spread`);
@@ -153,6 +167,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxImageBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_BYTES', 16 * 1024 ** 3),
     maxImageVirtualBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_VIRTUAL_BYTES', 4 * 1024 ** 4),
     operationConcurrency: positiveInt(env, 'HYPERPLANE_OPERATION_CONCURRENCY', 256),
+    runAccepted: onOff(env, 'HYPERPLANE_RUN_ACCEPTED', true),
     role: role(env),
     ...secretsKey(env),
   };

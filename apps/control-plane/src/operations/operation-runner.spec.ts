@@ -79,7 +79,7 @@ describe('OperationRunner prefetch', () => {
 
 describe('OperationRunner runs operations accepted here under a lease', () => {
   /** A started runner (its queue worker and timers faked) with `concurrency` slots. */
-  function started(concurrency: number, ops: Partial<OperationRepository> = {}) {
+  function started(concurrency: number, ops: Partial<OperationRepository> = {}, runAccepted = true) {
     const calls: string[] = [];
     const repo = {
       live: async () => [],
@@ -93,7 +93,7 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     const service = { publish: async (r: OperationRow) => void published.push(`${r.id} ${r.status}`) } as unknown as OperationsService;
     const queue = { startWorker: () => undefined } as unknown as OperationQueueRepository;
     const events = { subscribe: () => () => undefined } as unknown as EventBus;
-    const runner = new OperationRunner(repo, queue, service, events, pino({ level: 'silent' }), { role: 'all', operationConcurrency: concurrency } as Config);
+    const runner = new OperationRunner(repo, queue, service, events, pino({ level: 'silent' }), { role: 'all', operationConcurrency: concurrency, runAccepted } as Config);
     return { runner, calls, published };
   }
 
@@ -188,6 +188,14 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     release();
     for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
     expect(calls).toEqual([]); // no finish
+    await runner.onModuleDestroy();
+  });
+
+  it('does not lease with HYPERPLANE_RUN_ACCEPTED off (replicas older than the leases still run)', async () => {
+    const { runner } = started(4, {}, false);
+    runner.register('thing.do', async () => undefined);
+    await runner.onApplicationBootstrap();
+    expect(runner.leaseHere('thing.do')).toBeUndefined();
     await runner.onModuleDestroy();
   });
 

@@ -122,13 +122,13 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
 
   /**
    * A lease for an operation about to be recorded, when this replica runs operations and has room
-   * for one more: the request's transaction records it running under the lease
+   * for one more (and HYPERPLANE_RUN_ACCEPTED is on): the request's transaction records it running under the lease
    * (`OperationRepository.insert`), and after the commit {@link runHere} starts it, with no trip
    * through the queue. Undefined: record it pending and queue its job. Give back what was not used
    * with {@link unlease}.
    */
   leaseHere(kind: string): OperationLease | undefined {
-    if (!this.started || !this.handlers.has(kind) || this.running.size + this.reserved >= this.config.operationConcurrency) return undefined;
+    if (!this.started || !this.config.runAccepted || !this.handlers.has(kind) || this.running.size + this.reserved >= this.config.operationConcurrency) return undefined;
     this.reserved++;
     return { owner: this.owner, ms: LEASE_MS };
   }
