@@ -104,6 +104,20 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'hp-bench-mig-'));
   const children: ChildProcess[] = [];
   const bares: Bare[] = [];
+  /** Stops every process this run started: the bare QEMUs and the workers' guests run detached, so an interrupt does not reach them. */
+  const cleanUp = async () => {
+    for (const b of bares) b.proc.kill('SIGKILL');
+    await stopAll(children);
+    try {
+      execFileSync('bash', ['-c', `for f in ${dir}/*/partitions/*/qemu.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null; done; true`]);
+    } catch {
+      /* none */
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const interrupted = () => void cleanUp().finally(() => process.exit(130));
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   try {
     const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
     children.push(cp.proc);
@@ -289,14 +303,9 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`snapshot revert: median api ${median(apiRevert).toFixed(0)} ms vs bare ${median(bareRevert).toFixed(0)} ms (ratio ${out.snapshotRevertRatio}, goal <= 1.15)`);
     console.log(JSON.stringify(out));
   } finally {
-    for (const b of bares) b.proc.kill('SIGKILL');
-    await stopAll(children);
-    try {
-      execFileSync('bash', ['-c', `for f in ${dir}/*/partitions/*/qemu.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null; done; true`]);
-    } catch {
-      /* none */
-    }
-    rmSync(dir, { recursive: true, force: true });
+    process.off('SIGINT', interrupted);
+    process.off('SIGTERM', interrupted);
+    await cleanUp();
   }
 }
 
