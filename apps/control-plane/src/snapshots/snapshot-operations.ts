@@ -13,7 +13,7 @@ import { OperationsService } from '../operations/operations.service';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { partitionEvent, partitionView } from '../partitions/partition-view';
 import { SnapshotRepository, SnapshotRow } from './snapshot.repository';
-import { snapshotEvent, snapshotView } from './snapshot-view';
+import { revertPhase, snapshotEvent, snapshotView } from './snapshot-view';
 import { PartitionImages } from '../images/partition-images';
 
 /** An operation's partition and snapshot, undefined where gone. */
@@ -114,8 +114,8 @@ export class SnapshotOperations implements OnModuleInit {
    */
   async handleRevert(op: OperationRow, ctx: OperationContext, read?: Read): Promise<void> {
     const { partition, snap } = await this.load(op, read);
-    const phase = partition.state === 'running' ? 'loading memory and disk' : 'reverting disk';
-    if (op.phase !== phase) void ctx.progress(phase, 30).catch(() => undefined); // started here, it began in it
+    const loading = revertPhase(partition.state);
+    if (op.phase !== loading.phase) void ctx.progress(loading.phase, loading.progress).catch(() => undefined); // started here, it began in it
     // A re-run records it again (an earlier attempt may have put the one before back).
     const recorded = op.params.currentRecorded === true && op.attempts <= 1;
     const current = recorded ? Promise.resolve() : 'previousSnapshotId' in op.params ? this.setCurrent(partition, snap.id) : undefined;

@@ -47,3 +47,11 @@ export function snapshotView(r: SnapshotRow, currentId: string | null): Snapshot
 export function snapshotEvent(type: string, v: SnapshotView): Omit<HpEvent, 'id' | 'at'> {
   return { type, resourceType: 'snapshot', resourceId: v.id, projectId: v.projectId, data: v };
 }
+
+/**
+ * The phase a revert of a partition in `state` works in while its node loads the snapshot: the
+ * handler records it, or a revert run by the replica that accepted it starts in it.
+ */
+export function revertPhase(state: string): { phase: string; progress: number } {
+  return { phase: state === 'running' ? 'loading memory and disk' : 'reverting disk', progress: 30 };
+}

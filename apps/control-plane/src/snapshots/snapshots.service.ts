@@ -10,7 +10,7 @@ import { PartitionRepository, PartitionRow } from '../partitions/partition.repos
 import { PartitionView } from '../partitions/partition-view';
 import { PartitionsService } from '../partitions/partitions.service';
 import { SnapshotRepository, SnapshotRow } from './snapshot.repository';
-import { SnapshotView, snapshotEvent, snapshotView } from './snapshot-view';
+import { SnapshotView, revertPhase, snapshotEvent, snapshotView } from './snapshot-view';
 import { CreateSnapshotInput } from './snapshots.dto';
 
 /** The answer to every state-changing snapshot call: the snapshot, its partition and the operation doing the work. */
@@ -91,8 +91,7 @@ export class SnapshotsService {
       // Recorded as current with the request (no write while the node loads it: a commit then
       // slowed the load); the one before is kept, and the handler puts it back if the revert fails.
       const moved = await this.partitionRows.setCurrentSnapshot(db, row.id, snap.id);
-      const phase = { phase: row.state === 'running' ? 'loading memory and disk' : 'reverting disk', progress: 30 };
-      return { snap, row: moved, phase, params: { snapshotId: snap.id, previousSnapshotId: row.current_snapshot_id, currentRecorded: true } };
+      return { snap, row: moved, phase: revertPhase(row.state), params: { snapshotId: snap.id, previousSnapshotId: row.current_snapshot_id, currentRecorded: true } };
     }, null);
   }
 
