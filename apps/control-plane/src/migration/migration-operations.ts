@@ -254,10 +254,9 @@ export class MigrationOperations implements OnModuleInit {
 
   /** A migration whose request did not commit: what was prepared ahead for it goes (also if the prepare is still on its way). */
   abandonAhead(migrationId: string, row: PartitionRow, p: MigrateParams): void {
-    const prepared = this.ahead.get(migrationId);
-    this.ahead.delete(migrationId);
+    const prepared = this.takeAhead(migrationId);
     void (async () => {
-      await prepared?.catch(() => undefined);
+      await prepared;
       await this.abortTarget(row, p, this.log.child({ operationId: migrationId, partition: row.name }), migrationId);
     })();
   }
