@@ -23,7 +23,6 @@
 import { INCOMING_MIGRATION_REASON } from '@hyperplane/domain';
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
-import { freePortPair } from './ports';
 import { enqueueOn } from './serial-queue';
 import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
 import { chainDiskFromWire, guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
@@ -437,7 +436,7 @@ export class Reconciler {
             guestSpecOf(spec),
             {
               host,
-              port: Number(body.port ?? 0) || (await freePortPair(host)),
+              ...(Number(body.port ?? 0) ? { port: Number(body.port) } : {}), // else the driver finds one while QEMU starts
               ...(body.nbdPort ? { nbdPort: Number(body.nbdPort) } : {}),
               storage,
               ...(body.sharedDiskPath ? { sharedDiskPath: body.sharedDiskPath } : {}),
@@ -505,13 +504,21 @@ export class Reconciler {
           // The reason tells a control plane that reconnects (or restarted) that a migration runs.
           // Its record is written while the migration starts, not before: a restarted agent goes
           // by what QEMU says (see recover), not by this reason; the record is replaced or
-          // forgotten below only once this write is done.
+          // forgotten below only once this write is done. The write (synchronous: replacing the
+          // record costs a busy node 2-6 ms) and the report go once the driver has sent QEMU the
+          // migrate commands, which it does before its first wait, so they do not hold them back.
           this.setState(e, 'running', `migrating to ${target.host}:${target.port}`);
-          const written = this.persist(e);
-          this.report(e);
+          const migrating = this.driver.migrationStart(id, target, options, onProgress);
+          const written = new Promise<void>((resolve, reject) =>
+            setImmediate(() => {
+              this.report(e);
+              this.persist(e).then(resolve, reject);
+            }),
+          );
+          written.catch(() => undefined); // awaited below; until then a failure must not go unhandled
           let result;
           try {
-            result = await this.driver.migrationStart(id, target, options, onProgress);
+            result = await migrating;
           } catch (error) {
             await written;
             if (this.driver.isRunning(id) && e.state === 'running') {
