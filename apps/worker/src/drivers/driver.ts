@@ -170,8 +170,8 @@ export type MigrationStorage = 'copy' | 'shared';
 export interface MigrationTargetOptions {
   /** Address the destination listens on (its node address, e.g. 127.0.0.2). */
   host: string;
-  /** TCP port for the memory stream (`migrate-incoming tcp:host:port`). */
-  port: number;
+  /** TCP port for the memory stream (`migrate-incoming tcp:host:port`). Omitted: the driver finds a free one (with the next one free too, for the NBD server). */
+  port?: number;
   /** TCP port of the NBD server for `copy` storage. Default `port + 1`. */
   nbdPort?: number;
   storage: MigrationStorage;

@@ -20,6 +20,7 @@ import type { Duplex } from 'node:stream';
 import { CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError, NotFoundError, PARTITION_LIMITS, UUID_RE, ValidationError } from '@hyperplane/domain';
 import { QmpClient, QmpDisconnectedError, type MigrationInfo } from '@hyperplane/qmp';
 import type { Logger } from 'pino';
+import { freePortPair } from '../../ports';
 import { Reverter } from '../../reverter';
 import type {
   ChainDiskSpec,
@@ -134,6 +135,12 @@ interface Instance {
    * one fails), so a revert checks its tag without asking QEMU first.
    */
   snapshots: SnapshotEntry[] | undefined;
+}
+
+/** The ports an incoming migration listens on: the memory stream, and the NBD server of a disk copy. */
+interface IncomingPorts {
+  port: number;
+  nbdPort: number;
 }
 
 /** An outgoing migration in progress. */
@@ -383,7 +390,7 @@ export class QemuDriver implements PartitionDriver {
     dir: string,
     plan: LaunchPlan,
     log: Logger,
-    incoming?: MigrationTargetOptions & { nbdPort: number },
+    incoming?: MigrationTargetOptions & { ports: Promise<IncomingPorts> },
     dirMade = false,
   ): Promise<Instance> {
     const reverter = new Reverter();
@@ -454,12 +461,13 @@ export class QemuDriver implements PartitionDriver {
           await qmp.objectAdd({ 'qom-type': 'tls-creds-x509', id: MIG.tlsServer, dir: this.requireTlsDir(), endpoint: 'server', 'verify-peer': true });
           await qmp.migrateSetParameters({ 'tls-creds': MIG.tlsServer });
         }
-        await qmp.migrateIncoming(`tcp:${incoming.host}:${incoming.port}`);
+        const { port, nbdPort } = await incoming.ports;
+        await qmp.migrateIncoming(`tcp:${incoming.host}:${port}`);
         if (incoming.storage === 'copy') {
-          await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: incoming.nbdPort }, incoming.tls ? { 'tls-creds': MIG.tlsServer } : {});
+          await qmp.nbdServerStart({ type: 'inet', host: incoming.host, port: nbdPort }, incoming.tls ? { 'tls-creds': MIG.tlsServer } : {});
           await qmp.blockExportAdd({ type: 'nbd', id: MIG.exportId, 'node-name': DISK_NODE, name: DISK_NODE, writable: true });
         }
-        writeFileSync(join(dir, RUNTIME_FILES.incoming), JSON.stringify({ storage: incoming.storage, host: incoming.host, port: incoming.port }), { mode: 0o600 }); // small, on the critical path: no thread-pool trip
+        writeFileSync(join(dir, RUNTIME_FILES.incoming), JSON.stringify({ storage: incoming.storage, host: incoming.host, port }), { mode: 0o600 }); // small, on the critical path: no thread-pool trip
         const state: NonNullable<Instance['incoming']> = { storage: incoming.storage };
         qmp.onEvent('MIGRATION', (e) => (state.status = String(e.data.status ?? '')));
         inst.incoming = state;
@@ -876,8 +884,7 @@ export class QemuDriver implements PartitionDriver {
     const dir = this.dirOf(spec.id);
     const log = this.log.child({ partition: spec.id, migration: 'incoming' });
     if (options.tls) this.requireTlsDir();
-    if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw ValidationError.field('port', `must be 1-65535 (got ${options.port})`);
-    const nbdPort = options.nbdPort ?? options.port + 1;
+    if (options.port !== undefined && (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535)) throw ValidationError.field('port', `must be 1-65535 (got ${options.port})`);
     if (options.storage === 'shared' && !options.sharedDiskPath) throw ValidationError.field('sharedDiskPath', 'shared storage needs the disk path');
     await this.retired(spec.id);
     return this.exclusive(spec.id, 'receive', async () => {
@@ -893,9 +900,14 @@ export class QemuDriver implements PartitionDriver {
         await rm(dir, { recursive: true, force: true });
         throw error;
       }
-      const inst = await this.launch(spec, dir, plan, log, { ...options, nbdPort }, true);
-      log.info({ qemuPid: inst.pid, port: options.port, nbdPort, storage: options.storage }, 'waiting for an incoming migration');
-      return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}), ...(options.tls ? { tls: true } : {}) };
+      // Without a port, a free pair is looked for while QEMU starts: it is needed only when QEMU listens.
+      const ports = options.port !== undefined ? Promise.resolve(options.port) : freePortPair(options.host);
+      const pair = ports.then((port) => ({ port, nbdPort: options.nbdPort ?? port + 1 }));
+      pair.catch(() => undefined); // awaited by the launch; a launch that fails first leaves it
+      const inst = await this.launch(spec, dir, plan, log, { ...options, ports: pair }, true);
+      const { port, nbdPort } = await pair;
+      log.info({ qemuPid: inst.pid, port, nbdPort, storage: options.storage }, 'waiting for an incoming migration');
+      return { host: options.host, port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort, exportName: DISK_NODE } : {}), ...(options.tls ? { tls: true } : {}) };
     });
   }
 

@@ -25,6 +25,7 @@ import type {
   SnapshotEntry,
   StopOptions,
 } from '../driver';
+import { freePortPair } from '../../ports';
 
 /** Settings of a simulated driver. */
 export interface SimulatedDriverOptions {
@@ -157,7 +158,8 @@ export class SimulatedDriver implements PartitionDriver {
   async migrationPrepareTarget(spec: GuestSpec, options: MigrationTargetOptions): Promise<MigrationTarget> {
     if (this.guests.has(spec.id) || this.incoming.has(spec.id)) throw new FailedPreconditionError(`partition ${spec.name || spec.id} already runs on this node`);
     this.incoming.set(spec.id, { name: spec.name || spec.id, startedAt: Date.now() });
-    return { host: options.host, port: options.port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort: options.nbdPort ?? options.port + 1, exportName: 'disk0' } : {}) };
+    const port = options.port ?? (await freePortPair(options.host));
+    return { host: options.host, port, storage: options.storage, ...(options.storage === 'copy' ? { nbdPort: options.nbdPort ?? port + 1, exportName: 'disk0' } : {}) };
   }
 
   async migrationStart(id: string, _target: MigrationTarget, _options: MigrationOptions, onProgress?: (progress: MigrationProgress) => void): Promise<MigrationResult> {
