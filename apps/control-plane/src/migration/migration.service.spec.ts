@@ -6,8 +6,8 @@ import { MigrationOperations } from './migration-operations';
 import { MigrateParams, MigrationService } from './migration.service';
 
 const P = '01900000-0000-7000-8000-0000000000c1';
-const SOURCE = { id: '01900000-0000-7000-8000-0000000000a1', name: 'a', tls: false };
-const TARGET = { id: '01900000-0000-7000-8000-0000000000b1', name: 'b', tls: false };
+const SOURCE = { id: '01900000-0000-7000-8000-0000000000a1', name: 'a', tls: false, status: 'ready', cordoned: false };
+const TARGET = { id: '01900000-0000-7000-8000-0000000000b1', name: 'b', tls: false, status: 'ready', cordoned: false };
 const row = { id: P, name: 'p', project_id: 'proj', state: 'running', node_id: SOURCE.id, vcpus: 1, memory_mib: '256', disk_gib: 1, image: 'sample', image_id: null, desired: 'running', generation: '3', placement: {} } as unknown as PartitionRow;
 const principal = { roles: [] } as unknown as Principal;
 
@@ -35,7 +35,9 @@ function operations(sessions: AgentSessions): MigrationOperations {
  * The service with fakes around it; `act` plays PartitionsService.act: it runs the request's
  * checks with the operation id, then commits (the afterCommit hook runs) or fails at the commit.
  */
-function service(ops: MigrationOperations, commit: 'ok' | 'fails') {
+function service(ops: MigrationOperations, commit: 'ok' | 'fails', o: { target?: typeof TARGET; attachments?: unknown[]; steps?: string[] } = {}) {
+  const target = o.target ?? TARGET;
+  const steps = o.steps ?? [];
   const partitionsService = {
     act: async (_p: unknown, _proj: string, _id: string, _action: string, _kind: string, _params: unknown, _opts: unknown, prepare: (db: unknown, r: PartitionRow, opId: string) => Promise<unknown>, afterCommit?: () => Promise<void>) => {
       await prepare({}, row, 'op-1');
@@ -44,15 +46,27 @@ function service(ops: MigrationOperations, commit: 'ok' | 'fails') {
       return { partition: { id: P }, operation: { id: 'op-1' } };
     },
   };
-  const nodes = { findByIdOrName: async (idOrName: string) => [SOURCE, TARGET].find((n) => n.id === idOrName || n.name === idOrName) };
+  const find = (ref: string) => [SOURCE, target].find((n) => n.id === ref || n.name === ref);
+  const nodes = { findByIdOrName: async (ref: string) => find(ref), findWithRef: async (id: string, ref?: string) => [find(id), ref === undefined ? undefined : find(ref)] };
   return new MigrationService(
     partitionsService as never,
     { beginMigration: async () => ({ ...row, state: 'migrating', target_node_id: TARGET.id }) } as never,
     nodes as never,
     { count: async () => 0 } as never,
-    { place: async () => [TARGET.id] } as never,
+    {
+      place: async () => {
+        steps.push('placed');
+        if (target.cordoned) throw new Error('no node fits: 1 node: cordoned');
+        return [target.id];
+      },
+    } as never,
     { requirements: async () => ({ requirements: {}, inLibrary: false }) } as never,
-    { attachmentsOf: async () => [] } as never,
+    {
+      attachmentsOf: async () => {
+        steps.push('attachments checked');
+        return o.attachments ?? [];
+      },
+    } as never,
     ops,
   );
 }
@@ -90,6 +104,34 @@ describe('MigrationService.migrate: the destination is prepared ahead of the com
     await settled();
     expect(sent.at(-1)).toEqual({ node: TARGET.id, kind: 'migrationAbortTarget', migrationId: 'op-1', atOnce: true });
     expect((ops as unknown as { takeAhead(id: string): unknown }).takeAhead('op-1')).toBeUndefined();
+  });
+
+  it('prepares a named destination as soon as it is read, before the checks and the placement that follow', async () => {
+    const steps: string[] = [];
+    const { sessions, sent } = fakeSessions(async (body) => {
+      if (body.migrationPrepareTarget) steps.push('prepare sent');
+      return { ok: true, payload: body.migrationOutcome ? '{"present":true,"diskPath":"/d/disk.qcow2"}' : '{"host":"127.0.0.1","port":4000}' };
+    });
+    // (Copy storage: a shared disk's prepare waits for the source to say where the disk is.)
+    await service(operations(sessions), 'ok', { steps }).migrate(principal, 'proj', P, { targetNode: 'b', storage: 'copy' });
+    expect(steps).toEqual(['prepare sent', 'attachments checked', 'placed']);
+    expect(sent.filter((s) => s.kind === 'migrationPrepareTarget')).toHaveLength(1); // not again once placed
+  });
+
+  it('aborts the early prepare when a check after it refuses the request', async () => {
+    const { sessions, sent } = fakeSessions();
+    const ops = operations(sessions);
+    await expect(service(ops, 'ok', { attachments: [{ id: 'disk-1' }] }).migrate(principal, 'proj', P, { targetNode: 'b', storage: 'shared' })).rejects.toThrow('service-chain disk');
+    await settled();
+    expect(sent.map((s) => s.kind)).toEqual(['migrationOutcome', 'migrationPrepareTarget', 'migrationAbortTarget']);
+    expect(sent.at(-1)).toEqual({ node: TARGET.id, kind: 'migrationAbortTarget', migrationId: 'op-1', atOnce: true });
+  });
+
+  it('does not prepare a named destination that takes no partitions (cordoned): the placement refuses it first', async () => {
+    const { sessions, sent } = fakeSessions();
+    await expect(service(operations(sessions), 'ok', { target: { ...TARGET, cordoned: true } }).migrate(principal, 'proj', P, { targetNode: 'b', storage: 'shared' })).rejects.toThrow('cordoned');
+    await settled();
+    expect(sent.map((s) => s.kind)).toEqual(['migrationOutcome']);
   });
 
   it('prepares nothing ahead for a cold migration', async () => {

@@ -2,7 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { FailedPreconditionError, Principal, ValidationError, uuidv7 } from '@hyperplane/domain';
 import { MutationOptions } from '../common/transactions';
 import { ImagePolicy } from '../images/image-policy';
-import { NodeRepository } from '../nodes/node.repository';
+import { NodeRepository, NodeRow } from '../nodes/node.repository';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { PartitionOperationView, PartitionsService } from '../partitions/partitions.service';
 import { PlacementService, PlacementSpec } from '../partitions/placement.service';
@@ -56,8 +56,9 @@ export class MigrationService {
    * node or one the scheduler chooses among the others under the partition's placement rules.
    */
   migrate(principal: Principal, projectId: string, id: string, input: MigratePartitionInput, opts: MutationOptions = {}): Promise<PartitionOperationView> {
-    // The destination starts getting ready once the transaction has chosen and reserved it, before
-    // the commit (its QEMU start is most of a migration's time); undone if the commit does not come.
+    // The destination starts getting ready before the commit (its QEMU start is most of a
+    // migration's time): a named one as soon as it is read, one the scheduler chooses once it is
+    // chosen and reserved; undone if the commit does not come.
     let ahead: { operationId: string; row: PartitionRow; params: MigrateParams } | undefined;
     let committed = false;
     return this.partitionsService.act(principal, projectId, id, 'migrate', 'partition.migrate', {}, opts, async (db, row, operationId) => {
@@ -72,6 +73,39 @@ export class MigrationService {
       if (!live && input.storage === 'shared') throw ValidationError.field('storage', 'a cold migration moves the disk file; shared storage is for live migration');
       if (!live && input.postcopy) throw ValidationError.field('postcopy', 'post-copy is a live migration option');
       const storage = input.storage ?? 'copy';
+      const [source, named] = await this.nodes.findWithRef(row.node_id!, input.targetNode, db);
+      if (!source) throw new FailedPreconditionError(`partition ${row.name} is on node ${row.node_id}, which is no longer registered`);
+      if (input.targetNode !== undefined && !named) throw ValidationError.field('targetNode', `node '${input.targetNode}' does not exist`);
+      if (named?.id === source.id) throw ValidationError.field('targetNode', `partition ${row.name} is on node ${named.name} already`);
+      const paramsTo = (target: NodeRow): MigrateParams => {
+        if (source.tls !== target.tls) {
+          const [withTls, without] = source.tls ? [source, target] : [target, source];
+          throw new FailedPreconditionError(`cannot migrate partition ${row.name} from node ${source.name} to node ${target.name}: node ${withTls.name} encrypts migrations (TLS) and node ${without.name} has no TLS credentials`);
+        }
+        return {
+          sourceNodeId: source.id,
+          targetNodeId: target.id,
+          targetNodeName: target.name,
+          live,
+          storage,
+          tls: source.tls && target.tls,
+          previousState: running ? 'running' : 'stopped',
+          discardSnapshots: Boolean(input.discardSnapshots),
+          options: {
+            maxDowntimeMs: input.maxDowntimeMs,
+            bandwidthBytesPerSec: input.bandwidthBytesPerSec,
+            autoConverge: input.autoConverge,
+            postcopy: input.postcopy,
+            postcopyAfterMs: input.postcopyAfterMs,
+          },
+        };
+      };
+      const prepareAhead = (params: MigrateParams) => {
+        if (this.operations.prepareAhead(operationId, row, params, sharedDiskPath)) ahead = { operationId, row, params };
+      };
+      // A named destination that takes partitions gets ready while the checks and its reservation
+      // run: should one of them refuse, what it prepared goes again (abandonAhead).
+      if (named && named.status === 'ready' && !named.cordoned) prepareAhead(paramsTo(named));
       const disks = await this.chains.attachmentsOf(row.id, db);
       if (disks.length) throw new FailedPreconditionError(`cannot migrate partition ${row.name}: it has ${disks.length} service-chain disk(s) attached; detach them first`);
       if (live && storage === 'copy' && !input.discardSnapshots) {
@@ -83,10 +117,6 @@ export class MigrationService {
           );
         }
       }
-      const source = (await this.nodes.findByIdOrName(row.node_id!, db))!;
-      const named = input.targetNode === undefined ? undefined : await this.nodes.findByIdOrName(input.targetNode, db);
-      if (input.targetNode !== undefined && !named) throw ValidationError.field('targetNode', `node '${input.targetNode}' does not exist`);
-      if (named?.id === source.id) throw ValidationError.field('targetNode', `partition ${row.name} is on node ${named.name} already`);
       const pinned = named?.id;
       const { node: _pinnedAtCreate, ...rules } = row.placement as PlacementSpec;
       const terms = await this.imagePolicy.requirements(db, projectId, row.image);
@@ -97,28 +127,8 @@ export class MigrationService {
         { avoidNodes: [source.id], moving: true, pinned: named },
       );
       const target = targetId === named?.id ? named! : (await this.nodes.findByIdOrName(targetId!, db))!;
-      if (source.tls !== target.tls) {
-        const [withTls, without] = source.tls ? [source, target] : [target, source];
-        throw new FailedPreconditionError(`cannot migrate partition ${row.name} from node ${source.name} to node ${target.name}: node ${withTls.name} encrypts migrations (TLS) and node ${without.name} has no TLS credentials`);
-      }
-      const params: MigrateParams = {
-        sourceNodeId: source.id,
-        targetNodeId: target.id,
-        targetNodeName: target.name,
-        live,
-        storage,
-        tls: source.tls && target.tls,
-        previousState: running ? 'running' : 'stopped',
-        discardSnapshots: Boolean(input.discardSnapshots),
-        options: {
-          maxDowntimeMs: input.maxDowntimeMs,
-          bandwidthBytesPerSec: input.bandwidthBytesPerSec,
-          autoConverge: input.autoConverge,
-          postcopy: input.postcopy,
-          postcopyAfterMs: input.postcopyAfterMs,
-        },
-      };
-      if (this.operations.prepareAhead(operationId, row, params, sharedDiskPath)) ahead = { operationId, row, params };
+      const params = ahead?.params ?? paramsTo(target);
+      if (!ahead) prepareAhead(params);
       const moving = await this.partitions.beginMigration(db, row.id, target.id, `${live ? 'live' : 'cold'} migration to node ${target.name}`);
       return { row: moving, params: params as unknown as Record<string, unknown> };
     }, async () => {

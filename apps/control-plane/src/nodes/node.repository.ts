@@ -77,6 +77,13 @@ export class NodeRepository {
     return found[0];
   }
 
+  /** A node by id, and another by id or name (when `ref` is given), in one read. */
+  async findWithRef(id: string, ref: string | undefined, db: Db = this.ds): Promise<[NodeRow | undefined, NodeRow | undefined]> {
+    if (ref === undefined) return [await this.findByIdOrName(id, db), undefined];
+    const found = await rows<NodeRow>(db, `SELECT * FROM nodes WHERE id = $1 OR ${UUID_RE.test(ref) ? 'id' : 'name'} = $2`, [id, ref]);
+    return [found.find((n) => n.id === id), found.find((n) => n.id === ref || n.name === ref)];
+  }
+
   /** A node by name, for registration. */
   async findByName(name: string): Promise<NodeRow | undefined> {
     const found = await rows<NodeRow>(this.ds, `SELECT * FROM nodes WHERE name = $1`, [name]);
