@@ -580,7 +580,9 @@ export class Reconciler {
           e.preparing = undefined;
           e.pid = guest.pid;
           this.setState(e, 'running', '');
-          await this.settle(e);
+          // The answer goes first (the migration's end waits for it); the record and the report
+          // follow. An agent restart in between goes by QEMU, which runs the guest (see init).
+          setImmediate(() => void this.settle(e));
           return JSON.stringify({ pid: guest.pid });
         });
       }
