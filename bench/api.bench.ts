@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { Client } from 'pg';
-import { freePort, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { freePort, onInterrupt, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
 const PARTITIONS = Number(process.env.BENCH_PARTITIONS ?? 100_000);
 const DURATION = Number(process.env.BENCH_SECONDS ?? 8);
@@ -40,6 +40,12 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const dbUrl = database.url;
   const dataDir = mkdtempSync(join(tmpdir(), 'hp-bench-'));
   const children: ChildProcess[] = [];
+  /** Stops what this run started and removes its files: when it ends, and when it is interrupted. */
+  const cleanUp = async () => {
+    await stopAll(children);
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+  const forget = onInterrupt(cleanUp);
   try {
     const barePort = await freePort();
     const cp = await startControlPlane(database, dataDir);
@@ -94,8 +100,8 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`control-plane RSS with ${PARTITIONS} partitions stored: ${rss} MiB (goal <= 250)`);
     console.log(JSON.stringify({ stackRps: Math.round(stackRps), bareRps: Math.round(bareBest), ratio: Number(ratio.toFixed(3)), rssMiB100k: rss }));
   } finally {
-    await stopAll(children);
-    rmSync(dataDir, { recursive: true, force: true });
+    forget();
+    await cleanUp();
   }
 }
 

@@ -28,7 +28,32 @@ export function rssMiB(pid: number): number {
   return m ? Math.round((Number(m[1]) / 1024) * 10) / 10 : NaN;
 }
 
-/** Runs `fn` with a fresh PostgreSQL database (named `<prefix>_<time>`), dropped afterwards. */
+/** What an interrupted run (SIGINT, SIGTERM) undoes before it exits, newest first. */
+const undoOnInterrupt: Array<() => Promise<void>> = [];
+let interruptHandled = false;
+
+/**
+ * Runs `undo` should the run be interrupted (Ctrl-C, SIGTERM) before the returned function is
+ * called; the run then exits with status 130.
+ */
+export function onInterrupt(undo: () => Promise<void>): () => void {
+  if (!interruptHandled) {
+    interruptHandled = true;
+    const interrupted = async () => {
+      for (const u of undoOnInterrupt.splice(0).reverse()) await u().catch(() => undefined);
+      process.exit(130);
+    };
+    process.once('SIGINT', () => void interrupted());
+    process.once('SIGTERM', () => void interrupted());
+  }
+  undoOnInterrupt.push(undo);
+  return () => {
+    const i = undoOnInterrupt.indexOf(undo);
+    if (i >= 0) undoOnInterrupt.splice(i, 1);
+  };
+}
+
+/** Runs `fn` with a fresh PostgreSQL database (named `<prefix>_<time>`), dropped afterwards, also when the run is interrupted. */
 export async function withBenchDatabase<T>(prefix: string, fn: (db: { url: string; name: string }) => Promise<T>): Promise<T> {
   const adminUrl = process.env.BENCH_DATABASE_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
   const name = `${prefix}_${Date.now().toString(36)}`;
@@ -37,9 +62,12 @@ export async function withBenchDatabase<T>(prefix: string, fn: (db: { url: strin
   await admin.query(`CREATE DATABASE ${name}`);
   const url = new URL(adminUrl);
   url.pathname = `/${name}`;
+  const drop = () => admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  const forget = onInterrupt(async () => void (await drop()));
   try {
     return await fn({ url: url.toString(), name });
   } finally {
+    forget();
     await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => undefined);
     await admin.end();
   }

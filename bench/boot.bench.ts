@@ -9,7 +9,7 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { ROOT, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { ROOT, onInterrupt, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 10);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
@@ -39,6 +39,19 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'hp-bench-boot-'));
   const children: ChildProcess[] = [];
   let bare: ChildProcess | undefined;
+  /** Stops what this run started and removes its files: when it ends, and when it is interrupted. */
+  const cleanUp = async () => {
+    bare?.kill('SIGKILL');
+    await stopAll(children);
+    // Guests outlive their worker by design: stop any this run left.
+    try {
+      execFileSync('bash', ['-c', `for f in ${dir}/worker/partitions/*/qemu.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null; done; true`]);
+    } catch {
+      /* none */
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const forget = onInterrupt(cleanUp);
   try {
     const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
     children.push(cp.proc);
@@ -113,15 +126,8 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`worker agent RSS with 5 running guests: ${workerRss} MiB (goal <= 80; QEMU not counted)`);
     console.log(JSON.stringify({ apiMedianMs: Math.round(apiMedian), bareMedianMs: Math.round(bareMedian), ratio: Number(ratio.toFixed(3)), workerRssMiB: workerRss }));
   } finally {
-    bare?.kill('SIGKILL');
-    await stopAll(children);
-    // Guests outlive their worker by design: stop any this run left.
-    try {
-      execFileSync('bash', ['-c', `for f in ${dir}/worker/partitions/*/qemu.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null; done; true`]);
-    } catch {
-      /* none */
-    }
-    rmSync(dir, { recursive: true, force: true });
+    forget();
+    await cleanUp();
   }
 }
 

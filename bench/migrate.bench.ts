@@ -33,7 +33,7 @@ import { join, resolve } from 'node:path';
 import { QmpClient } from '@hyperplane/qmp';
 import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
 import { waitJob, watchEvent } from '@hyperplane/worker/dist/drivers/qemu/qemu-jobs';
-import { ROOT, freePort, logTo, projectHeaders, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
+import { ROOT, freePort, logTo, onInterrupt, projectHeaders, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 11);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
@@ -115,9 +115,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     }
     rmSync(dir, { recursive: true, force: true });
   };
-  const interrupted = () => void cleanUp().finally(() => process.exit(130));
-  process.once('SIGINT', interrupted);
-  process.once('SIGTERM', interrupted);
+  const forget = onInterrupt(cleanUp);
   try {
     const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
     children.push(cp.proc);
@@ -303,8 +301,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`snapshot revert: median api ${median(apiRevert).toFixed(0)} ms vs bare ${median(bareRevert).toFixed(0)} ms (ratio ${out.snapshotRevertRatio}, goal <= 1.15)`);
     console.log(JSON.stringify(out));
   } finally {
-    process.off('SIGINT', interrupted);
-    process.off('SIGTERM', interrupted);
+    forget();
     await cleanUp();
   }
 }
