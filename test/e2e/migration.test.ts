@@ -159,7 +159,8 @@ d('migration end to end', () => {
     }).catch(() => undefined);
     await waitBeat(id, 4);
 
-    const m = await api.post(`/v1/partitions/${id}/migrate`, { targetNode: NODES.b.name, maxDowntimeMs: 300 });
+    // 32 MiB/s: the memory copy outlasts the source's quiet start (MIGRATION_QUIET_MS), so its progress shows.
+    const m = await api.post(`/v1/partitions/${id}/migrate`, { targetNode: NODES.b.name, maxDowntimeMs: 300, bandwidthBytesPerSec: 32 * 2 ** 20 });
     expect(m.status).toBe(202);
     expect(m.body.partition).toMatchObject({ state: 'migrating', node: nodeIds['mig-a'] });
     const before = await beats(id); // the source's console, up to the moment it was asked

@@ -1,11 +1,11 @@
 /** The reconciler's snapshot and migration commands, over a strict fake driver. */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { agentV1 } from '@hyperplane/proto';
 import pino from 'pino';
-import type { MigrationProgress } from './drivers/driver';
+import { MIGRATION_QUIET_MS, type MigrationProgress } from './drivers/driver';
 import { PartitionStore } from './partition-store';
 import { INCOMING_RECHECK_MS, INCOMING_REASON, Reconciler } from './reconciler';
 import { StrictFakeDriver } from './testing/strict-fake-driver';
@@ -142,9 +142,31 @@ describe('Reconciler snapshot and migration commands', () => {
         [A, 'op-1', 'memory', 4096],
       ]);
       await new Promise((r) => setImmediate(r)); // reported after the answer
-      expect(statesOf(A).slice(-2)).toEqual(['running@2 (migrating to 127.0.0.2:4000)', 'absent@2 (migrated away)']);
+      // Over within MIGRATION_QUIET_MS: its migrating state was never reported, only its end.
+      expect(statesOf(A).slice(-2)).toEqual(['running@2', 'absent@2 (migrated away)']);
       expect(reconciler.stateOf(A)).toBeUndefined();
       expect(existsSync(join(dir, 'partitions', A, 'state.json'))).toBe(false); // the record; the driver removes its files when the paused QEMU quits
+    });
+
+    it('a migration that outlasts MIGRATION_QUIET_MS reports its migrating state and writes it to the record, then its end', async () => {
+      await running();
+      const finish = deferred();
+      driver.when('migrationStart', async (id) => {
+        await finish.promise;
+        driver.running.delete(id);
+        return { totalTimeMs: 500, downtimeMs: 60, storageMs: 0, ramTransferredBytes: 1, postcopy: false };
+      });
+      const started = reconciler.command({ id: 'm1', body: 'migrationStart', migrationStart: { partitionId: A, targetHost: '127.0.0.2', targetPort: 4000, storage: 'shared', migrationId: 'op-1' } });
+      await new Promise((r) => setTimeout(r, MIGRATION_QUIET_MS / 2));
+      expect(statesOf(A).at(-1)).toBe('running@2'); // not yet
+      await new Promise((r) => setTimeout(r, MIGRATION_QUIET_MS));
+      expect(statesOf(A).at(-1)).toBe('running@2 (migrating to 127.0.0.2:4000)');
+      expect(JSON.parse(readFileSync(join(dir, 'partitions', A, 'state.json'), 'utf8'))).toMatchObject({ state: 'running', reason: 'migrating to 127.0.0.2:4000' });
+      finish.resolve();
+      await expect(started).resolves.toMatchObject({ ok: true });
+      await new Promise((r) => setImmediate(r));
+      expect(statesOf(A).at(-1)).toBe('absent@2 (migrated away)');
+      expect(existsSync(join(dir, 'partitions', A, 'state.json'))).toBe(false);
     });
 
     it('migration_cancel reaches the migration that holds the queue; the partition stays running', async () => {
@@ -162,7 +184,7 @@ describe('Reconciler snapshot and migration commands', () => {
 
       await expect(started).resolves.toMatchObject({ ok: false, errorCode: 'CANCELLED' });
       expect(reconciler.stateOf(A)).toBe('running');
-      expect(statesOf(A).slice(-2)).toEqual(['running@2 (migrating to 127.0.0.2:4000)', 'running@2']);
+      expect(statesOf(A).at(-1)).toBe('running@2'); // cancelled within MIGRATION_QUIET_MS: never reported migrating
     });
   });
 

@@ -24,7 +24,7 @@ import { INCOMING_MIGRATION_REASON } from '@hyperplane/domain';
 import type { agentV1 } from '@hyperplane/proto';
 import type { Logger } from 'pino';
 import { enqueueOn } from './serial-queue';
-import type { GuestExit, MigrationProgress, MigrationStorage, MigrationTarget, PartitionDriver, StopOptions } from './drivers/driver';
+import { MIGRATION_QUIET_MS, type GuestExit, type MigrationProgress, type MigrationStorage, type MigrationTarget, type PartitionDriver, type StopOptions } from './drivers/driver';
 import { chainDiskFromWire, guestSpecOf, isDesiredState, specFromWire, type PartitionRecord, type ReportedState, type SpecRecord } from './partition-record';
 import type { PartitionStore } from './partition-store';
 
@@ -502,24 +502,22 @@ export class Reconciler {
           if (!this.driver.isRunning(id)) throw Object.assign(new Error(`cannot migrate partition ${e.spec?.name || id}: it is ${e.state}`), { code: 'FAILED_PRECONDITION' });
           this.log.info({ partition: id, target: `${target.host}:${target.port}`, storage: target.storage }, 'live migration starting');
           // The reason tells a control plane that reconnects (or restarted) that a migration runs.
-          // Its record is written while the migration starts, not before: a restarted agent goes
-          // by what QEMU says (see recover), not by this reason; the record is replaced or
-          // forgotten below only once this write is done. The write (synchronous: replacing the
-          // record costs a busy node 2-6 ms) and the report go once the driver has sent QEMU the
-          // migrate commands, which it does before its first wait, so they do not hold them back.
+          // It is reported, and written to the record, once the migration has run
+          // MIGRATION_QUIET_MS, as its progress is (a shorter one is told by its end alone): a
+          // restarted agent goes by what QEMU says (see recover), not by this reason; the record is
+          // replaced or forgotten below only once this write is done.
           this.setState(e, 'running', `migrating to ${target.host}:${target.port}`);
           const migrating = this.driver.migrationStart(id, target, options, onProgress);
-          const written = new Promise<void>((resolve, reject) =>
-            setImmediate(() => {
-              this.report(e);
-              this.persist(e).then(resolve, reject);
-            }),
-          );
-          written.catch(() => undefined); // awaited below; until then a failure must not go unhandled
+          let written: Promise<void> = Promise.resolve();
+          const told = setTimeout(() => {
+            this.report(e);
+            written = this.persist(e);
+          }, MIGRATION_QUIET_MS);
           let result;
           try {
             result = await migrating;
           } catch (error) {
+            clearTimeout(told);
             await written;
             if (this.driver.isRunning(id) && e.state === 'running') {
               this.setState(e, 'running', '');
@@ -529,6 +527,7 @@ export class Reconciler {
           }
           // The guest lives on the destination now: forget it here. The record goes first; the
           // paused QEMU's files go when it quits (a restart in between finds it: see recover).
+          clearTimeout(told);
           await written;
           await this.deps.store.forgetRecord(id);
           e.gone = true;

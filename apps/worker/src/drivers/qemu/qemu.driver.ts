@@ -46,6 +46,7 @@ import type {
   SnapshotEntry,
   StopOptions,
 } from '../driver';
+import { MIGRATION_QUIET_MS } from '../driver';
 import { attachDisk, chainDiskArgs, detachDisk, dropBadReplica, readDisks, writeDisks } from './chain-disks';
 import { readTail } from './console-log';
 import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnections, qemuMachineTypes, qemuVersion, run, type AccelChoice } from './host-tools';
@@ -1080,10 +1081,11 @@ export class QemuDriver implements PartitionDriver {
       for (;;) {
         info = await qmp.queryMigrate();
         const progress = progressOf(info);
-        // The switch-over (guest paused, the last pages and the device state on their way) usually
-        // ends within ms: it is reported only when it lasts, so the report does not compete with it.
+        // Reported once the copy has run MIGRATION_QUIET_MS. The switch-over (guest paused, the last
+        // pages and the device state on their way) usually ends within ms: it is reported only when
+        // it lasts, so the report does not compete with it.
         if (info.status === 'device' && !switchingSince) switchingSince = Date.now();
-        if (info.status !== 'device' || Date.now() - switchingSince >= MIGRATION_POLL_MS) onProgress(progress);
+        if (Date.now() - memoryStarted >= MIGRATION_QUIET_MS && (info.status !== 'device' || Date.now() - switchingSince >= MIGRATION_POLL_MS)) onProgress(progress);
         if (info.status === 'completed') break;
         if (info.status === 'failed') throw new InternalError(`migration to ${target.host}:${target.port} failed: ${info['error-desc'] ?? 'no detail from QEMU'}`);
         if (info.status === 'cancelled') {
