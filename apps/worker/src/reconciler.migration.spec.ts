@@ -148,6 +148,20 @@ describe('Reconciler snapshot and migration commands', () => {
       expect(existsSync(join(dir, 'partitions', A, 'state.json'))).toBe(false); // the record; the driver removes its files when the paused QEMU quits
     });
 
+    it('a completed migration is answered as one even when its record cannot be removed (the guest is elsewhere now)', async () => {
+      await running();
+      driver.when('migrationStart', async (id) => {
+        driver.running.delete(id);
+        return { totalTimeMs: 500, downtimeMs: 60, storageMs: 0, ramTransferredBytes: 1, postcopy: false };
+      });
+      const store = (reconciler as unknown as { deps: { store: PartitionStore } }).deps.store;
+      store.forgetRecord = async () => {
+        throw new Error('EIO');
+      };
+      await expect(reconciler.command({ id: 'm1', body: 'migrationStart', migrationStart: { partitionId: A, targetHost: '127.0.0.2', targetPort: 4000, storage: 'shared', migrationId: 'op-1' } })).resolves.toMatchObject({ ok: true });
+      expect(reconciler.stateOf(A)).toBeUndefined();
+    });
+
     it('a migration that outlasts MIGRATION_QUIET_MS reports its migrating state and writes it to the record, then its end', async () => {
       await running();
       const finish = deferred();

@@ -529,7 +529,9 @@ export class Reconciler {
           // paused QEMU's files go when it quits (a restart in between finds it: see recover).
           clearTimeout(told);
           await written;
-          await this.deps.store.forgetRecord(id);
+          // Nothing from here on may turn the answer into a failure: the control plane would take
+          // it for a migration that left the guest here, and the guest's only copy is elsewhere.
+          await this.deps.store.forgetRecord(id).catch((error: unknown) => this.log.error({ partition: id, err: error }, 'cannot remove the record of a partition that migrated away'));
           e.gone = true;
           e.pid = 0;
           if (this.entries.get(id) === e) this.entries.delete(id);
