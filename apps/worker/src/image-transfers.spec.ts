@@ -17,9 +17,11 @@ let store: ImageStore;
 let image: Buffer;
 let digest: string;
 beforeAll(() => {
-  const src = join(mkdtempSync(join(tmpdir(), 'hp-xfer-src-')), 'src.qcow2');
+  const srcDir = mkdtempSync(join(tmpdir(), 'hp-xfer-src-'));
+  const src = join(srcDir, 'src.qcow2');
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', src, '8M']);
   image = readFileSync(src);
+  rmSync(srcDir, { recursive: true, force: true }); // only its bytes are used
   const d = new BlockDigest();
   d.update(image);
   digest = d.finish().digest;
