@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { Client } from 'pg';
-import { freePort, onInterrupt, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { cleanUpOnInterrupt, freePort, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
 const PARTITIONS = Number(process.env.BENCH_PARTITIONS ?? 100_000);
 const DURATION = Number(process.env.BENCH_SECONDS ?? 8);
@@ -41,11 +41,10 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const dataDir = mkdtempSync(join(tmpdir(), 'hp-bench-'));
   const children: ChildProcess[] = [];
   /** Stops what this run started and removes its files: when it ends, and when it is interrupted. */
-  const cleanUp = async () => {
+  const cleanUp = cleanUpOnInterrupt(async () => {
     await stopAll(children);
     rmSync(dataDir, { recursive: true, force: true });
-  };
-  const forget = onInterrupt(cleanUp);
+  });
   try {
     const barePort = await freePort();
     const cp = await startControlPlane(database, dataDir);
@@ -100,7 +99,6 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`control-plane RSS with ${PARTITIONS} partitions stored: ${rss} MiB (goal <= 250)`);
     console.log(JSON.stringify({ stackRps: Math.round(stackRps), bareRps: Math.round(bareBest), ratio: Number(ratio.toFixed(3)), rssMiB100k: rss }));
   } finally {
-    forget();
     await cleanUp();
   }
 }

@@ -33,10 +33,10 @@ const undoOnInterrupt: Array<() => Promise<void>> = [];
 let interruptHandled = false;
 
 /**
- * Runs `undo` should the run be interrupted (Ctrl-C, SIGTERM) before the returned function is
- * called; the run then exits with status 130.
+ * Sets `undo` to run should the run be interrupted (Ctrl-C, SIGTERM; it then exits with status
+ * 130); the returned function runs it at the run's end instead.
  */
-export function onInterrupt(undo: () => Promise<void>): () => void {
+export function cleanUpOnInterrupt(undo: () => Promise<void>): () => Promise<void> {
   if (!interruptHandled) {
     interruptHandled = true;
     const interrupted = async () => {
@@ -47,9 +47,10 @@ export function onInterrupt(undo: () => Promise<void>): () => void {
     process.once('SIGTERM', () => void interrupted());
   }
   undoOnInterrupt.push(undo);
-  return () => {
+  return async () => {
     const i = undoOnInterrupt.indexOf(undo);
     if (i >= 0) undoOnInterrupt.splice(i, 1);
+    await undo();
   };
 }
 
@@ -62,14 +63,14 @@ export async function withBenchDatabase<T>(prefix: string, fn: (db: { url: strin
   await admin.query(`CREATE DATABASE ${name}`);
   const url = new URL(adminUrl);
   url.pathname = `/${name}`;
-  const drop = () => admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  const forget = onInterrupt(async () => void (await drop()));
+  const cleanUp = cleanUpOnInterrupt(async () => {
+    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => undefined);
+    await admin.end();
+  });
   try {
     return await fn({ url: url.toString(), name });
   } finally {
-    forget();
-    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => undefined);
-    await admin.end();
+    await cleanUp();
   }
 }
 

@@ -9,7 +9,7 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { ROOT, onInterrupt, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { ROOT, cleanUpOnInterrupt, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 10);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
@@ -40,7 +40,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const children: ChildProcess[] = [];
   let bare: ChildProcess | undefined;
   /** Stops what this run started and removes its files: when it ends, and when it is interrupted. */
-  const cleanUp = async () => {
+  const cleanUp = cleanUpOnInterrupt(async () => {
     bare?.kill('SIGKILL');
     await stopAll(children);
     // Guests outlive their worker by design: stop any this run left.
@@ -50,8 +50,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
       /* none */
     }
     rmSync(dir, { recursive: true, force: true });
-  };
-  const forget = onInterrupt(cleanUp);
+  });
   try {
     const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
     children.push(cp.proc);
@@ -126,7 +125,6 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`worker agent RSS with 5 running guests: ${workerRss} MiB (goal <= 80; QEMU not counted)`);
     console.log(JSON.stringify({ apiMedianMs: Math.round(apiMedian), bareMedianMs: Math.round(bareMedian), ratio: Number(ratio.toFixed(3)), workerRssMiB: workerRss }));
   } finally {
-    forget();
     await cleanUp();
   }
 }

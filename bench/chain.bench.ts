@@ -16,7 +16,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { ROOT, onInterrupt, projectHeaders, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { ROOT, cleanUpOnInterrupt, projectHeaders, sleep, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 import { GuestConsole, median, timed, writeLoop } from './chain-guest';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -34,15 +34,14 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const children: ChildProcess[] = [];
   let console: GuestConsole | undefined;
   /** Stops what this run started and removes its files: when it ends, and when it is interrupted. */
-  const cleanUp = async () => {
+  const cleanUp = cleanUpOnInterrupt(async () => {
     console?.close();
     await stopAll(children);
     for (const pid of processesUnder(dir)) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
     rmSync(dir, { recursive: true, force: true });
-  };
-  const forget = onInterrupt(cleanUp);
+  });
   try {
     const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST, HYPERPLANE_NODE_TIMEOUT_MS: '8000' });
     children.push(cp.proc);
@@ -159,7 +158,6 @@ async function run(database: { url: string; name: string }): Promise<void> {
     process.stdout.write(`failover: longest guest-visible stall over ${TRIALS} kills ${failoverStallMs} ms (guest clock, 10 ms resolution)\n`);
     process.stdout.write(`${JSON.stringify({ throughputRatio: round2(throughputRatio), failoverStallMs, seqWriteRatio: round2(ratios.seqWrite!), seqReadRatio: round2(ratios.seqRead!), randReadRatio: round2(ratios.randRead!), randWriteRatio: round2(ratios.randWrite!), seqWriteDirectRatio: round2(ratios.seqWriteDirect!), seqReadDirectRatio: round2(ratios.seqReadDirect!), medianWriteGapMs: Math.round(typical) })}\n`);
   } finally {
-    forget();
     await cleanUp();
   }
 }

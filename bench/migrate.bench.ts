@@ -33,7 +33,7 @@ import { join, resolve } from 'node:path';
 import { QmpClient } from '@hyperplane/qmp';
 import { buildQemuArgs, RUNTIME_FILES } from '@hyperplane/worker/dist/drivers/qemu/qemu-args';
 import { waitJob, watchEvent } from '@hyperplane/worker/dist/drivers/qemu/qemu-jobs';
-import { ROOT, freePort, logTo, onInterrupt, projectHeaders, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
+import { ROOT, cleanUpOnInterrupt, freePort, logTo, projectHeaders, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 11);
 const GUEST = resolve(process.env.HYPERPLANE_GUEST_DIR ?? join(ROOT, '.hyperplane/guest'));
@@ -105,7 +105,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const children: ChildProcess[] = [];
   const bares: Bare[] = [];
   /** Stops every process this run started: the bare QEMUs and the workers' guests run detached, so an interrupt does not reach them. */
-  const cleanUp = async () => {
+  const cleanUp = cleanUpOnInterrupt(async () => {
     for (const b of bares) b.proc.kill('SIGKILL');
     await stopAll(children);
     try {
@@ -114,8 +114,7 @@ async function run(database: { url: string; name: string }): Promise<void> {
       /* none */
     }
     rmSync(dir, { recursive: true, force: true });
-  };
-  const forget = onInterrupt(cleanUp);
+  });
   try {
     const cp = await startControlPlane(database, join(dir, 'cp'), { HYPERPLANE_GUEST_DIR: GUEST });
     children.push(cp.proc);
@@ -301,7 +300,6 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`snapshot revert: median api ${median(apiRevert).toFixed(0)} ms vs bare ${median(bareRevert).toFixed(0)} ms (ratio ${out.snapshotRevertRatio}, goal <= 1.15)`);
     console.log(JSON.stringify(out));
   } finally {
-    forget();
     await cleanUp();
   }
 }

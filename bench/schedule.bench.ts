@@ -17,7 +17,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { mulberry32 } from '@hyperplane/scheduler';
-import { ROOT, onInterrupt, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
+import { ROOT, cleanUpOnInterrupt, projectHeaders, rssMiB, sleep, startControlPlane, stopAll, sum, ticksOf, ticksOfComm, withBenchDatabase } from './bench-lib';
 
 const NODES = Number(process.env.BENCH_NODES ?? 1000);
 const PARTITIONS = Number(process.env.BENCH_PARTITIONS_TOTAL ?? 10_000);
@@ -82,12 +82,11 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const nodesDir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'hp-bench-nodes-'));
   const children: ChildProcess[] = [];
   /** Stops what this run started and removes its files: when it ends, and when it is interrupted. */
-  const cleanUp = async () => {
+  const cleanUp = cleanUpOnInterrupt(async () => {
     await stopAll(children);
     rmSync(dir, { recursive: true, force: true });
     rmSync(nodesDir, { recursive: true, force: true });
-  };
-  const forget = onInterrupt(cleanUp);
+  });
   try {
     // BENCH_CP_ENV='K=V K=V' adds control-plane settings (experiments; printed below when set).
     const cpEnv = Object.fromEntries((process.env.BENCH_CP_ENV ?? '').split(' ').filter(Boolean).map((kv) => kv.split('=', 2) as [string, string]));
@@ -216,7 +215,6 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`overcommitted nodes: ${overcommitted}`);
     console.log(JSON.stringify({ placementsPerSecond: Math.round(placementsPerSecond), pgbenchTps: Math.round(pgbenchTps), p50Ms: Number(pct(latencies, 50).toFixed(1)), p99Ms: Number(pct(latencies, 99).toFixed(1)), overcommittedNodes: overcommitted, rssMiB: rssPeak, operationsUnfinished: unfinished, operationsFailed: opCounts.failed ?? 0, allOperationsDoneSeconds: Number(opsDoneSeconds.toFixed(2)) }));
   } finally {
-    forget();
     await cleanUp();
   }
 }

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { ImageRepository, ImageSearch } from '@hyperplane/control-plane/dist/images/image.repository';
-import { ROOT, onInterrupt, projectHeaders, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
+import { ROOT, cleanUpOnInterrupt, projectHeaders, startControlPlane, stopAll, withBenchDatabase } from './bench-lib';
 
 const IMAGES = Number(process.env.BENCH_IMAGES ?? 1_000_000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 100);
@@ -96,11 +96,10 @@ async function run(database: { url: string; name: string }): Promise<void> {
   const dataDir = mkdtempSync(join(tmpdir(), 'hp-bench-search-'));
   const children: ChildProcess[] = [];
   /** Stops what this run started and removes its files: when it ends, and when it is interrupted. */
-  const cleanUp = async () => {
+  const cleanUp = cleanUpOnInterrupt(async () => {
     await stopAll(children);
     rmSync(dataDir, { recursive: true, force: true });
-  };
-  const forget = onInterrupt(cleanUp);
+  });
   try {
     const cp = await startControlPlane(database, dataDir);
     children.push(cp.proc);
@@ -161,7 +160,6 @@ async function run(database: { url: string; name: string }): Promise<void> {
     console.log(`goals: API p99 <= 50 ms: ${result.apiP99Ms <= 50 ? 'met' : 'MISSED'}; API p99 <= 2 x SQL p99: ${result.apiP99Ms <= 2 * result.sqlP99Ms ? 'met' : 'MISSED'}; metadata read <= 5 ms: ${result.metadataReadMs10GiB <= 5 ? 'met' : 'MISSED'}`);
     console.log(JSON.stringify(result));
   } finally {
-    forget();
     await cleanUp();
   }
 }
