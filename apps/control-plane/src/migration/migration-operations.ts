@@ -11,7 +11,7 @@ import { Config, CONFIG } from '../config';
 import { DATA_SOURCE, LOGGER } from '../common/tokens';
 import { inTransaction } from '../database/database';
 import { EventBus } from '../events/event-bus';
-import { NodeRepository } from '../nodes/node.repository';
+import { NodeRepository, NodeRow } from '../nodes/node.repository';
 import { OperationContext, OperationRunner } from '../operations/operation-runner';
 import { MigrationMetadata, OperationRepository, OperationRow } from '../operations/operation.repository';
 import { OperationsService } from '../operations/operations.service';
@@ -34,6 +34,13 @@ const RETRY_MS = 2000;
  * partition's record themselves and read none of what the node's status reports record.
  */
 const AT_ONCE = { atOnce: true };
+
+/** What the request of a migration committed: the partition as it left it, and the two nodes. */
+export interface AcceptedMigration {
+  row: PartitionRow;
+  source: NodeRow;
+  target: NodeRow;
+}
 
 /** Where the guest is once a migration attempt ended. */
 type Outcome = 'moved' | 'stayed';
@@ -78,7 +85,7 @@ export class MigrationOperations implements OnModuleInit {
   ) {}
 
   /** Destinations being prepared ahead by this replica, by migration (operation) id: see prepareAhead. */
-  private readonly ahead = new Map<string, Promise<Record<string, unknown>>>();
+  private readonly ahead = new Map<string, { prepared: Promise<Record<string, unknown>>; accepted?: AcceptedMigration }>();
 
   onModuleInit(): void {
     this.runner.register('partition.migrate', (op, ctx) => this.handleMigrate(op, ctx));
@@ -98,7 +105,9 @@ export class MigrationOperations implements OnModuleInit {
   /** partition.migrate: see the class comment for the order of steps. */
   async handleMigrate(op: OperationRow, ctx: OperationContext): Promise<void> {
     const p = op.params as unknown as MigrateParams;
-    const row = await this.partitions.getById(op.target_id);
+    // Run here just after the request committed (the usual case): the rows it committed, not read again.
+    const known = op.attempts > 1 ? undefined : this.ahead.get(op.id)?.accepted;
+    const row = known?.row ?? (await this.partitions.getById(op.target_id));
     if (!row) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     if (row.state !== 'migrating' || row.target_node_id !== p.targetNodeId) {
       // Ended already: a re-run after a crash between the record and the operation's end. The
@@ -111,7 +120,7 @@ export class MigrationOperations implements OnModuleInit {
       }
       throw new FailedPreconditionError(`the migration of partition ${row.name} ended without moving it`);
     }
-    const [source, target] = await Promise.all([this.nodes.findByIdOrName(p.sourceNodeId), this.nodes.findByIdOrName(p.targetNodeId)]);
+    const [source, target] = known ? [known.source, known.target] : await Promise.all([this.nodes.findByIdOrName(p.sourceNodeId), this.nodes.findByIdOrName(p.targetNodeId)]);
     const names = { sourceNode: source?.name ?? p.sourceNodeId, targetNode: target?.name ?? p.targetNodeId };
     const log = this.log.child({ operationId: op.id, partition: row.name, from: names.sourceNode, to: names.targetNode });
     let stage = op.metadata?.stage ?? 'new';
@@ -246,10 +255,19 @@ export class MigrationOperations implements OnModuleInit {
       return this.prepare(row, p, disk, migrationId);
     })();
     prepared.catch((err: unknown) => this.log.debug({ err, operationId: migrationId }, 'preparing the destination ahead failed; the operation prepares it'));
-    this.ahead.set(migrationId, prepared);
+    this.ahead.set(migrationId, { prepared });
     // Taken by the operation when it runs here; forgotten after a while when it runs elsewhere.
     setTimeout(() => this.ahead.delete(migrationId), AHEAD_KEPT_MS).unref();
     return true;
+  }
+
+  /**
+   * The rows the request's transaction wrote and read for a migration prepared ahead, for its
+   * handler when it runs here: kept with the prepare (and dropped with it when the request does not commit).
+   */
+  acceptedAhead(migrationId: string, accepted: AcceptedMigration): void {
+    const entry = this.ahead.get(migrationId);
+    if (entry) entry.accepted = accepted;
   }
 
   /** A migration whose request did not commit: what was prepared ahead for it goes (also if the prepare is still on its way). */
@@ -266,7 +284,7 @@ export class MigrationOperations implements OnModuleInit {
    * its answer, or with undefined when it failed.
    */
   private takeAhead(migrationId: string): Promise<Record<string, unknown> | undefined> | undefined {
-    const prepared = this.ahead.get(migrationId);
+    const prepared = this.ahead.get(migrationId)?.prepared;
     this.ahead.delete(migrationId);
     return prepared?.catch(() => undefined);
   }

@@ -88,6 +88,14 @@ describe('MigrationService.migrate: the destination is prepared ahead of the com
     expect((ops as unknown as { takeAhead(id: string): unknown }).takeAhead('op-1')).toBeUndefined(); // taken once
   });
 
+  it('keeps what the request committed (the migrating partition, both nodes) for its handler here, which then reads neither again', async () => {
+    const { sessions } = fakeSessions();
+    const ops = operations(sessions);
+    await service(ops, 'ok').migrate(principal, 'proj', P, { targetNode: 'b', storage: 'shared' });
+    const entry = (ops as unknown as { ahead: Map<string, { accepted?: unknown }> }).ahead.get('op-1');
+    expect(entry?.accepted).toEqual({ row: { ...row, state: 'migrating', target_node_id: TARGET.id }, source: SOURCE, target: TARGET });
+  });
+
   it('aborts what it prepared, by migration id, when the request does not commit (after the prepare answered)', async () => {
     let answerPrepare!: () => void;
     const prepareAnswered = new Promise<void>((r) => (answerPrepare = r));

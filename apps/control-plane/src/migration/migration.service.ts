@@ -130,6 +130,7 @@ export class MigrationService {
       const params = ahead?.params ?? paramsTo(target);
       if (!ahead) prepareAhead(params);
       const moving = await this.partitions.beginMigration(db, row.id, target.id, `${live ? 'live' : 'cold'} migration to node ${target.name}`);
+      if (ahead && moving) this.operations.acceptedAhead(operationId, { row: moving, source, target });
       return { row: moving, params: params as unknown as Record<string, unknown> };
     }, async () => {
       committed = true;

@@ -135,34 +135,40 @@ export class OperationsService {
       if (!Number.isFinite(n) || n < 0 || n > MAX_WAIT_SECONDS) throw ValidationError.field('timeoutSeconds', `must be a number between 0 and ${MAX_WAIT_SECONDS}`);
       seconds = n;
     }
-    const row = await this.find(principal, projectId, id);
-    if (isFinal(row.status) || seconds === 0) return operationView(row);
-    // The final view, when an event brought it (no read needed then).
+    // Subscribed before the read: an end that comes after it is heard, one before it is read (one
+    // read, not a second look once subscribed). Events are notifications only: looked at again now and then.
+    /** The final view, when an event brought it (no read needed then). */
     let final: OperationView | undefined;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        clearInterval(poll);
-        unsubscribe();
-        signal?.removeEventListener('abort', done);
-        resolve();
-      };
-      const check = () => void this.ops.get(id).then((r) => {
-        if (r && !isFinal(r.status)) return;
-        if (r) final = operationView(r);
-        done();
-      }, () => undefined);
-      const unsubscribe = this.events.subscribeTo(id, (e) => {
-        if (e.resourceType !== 'operation' || !isFinal((e.data as OperationView).status as OperationStatus)) return;
-        final = e.data as OperationView;
-        done();
-      });
-      // Events are notifications only: look now (it may have finished before we subscribed) and now and then.
-      const poll = setInterval(check, 2000);
-      const timer = setTimeout(done, seconds * 1000);
-      signal?.addEventListener('abort', done);
-      check();
+    let wake: () => void = () => undefined;
+    const unsubscribe = this.events.subscribeTo(id, (e) => {
+      if (e.resourceType !== 'operation' || !isFinal((e.data as OperationView).status as OperationStatus)) return;
+      final = e.data as OperationView;
+      wake();
     });
+    let timer: NodeJS.Timeout | undefined;
+    let poll: NodeJS.Timeout | undefined;
+    let row: OperationRow;
+    try {
+      row = await this.find(principal, projectId, id);
+      if (final || isFinal(row.status) || seconds === 0) return final ?? operationView(row);
+      await new Promise<void>((done) => {
+        const resolve = () => done();
+        wake = resolve;
+        poll = setInterval(() => void this.ops.get(id).then((r) => {
+          if (r && !isFinal(r.status)) return;
+          if (r) final = operationView(r);
+          resolve();
+        }, () => undefined), 2000);
+        timer = setTimeout(resolve, seconds * 1000);
+        signal?.addEventListener('abort', resolve);
+        if (signal?.aborted) resolve();
+      });
+    } finally {
+      signal?.removeEventListener('abort', wake);
+      unsubscribe();
+      clearTimeout(timer);
+      clearInterval(poll);
+    }
     return final ?? operationView((await this.ops.get(id)) ?? row);
   }
 

@@ -2,8 +2,9 @@
  * Host process helpers for QEMU guests that may not be our children (adopted after an agent
  * restart): liveness by pid, identity by command line, pid files.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, watch } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 
 /**
  * True while process `pid` exists and is not a zombie. A zombie counts as gone: an adopted QEMU
@@ -71,4 +72,42 @@ export async function waitForPidExit(pid: number, timeoutMs: number, pollMs = 50
     await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
   return true;
+}
+
+/** How often {@link socketAppeared} looks for the socket besides what inotify tells it (a fallback). */
+const SOCKET_LOOK_MS = 20;
+
+/**
+ * Resolves once the unix socket at `path` exists (QEMU binds its QMP socket early in its start),
+ * QEMU exited, or `deadline` passed: told by inotify on the directory, with a look every
+ * SOCKET_LOOK_MS besides. Connecting again and again until it answered made a socket and an error
+ * each time, every few ms: CPU taken from the QEMU that was starting (a migration's destination
+ * started 40-60 ms slower through the API than bare on a busy 2-core machine).
+ */
+export function socketAppeared(path: string, exited: Promise<unknown>, deadline: number, lookMs = SOCKET_LOOK_MS): Promise<void> {
+  return new Promise<void>((resolve) => {
+    let watcher: ReturnType<typeof watch> | undefined;
+    let ended = false;
+    const done = () => {
+      if (ended) return;
+      ended = true;
+      clearInterval(timer);
+      watcher?.close();
+      resolve();
+    };
+    const look = () => {
+      if (existsSync(path) || Date.now() > deadline) done();
+    };
+    try {
+      watcher = watch(dirname(path), (_event, name) => {
+        if (name === null || String(name) === basename(path)) look();
+      });
+      watcher.on('error', () => undefined); // the looks go on
+    } catch {
+      // No inotify here: the looks alone.
+    }
+    const timer = setInterval(look, lookMs);
+    void exited.then(done, done);
+    look();
+  });
 }

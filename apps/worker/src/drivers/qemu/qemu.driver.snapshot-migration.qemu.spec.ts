@@ -287,6 +287,7 @@ describeWithQemu(`QemuDriver snapshots and migration against real QEMU${missing 
     await sourceGone(a, dirA, id, sourcePid);
     expect(b.isRunning(id)).toBe(true);
     expect(progress.map((p) => p.phase)).toEqual(expect.arrayContaining(['storage', 'memory']));
+    expect(progress.map((p) => p.phase)).not.toContain('completed'); // told by the result, not by a progress report
     const onDest = await nextBeats(dirB, id, 0, 2);
     expect(onDest[0]).toBeGreaterThan(1);
     expect(onDest[0]).toBeGreaterThanOrEqual(lastOnSource);

@@ -53,7 +53,7 @@ import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnecti
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
 import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob, watchEvent } from './qemu-jobs';
-import { cmdlineContains, pidAlive, readPidFile, readPidFileSync, signalPid, waitForPidExit } from './qemu-process';
+import { cmdlineContains, pidAlive, readPidFile, readPidFileSync, signalPid, socketAppeared, waitForPidExit } from './qemu-process';
 
 /** Settings of a QEMU driver; paths are made absolute. */
 export interface QemuDriverOptions {
@@ -501,6 +501,7 @@ export class QemuDriver implements PartitionDriver {
     const deadline = Date.now() + (this.options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
     let exit: ExitStatus | undefined;
     void exited.then((s) => (exit = s));
+    await socketAppeared(path, exited, deadline);
     for (;;) {
       if (exit) throw new InternalError(`qemu exited during start (${describeStatus(exit)}): ${await this.logTail(dir) || 'no output'}`);
       try {
@@ -511,7 +512,7 @@ export class QemuDriver implements PartitionDriver {
         if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) {
           throw new InternalError(`qemu did not answer on QMP: ${(error as Error).message}`);
         }
-        await new Promise((r) => setTimeout(r, 5)); // the socket appears within ms of the spawn: look often
+        await new Promise((r) => setTimeout(r, 2)); // bound, not yet listening (QEMU listens right after)
       }
     }
   }
@@ -1081,12 +1082,14 @@ export class QemuDriver implements PartitionDriver {
       for (;;) {
         info = await qmp.queryMigrate();
         const progress = progressOf(info);
+        // The end is told by the answer (the control plane records no progress for it): reported
+        // here, it would reach the control plane just ahead of the answer and compete with it.
+        if (info.status === 'completed') break;
         // Reported once the copy has run MIGRATION_QUIET_MS. The switch-over (guest paused, the last
         // pages and the device state on their way) usually ends within ms: it is reported only when
         // it lasts, so the report does not compete with it.
         if (info.status === 'device' && !switchingSince) switchingSince = Date.now();
         if (Date.now() - memoryStarted >= MIGRATION_QUIET_MS && (info.status !== 'device' || Date.now() - switchingSince >= MIGRATION_POLL_MS)) onProgress(progress);
-        if (info.status === 'completed') break;
         if (info.status === 'failed') throw new InternalError(`migration to ${target.host}:${target.port} failed: ${info['error-desc'] ?? 'no detail from QEMU'}`);
         if (info.status === 'cancelled') {
           checkCancel();
