@@ -152,16 +152,15 @@ export class OperationsService {
       row = await this.find(principal, projectId, id);
       if (final || isFinal(row.status) || seconds === 0) return final ?? operationView(row);
       await new Promise<void>((done) => {
-        const resolve = () => done();
-        wake = resolve;
+        wake = () => done();
         poll = setInterval(() => void this.ops.get(id).then((r) => {
           if (r && !isFinal(r.status)) return;
           if (r) final = operationView(r);
-          resolve();
+          wake();
         }, () => undefined), 2000);
-        timer = setTimeout(resolve, seconds * 1000);
-        signal?.addEventListener('abort', resolve);
-        if (signal?.aborted) resolve();
+        timer = setTimeout(wake, seconds * 1000);
+        signal?.addEventListener('abort', wake);
+        if (signal?.aborted) wake();
       });
     } finally {
       signal?.removeEventListener('abort', wake);

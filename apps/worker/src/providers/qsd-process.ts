@@ -7,8 +7,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { chmod, open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { QmpClient, QmpDisconnectedError } from '@hyperplane/qmp';
-import { cmdlineContains, pidAlive, readPidFile, signalPid } from '../drivers/qemu/qemu-process';
+import { QmpClient } from '@hyperplane/qmp';
+import { cmdlineContains, connectWhileStarting, pidAlive, readPidFile, signalPid } from '../drivers/qemu/qemu-process';
 
 /** How long a daemon may take from spawn to a QMP answer. */
 const START_TIMEOUT_MS = 15_000;
@@ -76,7 +76,7 @@ export async function spawnQsd(binary: string, dir: string, role: string, args: 
     child.once('error', (error) => resolve(`could not start: ${error.message}`));
   });
   try {
-    const qmp = await connectWhileStarting(files.qmp, exited, files.log);
+    const qmp = await connectStarted(files.qmp, exited, files.log);
     await chmod(files.qmp, 0o600);
     const pid = await readPidFile(files.pid);
     if (pid === undefined || pid !== child.pid) throw new Error(`pid file says ${pid ?? 'nothing'}, but the process is ${child.pid}`);
@@ -148,20 +148,14 @@ function watch(pid: number, qmp: QmpClient, ended: Promise<string>, sigkill: () 
   };
 }
 
-async function connectWhileStarting(path: string, exited: Promise<string>, log: string): Promise<QmpClient> {
-  const deadline = Date.now() + START_TIMEOUT_MS;
+async function connectStarted(path: string, exited: Promise<string>, log: string): Promise<QmpClient> {
   let exit: string | undefined;
   void exited.then((how) => (exit = how));
-  for (;;) {
+  try {
+    return await connectWhileStarting(path, exited, Date.now() + START_TIMEOUT_MS, { connectTimeoutMs: 5_000, commandTimeoutMs: 30_000 });
+  } catch (error) {
     if (exit) throw new Error(`qemu-storage-daemon ${exit} during start${await tailSuffix(log)}`);
-    try {
-      return await QmpClient.connect(path, { connectTimeoutMs: 5_000, commandTimeoutMs: 30_000 });
-    } catch (error) {
-      const code = error instanceof QmpDisconnectedError ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined;
-      if (exit) continue;
-      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) throw new Error(`qemu-storage-daemon did not answer on QMP: ${(error as Error).message}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    throw new Error(`qemu-storage-daemon did not answer on QMP: ${(error as Error).message}`);
   }
 }
 

@@ -1,10 +1,12 @@
 /**
  * Host process helpers for QEMU guests that may not be our children (adopted after an agent
- * restart): liveness by pid, identity by command line, pid files.
+ * restart): liveness by pid, identity by command line, pid files; and the QMP connect of a
+ * process that is starting.
  */
 import { existsSync, readFileSync, watch } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
+import { QmpClient, QmpDisconnectedError, type QmpClientOptions } from '@hyperplane/qmp';
 
 /**
  * True while process `pid` exists and is not a zombie. A zombie counts as gone: an adopted QEMU
@@ -110,4 +112,27 @@ export function socketAppeared(path: string, exited: Promise<unknown>, deadline:
     void exited.then(done, done);
     look();
   });
+}
+
+/**
+ * Connects to the QMP socket of a process that is starting (QEMU, qemu-storage-daemon): waits
+ * until the socket is there ({@link socketAppeared}), then connects, again only in the moment it is
+ * bound but not yet listening. Throws when the process exited first (the caller, which knows how
+ * it exited, says so), when `deadline` passed, or when the connect fails otherwise.
+ */
+export async function connectWhileStarting(path: string, exited: Promise<unknown>, deadline: number, options: QmpClientOptions): Promise<QmpClient> {
+  let gone = false;
+  void exited.then(() => (gone = true));
+  await socketAppeared(path, exited, deadline);
+  for (;;) {
+    if (gone) throw new Error('the process exited during start');
+    try {
+      return await QmpClient.connect(path, options);
+    } catch (error) {
+      const code = error instanceof QmpDisconnectedError ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined;
+      if (gone) continue;
+      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) throw error;
+      await new Promise((r) => setTimeout(r, 2)); // bound, not yet listening (it listens right after)
+    }
+  }
 }

@@ -18,7 +18,7 @@ import { totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError, NotFoundError, PARTITION_LIMITS, UUID_RE, ValidationError } from '@hyperplane/domain';
-import { QmpClient, QmpDisconnectedError, type MigrationInfo } from '@hyperplane/qmp';
+import { QmpClient, type MigrationInfo } from '@hyperplane/qmp';
 import type { Logger } from 'pino';
 import { freePortPair } from '../../ports';
 import { Reverter } from '../../reverter';
@@ -53,7 +53,7 @@ import { chooseAccelerator, cpuFlags, createOverlay, findOnPath, killTcpConnecti
 import { ImageStore } from './image-store';
 import { DISK_NODE, EPHEMERAL_FILES, MAX_SOCKET_PATH, RUNTIME_FILES, buildQemuArgs, qemuOptValue } from './qemu-args';
 import { checkTag, progressOf, runJob, sleep, snapshotsFromImageInfo, waitJob, watchEvent } from './qemu-jobs';
-import { cmdlineContains, pidAlive, readPidFile, readPidFileSync, signalPid, socketAppeared, waitForPidExit } from './qemu-process';
+import { cmdlineContains, connectWhileStarting, pidAlive, readPidFile, readPidFileSync, signalPid, waitForPidExit } from './qemu-process';
 
 /** Settings of a QEMU driver; paths are made absolute. */
 export interface QemuDriverOptions {
@@ -498,24 +498,16 @@ export class QemuDriver implements PartitionDriver {
 
   /** Connects to QMP while QEMU starts: retries while the socket is missing, fails at once if QEMU exits. */
   private async connectWhileStarting(path: string, exited: Promise<ExitStatus>, dir: string): Promise<QmpClient> {
-    const deadline = Date.now() + (this.options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
     let exit: ExitStatus | undefined;
     void exited.then((s) => (exit = s));
-    await socketAppeared(path, exited, deadline);
-    for (;;) {
+    try {
+      return await connectWhileStarting(path, exited, Date.now() + (this.options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS), { connectTimeoutMs: 5_000, commandTimeoutMs: 10_000 });
+    } catch (error) {
       if (exit) throw new InternalError(`qemu exited during start (${describeStatus(exit)}): ${await this.logTail(dir) || 'no output'}`);
-      try {
-        return await QmpClient.connect(path, { connectTimeoutMs: 5_000, commandTimeoutMs: 10_000 });
-      } catch (error) {
-        const code = error instanceof QmpDisconnectedError ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined;
-        if (exit) continue;
-        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) {
-          throw new InternalError(`qemu did not answer on QMP: ${(error as Error).message}`);
-        }
-        await new Promise((r) => setTimeout(r, 2)); // bound, not yet listening (QEMU listens right after)
-      }
+      throw new InternalError(`qemu did not answer on QMP: ${(error as Error).message}`);
     }
   }
+
 
   private newInstance(id: string, dir: string, pid: number, child: ChildProcess | undefined): Instance {
     let resolveGone!: () => void;
