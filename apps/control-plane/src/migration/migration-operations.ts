@@ -85,10 +85,10 @@ export class MigrationOperations implements OnModuleInit {
   ) {}
 
   /** Destinations being prepared ahead by this replica, by migration (operation) id: see prepareAhead. */
-  private readonly ahead = new Map<string, { prepared: Promise<Record<string, unknown>>; accepted?: AcceptedMigration }>();
+  private readonly ahead = new Map<string, { prepared: Promise<Record<string, unknown>> }>();
 
   onModuleInit(): void {
-    this.runner.register('partition.migrate', (op, ctx) => this.handleMigrate(op, ctx));
+    this.runner.register('partition.migrate', (op, ctx, accepted?: AcceptedMigration) => this.handleMigrate(op, ctx, accepted));
     this.operations.onCancelledBeforeStart('partition.migrate', (op) => this.undoPending(op));
   }
 
@@ -102,11 +102,13 @@ export class MigrationOperations implements OnModuleInit {
     await this.end(row, 'stayed', p, '', undefined, op.id);
   }
 
-  /** partition.migrate: see the class comment for the order of steps. */
-  async handleMigrate(op: OperationRow, ctx: OperationContext): Promise<void> {
+  /**
+   * partition.migrate: see the class comment for the order of steps. `accepted`: the rows the
+   * request committed, when it runs here just after (the usual case): not read again.
+   */
+  async handleMigrate(op: OperationRow, ctx: OperationContext, accepted?: AcceptedMigration): Promise<void> {
     const p = op.params as unknown as MigrateParams;
-    // Run here just after the request committed (the usual case): the rows it committed, not read again.
-    const known = op.attempts > 1 ? undefined : this.ahead.get(op.id)?.accepted;
+    const known = op.attempts > 1 ? undefined : accepted;
     const row = known?.row ?? (await this.partitions.getById(op.target_id));
     if (!row) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     if (row.state !== 'migrating' || row.target_node_id !== p.targetNodeId) {
@@ -259,15 +261,6 @@ export class MigrationOperations implements OnModuleInit {
     // Taken by the operation when it runs here; forgotten after a while when it runs elsewhere.
     setTimeout(() => this.ahead.delete(migrationId), AHEAD_KEPT_MS).unref();
     return true;
-  }
-
-  /**
-   * The rows the request's transaction wrote and read for a migration prepared ahead, for its
-   * handler when it runs here: kept with the prepare (and dropped with it when the request does not commit).
-   */
-  acceptedAhead(migrationId: string, accepted: AcceptedMigration): void {
-    const entry = this.ahead.get(migrationId);
-    if (entry) entry.accepted = accepted;
   }
 
   /** A migration whose request did not commit: what was prepared ahead for it goes (also if the prepare is still on its way). */

@@ -35,12 +35,13 @@ function operations(sessions: AgentSessions): MigrationOperations {
  * The service with fakes around it; `act` plays PartitionsService.act: it runs the request's
  * checks with the operation id, then commits (the afterCommit hook runs) or fails at the commit.
  */
-function service(ops: MigrationOperations, commit: 'ok' | 'fails', o: { target?: typeof TARGET; attachments?: unknown[]; steps?: string[] } = {}) {
+function service(ops: MigrationOperations, commit: 'ok' | 'fails', o: { target?: typeof TARGET; attachments?: unknown[]; steps?: string[]; prepared?: unknown[] } = {}) {
   const target = o.target ?? TARGET;
   const steps = o.steps ?? [];
   const partitionsService = {
     act: async (_p: unknown, _proj: string, _id: string, _action: string, _kind: string, _params: unknown, _opts: unknown, prepare: (db: unknown, r: PartitionRow, opId: string) => Promise<unknown>, afterCommit?: () => Promise<void>) => {
-      await prepare({}, row, 'op-1');
+      const prepared = await prepare({}, row, 'op-1');
+      o.prepared?.push(prepared);
       if (commit === 'fails') throw new Error('could not serialize access');
       await afterCommit?.();
       return { partition: { id: P }, operation: { id: 'op-1' } };
@@ -88,12 +89,12 @@ describe('MigrationService.migrate: the destination is prepared ahead of the com
     expect((ops as unknown as { takeAhead(id: string): unknown }).takeAhead('op-1')).toBeUndefined(); // taken once
   });
 
-  it('keeps what the request committed (the migrating partition, both nodes) for its handler here, which then reads neither again', async () => {
+  it('gives its handler what the request committed (the migrating partition, both nodes), which it then reads neither again', async () => {
     const { sessions } = fakeSessions();
     const ops = operations(sessions);
-    await service(ops, 'ok').migrate(principal, 'proj', P, { targetNode: 'b', storage: 'shared' });
-    const entry = (ops as unknown as { ahead: Map<string, { accepted?: unknown }> }).ahead.get('op-1');
-    expect(entry?.accepted).toEqual({ row: { ...row, state: 'migrating', target_node_id: TARGET.id }, source: SOURCE, target: TARGET });
+    const prepared: unknown[] = [];
+    await service(ops, 'ok', { prepared }).migrate(principal, 'proj', P, { targetNode: 'b', storage: 'shared' });
+    expect(prepared).toEqual([expect.objectContaining({ read: { row: { ...row, state: 'migrating', target_node_id: TARGET.id }, source: SOURCE, target: TARGET } })]);
   });
 
   it('aborts what it prepared, by migration id, when the request does not commit (after the prepare answered)', async () => {

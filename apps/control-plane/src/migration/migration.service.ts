@@ -8,7 +8,7 @@ import { PartitionOperationView, PartitionsService } from '../partitions/partiti
 import { PlacementService, PlacementSpec } from '../partitions/placement.service';
 import { ServiceChainRepository } from '../service-chains/service-chain.repository';
 import { SnapshotRepository } from '../snapshots/snapshot.repository';
-import { MigrationOperations } from './migration-operations';
+import { AcceptedMigration, MigrationOperations } from './migration-operations';
 import { MigratePartitionInput } from './migration.dto';
 
 /** What a `partition.migrate` operation carries (its params). */
@@ -130,8 +130,9 @@ export class MigrationService {
       const params = ahead?.params ?? paramsTo(target);
       if (!ahead) prepareAhead(params);
       const moving = await this.partitions.beginMigration(db, row.id, target.id, `${live ? 'live' : 'cold'} migration to node ${target.name}`);
-      if (ahead && moving) this.operations.acceptedAhead(operationId, { row: moving, source, target });
-      return { row: moving, params: params as unknown as Record<string, unknown> };
+      // What the handler would read first (MigrationOperations.handleMigrate), as committed here.
+      const read: AcceptedMigration | undefined = moving && { row: moving, source, target };
+      return { row: moving, params: params as unknown as Record<string, unknown>, read };
     }, async () => {
       committed = true;
     }).then(

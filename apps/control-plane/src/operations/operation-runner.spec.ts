@@ -151,6 +151,25 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     await runner.onModuleDestroy();
   });
 
+  it('hands a run here what its request committed instead of the prefetch, and prefetches when it got nothing', async () => {
+    const { runner } = started(4);
+    const seen: unknown[] = [];
+    const prefetched: string[] = [];
+    runner.register<string>('thing.do', async (_op, _ctx, read) => void seen.push(read), async (id) => {
+      prefetched.push(id);
+      return `read for ${id}`;
+    });
+    await runner.onApplicationBootstrap();
+    runner.leaseHere('thing.do');
+    runner.runHere(running('op-12', 'thing.do'), 'as committed');
+    runner.leaseHere('thing.do');
+    runner.runHere(running('op-13', 'thing.do'));
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    expect(seen).toEqual(['as committed', 'read for op-13']);
+    expect(prefetched).toEqual(['op-13']); // not read for the one that came with its rows
+    await runner.onModuleDestroy();
+  });
+
   it('a run gives its slot back when it ends, also when its end cannot be recorded (nothing thrown out of it)', async () => {
     const { runner } = started(1, {
       finish: async () => {

@@ -140,13 +140,15 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
 
   /**
    * Runs `op`, recorded running under a lease from {@link leaseHere}, to its final status (not
-   * waited for). The caller tells the event streams that it started.
+   * waited for). The caller tells the event streams that it started. `read`: what the kind's
+   * prefetch would read, as the request's transaction committed it (then not read again).
    */
-  runHere(op: OperationRow): void {
+  runHere(op: OperationRow, read?: unknown): void {
     this.unlease();
     const registered = this.handlers.get(op.kind)!;
     this.leased.add(op.id);
-    this.execute(op, registered.handler, registered.prefetch?.(op.id).catch(() => undefined), true)
+    const prefetched = read !== undefined ? Promise.resolve(read) : registered.prefetch?.(op.id).catch(() => undefined);
+    this.execute(op, registered.handler, prefetched, true)
       // Its end could not be recorded (the database gone): the lease runs out and the sweep takes it up.
       .catch((err: unknown) => this.log.error({ err, operationId: op.id }, 'recording the end of an operation failed'))
       .finally(() => {

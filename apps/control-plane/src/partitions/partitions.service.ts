@@ -367,7 +367,8 @@ export class PartitionsService {
    * check If-Match, the state ({@link assertCanPerform}) and that no other operation is in
    * flight (delete supersedes it), let `prepare` check and change more (it gets the id the
    * operation will have; it may return the changed row, the operation's params, the phase it
-   * starts in and an `extra` result), insert the operation; after the commit, start it here
+   * starts in, an `extra` result and the rows the handler reads first, as `read`: run here, the
+   * handler gets them instead of reading them), insert the operation; after the commit, start it here
    * (see OperationRunner.leaseHere) or queue its job, and publish. Used by partitions, snapshots
    * and migration.
    */
@@ -379,7 +380,7 @@ export class PartitionsService {
     kind: string,
     params: Record<string, unknown>,
     opts: MutationOptions,
-    prepare?: (db: Db, row: PartitionRow, operationId: string) => Promise<{ row?: PartitionRow; params?: Record<string, unknown>; extra?: X; phase?: { phase: string; progress: number } }>,
+    prepare?: (db: Db, row: PartitionRow, operationId: string) => Promise<{ row?: PartitionRow; params?: Record<string, unknown>; extra?: X; phase?: { phase: string; progress: number }; read?: unknown }>,
     afterCommit?: (r: { partition: PartitionView; operation: OperationView; extra?: X }) => Promise<void>,
   ): Promise<{ partition: PartitionView; operation: OperationView; extra?: X }> {
     requireRole(principal, 'operator', `${action} partitions`);
@@ -387,6 +388,8 @@ export class PartitionsService {
     // without a trip through the queue; else recorded pending with a queued job.
     const lease = this.runner.leaseHere(kind);
     let inserted: OperationRow | undefined;
+    /** What `prepare` says the handler would read first, as committed (not kept with an idempotency key's result). */
+    let read: unknown;
     let leaseUsed = false;
     return this.tx.run(
       { scope: `project:${projectId}`, name: `partitions.${action}`, input: { id, params }, key: opts.idempotencyKey },
@@ -405,6 +408,7 @@ export class PartitionsService {
         // Run here, it starts in the phase its handler would record first (a pending one has none yet).
         const start = lease ? prepared.phase : undefined;
         inserted = await this.ops.insert(db, { id: operationId, projectId, kind, targetType: 'partition', targetId: row.id, params: prepared.params ?? params, requestId: opts.requestId, ...start }, lease);
+        read = prepared.read;
         return { partition: partitionView(row), operation: operationView(inserted), superseded: live?.id, extra: prepared.extra };
       },
       async (r) => {
@@ -414,7 +418,7 @@ export class PartitionsService {
           // Started whatever happens above: committed running, it would otherwise wait for its lease to run out.
           if (lease && inserted) {
             leaseUsed = true;
-            this.runner.runHere(inserted);
+            this.runner.runHere(inserted, read);
           }
         }
         // afterCommit does not wait for the job and the events (a migration's destination starts getting ready).

@@ -91,7 +91,8 @@ export class SnapshotsService {
       // Recorded as current with the request (no write while the node loads it: a commit then
       // slowed the load); the one before is kept, and the handler puts it back if the revert fails.
       const moved = await this.partitionRows.setCurrentSnapshot(db, row.id, snap.id);
-      return { snap, row: moved, phase: revertPhase(row.state), params: { snapshotId: snap.id, previousSnapshotId: row.current_snapshot_id, currentRecorded: true } };
+      // The handler's first read (SnapshotOperations' prefetch) as committed here.
+      return { snap, row: moved, phase: revertPhase(row.state), params: { snapshotId: snap.id, previousSnapshotId: row.current_snapshot_id, currentRecorded: true }, read: moved && [moved, snap] };
     }, null);
   }
 
@@ -102,12 +103,12 @@ export class SnapshotsService {
     action: 'snapshot' | 'revert' | 'delete snapshots of',
     kind: string,
     opts: MutationOptions,
-    prepare: (db: Db, row: PartitionRow) => Promise<{ snap: SnapshotRow; params: Record<string, unknown>; row?: PartitionRow; phase?: { phase: string; progress: number } }>,
+    prepare: (db: Db, row: PartitionRow) => Promise<{ snap: SnapshotRow; params: Record<string, unknown>; row?: PartitionRow; phase?: { phase: string; progress: number }; read?: unknown }>,
     eventType: string | null,
   ): Promise<SnapshotOperationView> {
     const r = await this.partitions.act<SnapshotView>(principal, projectId, partitionId, action, kind, {}, opts, async (db, row) => {
-      const { snap, params, row: changed, phase } = await prepare(db, row);
-      return { params, row: changed, phase, extra: snapshotView(snap, (changed ?? row).current_snapshot_id) };
+      const { snap, params, row: changed, phase, read } = await prepare(db, row);
+      return { params, row: changed, phase, read, extra: snapshotView(snap, (changed ?? row).current_snapshot_id) };
     }, async (done) => {
       if (eventType && done.extra) await this.events.publish(snapshotEvent(eventType, done.extra));
     });
