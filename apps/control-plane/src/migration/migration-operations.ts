@@ -85,7 +85,7 @@ export class MigrationOperations implements OnModuleInit {
   ) {}
 
   /** Destinations being prepared ahead by this replica, by migration (operation) id: see prepareAhead. */
-  private readonly ahead = new Map<string, { prepared: Promise<Record<string, unknown>> }>();
+  private readonly ahead = new Map<string, Promise<Record<string, unknown>>>();
 
   onModuleInit(): void {
     this.runner.register('partition.migrate', (op, ctx, accepted?: AcceptedMigration) => this.handleMigrate(op, ctx, accepted));
@@ -257,7 +257,7 @@ export class MigrationOperations implements OnModuleInit {
       return this.prepare(row, p, disk, migrationId);
     })();
     prepared.catch((err: unknown) => this.log.debug({ err, operationId: migrationId }, 'preparing the destination ahead failed; the operation prepares it'));
-    this.ahead.set(migrationId, { prepared });
+    this.ahead.set(migrationId, prepared);
     // Taken by the operation when it runs here; forgotten after a while when it runs elsewhere.
     setTimeout(() => this.ahead.delete(migrationId), AHEAD_KEPT_MS).unref();
     return true;
@@ -277,7 +277,7 @@ export class MigrationOperations implements OnModuleInit {
    * its answer, or with undefined when it failed.
    */
   private takeAhead(migrationId: string): Promise<Record<string, unknown> | undefined> | undefined {
-    const prepared = this.ahead.get(migrationId)?.prepared;
+    const prepared = this.ahead.get(migrationId);
     this.ahead.delete(migrationId);
     return prepared?.catch(() => undefined);
   }

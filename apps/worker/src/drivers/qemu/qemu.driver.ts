@@ -496,7 +496,7 @@ export class QemuDriver implements PartitionDriver {
     }
   }
 
-  /** Connects to QMP while QEMU starts: retries while the socket is missing, fails at once if QEMU exits. */
+  /** Connects to QMP while QEMU starts (see connectWhileStarting in qemu-process.ts); says how QEMU exited when it did. */
   private async connectWhileStarting(path: string, exited: Promise<ExitStatus>, dir: string): Promise<QmpClient> {
     let exit: ExitStatus | undefined;
     void exited.then((s) => (exit = s));
@@ -507,7 +507,6 @@ export class QemuDriver implements PartitionDriver {
       throw new InternalError(`qemu did not answer on QMP: ${(error as Error).message}`);
     }
   }
-
 
   private newInstance(id: string, dir: string, pid: number, child: ChildProcess | undefined): Instance {
     let resolveGone!: () => void;
