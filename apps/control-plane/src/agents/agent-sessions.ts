@@ -6,6 +6,7 @@ import { Redis } from 'ioredis';
 import { Logger } from 'pino';
 import { Config, CONFIG } from '../config';
 import { LOGGER, REDIS, REDIS_SUB } from '../common/tokens';
+import type { PartitionRow } from '../partitions/partition.repository';
 
 /** A command to an agent, without its id. */
 export type CommandBody = Omit<agentV1.Command, 'id'>;
@@ -51,7 +52,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
   /** Commands written down a local stream and not yet answered (wire command id → node), failed when the stream goes. */
   private readonly unanswered = new Map<string, { nodeId: string; atOnce: boolean }>();
   private readonly prefix: string;
-  private pushSpec: (nodeId: string, partitionId: string) => Promise<void> = async () => undefined;
+  private pushSpec: (nodeId: string, partitionId: string, known?: PartitionRow) => Promise<void> = async () => undefined;
   private pushProvider: (nodeId: string, replicaId: string) => Promise<void> = async () => undefined;
   private readonly onMessage = (channel: string, message: string) => void this.route(channel, message);
 
@@ -79,7 +80,7 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
   }
 
   /** Sets how a partition's spec is sent down a local stream (AgentsService provides it). */
-  setSpecPusher(fn: (nodeId: string, partitionId: string) => Promise<void>): void {
+  setSpecPusher(fn: (nodeId: string, partitionId: string, known?: PartitionRow) => Promise<void>): void {
     this.pushSpec = fn;
   }
 
@@ -129,10 +130,14 @@ export class AgentSessions implements OnModuleInit, OnModuleDestroy {
     return true;
   }
 
-  /** Asks the replica holding the node's stream to send it a partition's current spec. False when no replica holds it. */
-  async sync(nodeId: string, partitionId: string): Promise<boolean> {
+  /**
+   * Asks the replica holding the node's stream to send it a partition's current spec. False when no
+   * replica holds it. `known`: the partition's row as the caller just read or wrote it; sent as it
+   * is when the stream is here (another replica reads the row itself).
+   */
+  async sync(nodeId: string, partitionId: string, known?: PartitionRow): Promise<boolean> {
     if (this.local.has(nodeId)) {
-      await this.pushSpec(nodeId, partitionId);
+      await this.pushSpec(nodeId, partitionId, known);
       return true;
     }
     const n = await this.redis.publish(this.nodeChannel(nodeId), JSON.stringify({ type: 'sync', partitionId } satisfies Routed));

@@ -68,7 +68,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
   ) {}
 
   onApplicationBootstrap(): void {
-    this.sessions.setSpecPusher((nodeId, partitionId) => this.pushSpec(nodeId, partitionId));
+    this.sessions.setSpecPusher((nodeId, partitionId, known) => this.pushSpec(nodeId, partitionId, known));
     const every = Math.max(500, Math.floor(this.config.nodeHeartbeatTimeoutMs / 3));
     this.staleTimer = setInterval(() => void this.markStale(), every);
     this.staleTimer.unref();
@@ -256,9 +256,9 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
     }
   }
 
-  /** Sends one partition's current spec down a local stream. */
-  async pushSpec(nodeId: string, partitionId: string): Promise<void> {
-    const row = await this.partitions.getById(partitionId);
+  /** Sends one partition's current spec down a local stream; `known`: its row as the caller just read or wrote it (else read here). */
+  async pushSpec(nodeId: string, partitionId: string, known?: PartitionRow): Promise<void> {
+    const row = known ?? (await this.partitions.getById(partitionId));
     if (!row || row.node_id !== nodeId) {
       this.sessions.send(nodeId, { upsert: { id: partitionId, desired: 'absent', generation: Date.now() } });
       return;
@@ -282,7 +282,7 @@ export class AgentsService implements OnApplicationBootstrap, OnModuleDestroy {
   }
 
   private async publishPartition(r: PartitionRow): Promise<void> {
-    await this.events.publish(partitionEvent('partition.updated', partitionView(r)));
+    await this.events.publish(partitionEvent('partition.updated', partitionView(r)), r);
   }
 }
 

@@ -38,7 +38,7 @@ interface EventMessage {
 @Injectable()
 export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly local = new EventEmitter();
-  private readonly byResource = new Map<string, Set<(e: HpEvent) => void>>();
+  private readonly byResource = new Map<string, Set<(e: HpEvent, record?: unknown) => void>>();
   private readonly channel: string;
   /** Tags this replica's messages, so it does not deliver its own events a second time. */
   private readonly origin = randomUUID();
@@ -93,11 +93,13 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
 
   /**
    * Publishes a change to every replica: this one's listeners at once, the others' through Redis.
+   * `record`: the resource as the change committed it (a row), handed to this replica's listeners
+   * of the resource with the event so they need not read it again; other replicas never get it.
    * Never throws: a lost notification is not an error.
    */
-  async publish(e: Omit<HpEvent, 'id' | 'at'>): Promise<void> {
+  async publish(e: Omit<HpEvent, 'id' | 'at'>, record?: unknown): Promise<void> {
     const event: HpEvent = { id: uuidv7(), at: new Date().toISOString(), ...e };
-    this.deliver(event);
+    this.deliver(event, record);
     await this.outbox.call(event);
   }
 
@@ -107,8 +109,11 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
     return () => this.local.off('event', fn);
   }
 
-  /** Calls `fn` for every event about the resource `resourceId` until the returned function is called. */
-  subscribeTo(resourceId: string, fn: (e: HpEvent) => void): () => void {
+  /**
+   * Calls `fn` for every event about the resource `resourceId` until the returned function is
+   * called; with the record its publisher gave, when it was published on this replica.
+   */
+  subscribeTo(resourceId: string, fn: (e: HpEvent, record?: unknown) => void): () => void {
     let set = this.byResource.get(resourceId);
     if (!set) this.byResource.set(resourceId, (set = new Set()));
     set.add(fn);
@@ -119,7 +124,7 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   }
 
   /** Hands an event to the listeners here; one that throws is logged, the others still hear it. */
-  private deliver(e: HpEvent): void {
+  private deliver(e: HpEvent, record?: unknown): void {
     try {
       this.local.emit('event', e);
     } catch (err) {
@@ -129,7 +134,7 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
     if (set) {
       for (const fn of [...set]) {
         try {
-          fn(e);
+          fn(e, record);
         } catch (err) {
           this.log.warn({ err, type: e.type }, 'an event listener failed');
         }

@@ -56,7 +56,7 @@ export class PartitionOperations implements OnModuleInit {
     }
     await this.tellNode(row);
     try {
-      await this.waitFor(row.id, ctx, (r) => {
+      await this.waitFor(row, ctx, (r) => {
         if (r.state === 'running' && r.observed_state === 'running' && Number(r.observed_generation) >= Number(row.generation)) return true;
         if (r.state === 'failed') throw new FailedPreconditionError(`partition ${r.name} failed to start: ${r.state_reason || 'no reason given'}`);
         if (r.state === 'deleting') throw new CancelledError(`partition ${r.name} is being deleted`);
@@ -93,7 +93,7 @@ export class PartitionOperations implements OnModuleInit {
     await this.sessions
       .command(node, { stop: { partitionId: row.id, force, graceMs } }, graceMs + 15_000)
       .catch((e: Error) => { if (!(e instanceof DeadlineExceededError)) throw e; });
-    await this.waitFor(row.id, ctx, (r) => {
+    await this.waitFor(row, ctx, (r) => {
       if (r.state === 'stopped') return true;
       if (r.state === 'failed') return true;
       if (r.state === 'deleting') throw new CancelledError(`partition ${r.name} is being deleted`);
@@ -117,10 +117,10 @@ export class PartitionOperations implements OnModuleInit {
     await ctx.progress('removing', 20);
     if (row.node_id) {
       const node = await this.nodes.findByIdOrName(row.node_id);
-      if (node?.status !== 'ready' || !(await this.sessions.sync(row.node_id, row.id))) {
+      if (node?.status !== 'ready' || !(await this.sessions.sync(row.node_id, row.id, row))) {
         throw new UnavailableError(`node ${node?.name ?? row.node_id} is unreachable; the partition stays deleting until it is back`);
       }
-      await this.waitFor(row.id, ctx, (r) => r.observed_state === 'absent' && Number(r.observed_generation) >= Number(row.generation));
+      await this.waitFor(row, ctx, (r) => r.observed_state === 'absent' && Number(r.observed_generation) >= Number(row.generation));
     }
     const gone = await inTransaction(this.ds, async (tx) => {
       const deleted = await this.partitions.delete(tx, row.id);
@@ -144,10 +144,10 @@ export class PartitionOperations implements OnModuleInit {
     return row.node_id;
   }
 
-  /** Pushes the partition's spec to its node; fails fast when no replica holds the node's stream. */
+  /** Pushes the partition's spec (`row`, as just read or written) to its node; fails fast when no replica holds the node's stream. */
   private async tellNode(row: PartitionRow): Promise<void> {
     const nodeId = this.requireNode(row);
-    if (!(await this.sessions.sync(nodeId, row.id))) {
+    if (!(await this.sessions.sync(nodeId, row.id, row))) {
       const node = await this.nodes.findByIdOrName(nodeId);
       const failed = await this.partitions.setState(this.ds.manager, row.id, 'failed', `node ${node?.name ?? nodeId} is unreachable`, ['deleting', 'stopped']);
       if (failed) await this.publish(failed);
@@ -155,13 +155,20 @@ export class PartitionOperations implements OnModuleInit {
     }
   }
 
-  /** Waits until `done(row)` is true (or throws), the operation is cancelled, or the timeout passes. */
-  private waitFor(id: string, ctx: OperationContext, done: (r: PartitionRow) => boolean): Promise<void> {
-    return waitFor(this.events, ctx, async () => {
-      const r = await this.partitions.getById(id);
+  /**
+   * Waits until `done(row)` is true (or throws), the operation is cancelled, or the timeout passes.
+   * Judges `known` (the partition as the handler just read or wrote it) first, then each row an
+   * event of this replica carries (the agent's reports), and reads the row only for the poll and
+   * for events from other replicas.
+   */
+  private waitFor(known: PartitionRow, ctx: OperationContext, done: (r: PartitionRow) => boolean): Promise<void> {
+    const id = known.id;
+    return waitFor(this.events, ctx, async (record) => {
+      const r = (record as PartitionRow | undefined) ?? (await this.partitions.getById(id));
       if (!r) throw new CancelledError(`partition ${id} no longer exists`);
       return done(r);
     }, {
+      known,
       resourceId: id,
       resourceType: 'partition',
       pollMs: POLL_MS,
@@ -171,6 +178,6 @@ export class PartitionOperations implements OnModuleInit {
   }
 
   private async publish(r: PartitionRow): Promise<void> {
-    await this.events.publish(partitionEvent('partition.updated', partitionView(r)));
+    await this.events.publish(partitionEvent('partition.updated', partitionView(r)), r);
   }
 }
