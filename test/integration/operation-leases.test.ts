@@ -59,3 +59,16 @@ it('without a lease an operation is recorded pending, for its job to start', asy
   expect(op).toMatchObject({ status: 'pending', attempts: 0, started_at: null, lease_owner: null, lease_until: null });
   expect(await ops.markRunning(op.id)).toMatchObject({ status: 'running', attempts: 1 });
 });
+
+it('records the first `leased` operations of a batch running under the lease, the rest pending, in order', async () => {
+  const batch = [newOp(), newOp(), newOp()];
+  const rows = await ops.insertRows(ds.manager, batch, { owner: 'replica-a', ms: 10_000 }, 2);
+  expect(rows.map((r) => r.id)).toEqual(batch.map((o) => o.id));
+  expect(rows.map((r) => [r.status, r.attempts, r.lease_owner])).toEqual([['running', 1, 'replica-a'], ['running', 1, 'replica-a'], ['pending', 0, null]]);
+  expect(rows[0]!.lease_until!.getTime() - rows[0]!.started_at!.getTime()).toBeGreaterThanOrEqual(9_900);
+  expect(rows[2]).toMatchObject({ started_at: null, lease_until: null });
+  expect(await ops.markRunning(rows[0]!.id)).toBeUndefined(); // a job does not start a leased one
+  expect(await ops.markRunning(rows[2]!.id)).toMatchObject({ status: 'running', attempts: 1 });
+  const none = await ops.insertRows(ds.manager, [newOp()]);
+  expect(none[0]).toMatchObject({ status: 'pending', lease_owner: null });
+});

@@ -5,7 +5,7 @@
  * project quota counts the creates of the same batch, and allocations equal what was placed. Two
  * replicas batching the same names at once: each name is created once, the others are 409.
  */
-import { Api, clusterAdminToken, InProcess, startInProcess } from '../helpers/control-plane';
+import { Api, clusterAdminToken, InProcess, startInProcess, waitUntil } from '../helpers/control-plane';
 import { seedNode, sql } from '../helpers/db';
 
 jest.setTimeout(120_000);
@@ -108,4 +108,29 @@ it('creates each name once when two replicas batch the same names at once', asyn
   expect(statuses.filter((s) => s !== 202)).toEqual(Array(20 - names.length).fill(409));
   const rows = await sql<{ name: string }>(`SELECT name FROM partitions WHERE project_id = $1 ORDER BY name`, [projectId]);
   expect(rows.map((r) => r.name)).toEqual(names);
+});
+
+it('runs as many operations of a batch as the replica has room for under its lease, queues the rest, and all of them end', async () => {
+  const small = await startInProcess({ HYPERPLANE_OPERATION_CONCURRENCY: '2' });
+  try {
+    const api = (await new Api(small.url, await clusterAdminToken()).newProject('batch-leases')).api;
+    const r = await create(api, 'leased', { count: 3 });
+    expect(r.status).toBe(202);
+    // Answered as recorded: the first two running under this replica's lease, the third pending for its job.
+    expect(r.body.operations.map((o: any) => o.status)).toEqual(['running', 'running', 'pending']);
+    const ids = r.body.operations.map((o: any) => o.id);
+    const owners = await sql<{ id: string; lease_owner: string | null; attempts: number }>(`SELECT id, lease_owner, attempts FROM operations WHERE id = ANY($1::uuid[])`, [ids]);
+    const byId = new Map(owners.map((o) => [o.id, o]));
+    expect(byId.get(ids[0])!.lease_owner).toEqual(expect.any(String));
+    expect(byId.get(ids[1])!.lease_owner).toBe(byId.get(ids[0])!.lease_owner);
+    expect(byId.get(ids[2])!.lease_owner).toBeNull();
+    // The seeded nodes have no agent: every create ends failed (node unreachable), the leased ones
+    // run here and the queued one by a job, each once.
+    await waitUntil(async () => (await sql<{ n: number }>(`SELECT count(*)::int AS n FROM operations WHERE id = ANY($1::uuid[]) AND status IN ('pending', 'running')`, [ids]))[0]!.n === 0, 30_000, 'the three operations to end');
+    const ended = await sql<{ status: string; attempts: number }>(`SELECT status, attempts FROM operations WHERE id = ANY($1::uuid[]) ORDER BY id`, [ids]);
+    expect(ended.map((o) => o.status)).toEqual(['failed', 'failed', 'failed']);
+    expect(ended.every((o) => o.attempts === 1)).toBe(true);
+  } finally {
+    await small.close();
+  }
 });

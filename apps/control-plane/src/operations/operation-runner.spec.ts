@@ -113,6 +113,19 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     await runner.onModuleDestroy();
   });
 
+  it('leases up to n at once for a batch, as many as it has room for; those given back free their slots', async () => {
+    const { runner } = started(3);
+    runner.register('thing.do', async () => undefined);
+    await runner.onApplicationBootstrap();
+    expect(runner.leaseUpTo('other.kind', 2)).toEqual({ count: 0 });
+    expect(runner.leaseUpTo('thing.do', 2)).toEqual({ lease: { owner: runner.owner, ms: 10_000 }, count: 2 });
+    expect(runner.leaseUpTo('thing.do', 5)).toEqual({ lease: { owner: runner.owner, ms: 10_000 }, count: 1 }); // one slot was left
+    expect(runner.leaseUpTo('thing.do', 1)).toEqual({ count: 0 });
+    runner.unlease(2);
+    expect(runner.leaseUpTo('thing.do', 5).count).toBe(2);
+    await runner.onModuleDestroy();
+  });
+
   it('does not lease when it runs no operations (the queue then carries them to a replica that does)', () => {
     const { runner } = started(8);
     runner.register('thing.do', async () => undefined);

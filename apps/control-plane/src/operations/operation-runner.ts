@@ -133,9 +133,25 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     return { owner: this.owner, ms: LEASE_MS };
   }
 
-  /** Gives back a lease from {@link leaseHere} whose operation was not recorded (the request failed). */
-  unlease(): void {
-    this.reserved = Math.max(0, this.reserved - 1);
+  /**
+   * Up to `n` leases of {@link leaseHere} at once, for operations recorded together (a batch of
+   * creates): the lease and how many it covers (0 when this replica has no room).
+   */
+  leaseUpTo(kind: string, n: number): { lease?: OperationLease; count: number } {
+    let lease: OperationLease | undefined;
+    let count = 0;
+    while (count < n) {
+      const l = this.leaseHere(kind);
+      if (!l) break;
+      lease = l;
+      count++;
+    }
+    return { lease, count };
+  }
+
+  /** Gives back `n` leases from {@link leaseHere} whose operations were not recorded (the request failed). */
+  unlease(n = 1): void {
+    this.reserved = Math.max(0, this.reserved - n);
   }
 
   /**

@@ -191,15 +191,20 @@ export class OperationRepository {
     return found.map((r) => r.id);
   }
 
-  /** Records any pending operations in one statement, in order. */
-  async insertRows(tx: Db, ops: NewOperation[]): Promise<OperationRow[]> {
+  /**
+   * Records any operations in one statement, in order: pending, or the first `leased` of them
+   * running already under `lease`, as {@link insert} records one.
+   */
+  async insertRows(tx: Db, ops: NewOperation[], lease?: OperationLease, leased = 0): Promise<OperationRow[]> {
     return rows<OperationRow>(tx,
-      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id)
-       SELECT u.id, u.project_id, u.kind, u.target_type, u.target_id, 'pending', u.params, u.request_id
+      `INSERT INTO operations (id, project_id, kind, target_type, target_id, status, params, request_id, started_at, attempts, lease_owner, lease_until)
+       SELECT u.id, u.project_id, u.kind, u.target_type, u.target_id, CASE WHEN u.ord <= $9 THEN 'running' ELSE 'pending' END, u.params, u.request_id,
+              CASE WHEN u.ord <= $9 THEN now() END, CASE WHEN u.ord <= $9 THEN 1 ELSE 0 END, CASE WHEN u.ord <= $9 THEN $8::text END,
+              CASE WHEN u.ord <= $9 THEN clock_timestamp() + make_interval(secs => $10::int / 1000.0) END
        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[], $7::text[])
          WITH ORDINALITY AS u(id, project_id, kind, target_type, target_id, params, request_id, ord)
        ORDER BY u.ord RETURNING *`,
-      [ops.map((o) => o.id), ops.map((o) => o.projectId), ops.map((o) => o.kind), ops.map((o) => o.targetType), ops.map((o) => o.targetId), ops.map((o) => JSON.stringify(o.params ?? {})), ops.map((o) => o.requestId ?? '')],
+      [ops.map((o) => o.id), ops.map((o) => o.projectId), ops.map((o) => o.kind), ops.map((o) => o.targetType), ops.map((o) => o.targetId), ops.map((o) => JSON.stringify(o.params ?? {})), ops.map((o) => o.requestId ?? ''), lease?.owner ?? null, lease ? leased : 0, lease?.ms ?? 0],
     );
   }
 

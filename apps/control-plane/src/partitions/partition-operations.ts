@@ -36,16 +36,17 @@ export class PartitionOperations implements OnModuleInit {
   ) {}
 
   onModuleInit(): void {
-    this.runner.register('partition.create', (op, ctx) => this.handleStart(op, ctx));
+    // A create run where it was accepted gets its partition row as the request committed it.
+    this.runner.register<PartitionRow>('partition.create', (op, ctx, committed) => this.handleStart(op, ctx, committed));
     this.runner.register('partition.start', (op, ctx) => this.handleStart(op, ctx));
     this.runner.register('partition.stop', (op, ctx) => this.handleStop(op, ctx));
     this.runner.register('partition.reboot', (op, ctx) => this.handleReboot(op, ctx));
     this.runner.register('partition.delete', (op, ctx) => this.handleDelete(op, ctx));
   }
 
-  /** create/start: desired running, then wait for the node to report it running. Cancel stops it again. */
-  async handleStart(op: OperationRow, ctx: OperationContext): Promise<void> {
-    let row = await this.mustGet(op);
+  /** create/start: desired running, then wait for the node to report it running. Cancel stops it again. `known`: the row, when the caller has it. */
+  async handleStart(op: OperationRow, ctx: OperationContext, known?: PartitionRow): Promise<void> {
+    let row = known ?? (await this.mustGet(op));
     if (row.state === 'running' && row.observed_state === 'running') return;
     if (row.state === 'deleting') throw new CancelledError(`partition ${row.name} is being deleted`);
     await this.images.beforeStart(op, row, ctx);

@@ -22,7 +22,7 @@ import { EventBus } from '../events/event-bus';
 import { PlacementDemand, PlacementService, PlacementSpec } from './placement.service';
 import { Batcher } from '../common/batcher';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
-import { NewOperation, OperationRepository, OperationRow } from '../operations/operation.repository';
+import { NewOperation, OperationLease, OperationRepository, OperationRow } from '../operations/operation.repository';
 import { OperationRunner } from '../operations/operation-runner';
 import { OperationView, OperationsService, operationView } from '../operations/operations.service';
 import { AgentSessions } from '../agents/agent-sessions';
@@ -178,69 +178,86 @@ export class PartitionsService {
     return outcomes;
   }
 
-  /** The transaction of {@link createBatch}: fills `outcomes`, and `alone` with the creates to redo by themselves. */
+  /**
+   * The transaction of {@link createBatch}: fills `outcomes`, and `alone` with the creates to redo
+   * by themselves. As many of the operations as this replica has room for are recorded running
+   * under its lease and started here after the commit (with the partition rows as committed), the
+   * others queued (see OperationRunner.leaseHere).
+   */
   private async batchTransaction(reqs: CreateRequest[], outcomes: CreateOutcome[], alone: number[]): Promise<void> {
-    await this.tx.run(
-      { scope: 'partitions', name: 'partitions.create', input: null },
-      async (db) => {
-        const taken = await this.partitions.namesTakenIn(db, reqs.flatMap((r) => r.names.map((name) => ({ projectId: r.projectId, name }))));
-        const asked = new Set<string>();
-        const live: number[] = [];
-        reqs.forEach((r, k) => {
-          const keys = r.names.map((n) => `${r.projectId}/${n}`);
-          const takenName = r.names.find((_, i) => taken.has(keys[i]!));
-          if (takenName !== undefined) outcomes[k] = { ok: false, error: new AlreadyExistsError('partition', takenName) };
-          else if (keys.some((key) => asked.has(key))) alone.push(k);
-          else live.push(k);
-          for (const key of keys) asked.add(key);
-        });
-        const terms = new Map<string, ImageTerms | DomainError>();
-        for (const k of live) {
-          const r = reqs[k]!;
-          const key = `${r.projectId}\0${r.input.image}`;
-          if (terms.has(key)) continue;
-          const adding = live.reduce((n, j) => n + (reqs[j]!.projectId === r.projectId && reqs[j]!.input.image === r.input.image ? reqs[j]!.names.length : 0), 0);
-          terms.set(key, await this.imagePolicy.admit(db, r.projectId, r.input.image, adding).catch((e: unknown) => {
-            if (e instanceof DomainError) return e;
-            throw e;
-          }));
-        }
-        const placing = live.filter((k) => {
-          if (!(terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) instanceof DomainError)) return true;
-          alone.push(k);
-          return false;
-        });
-        const placed = await this.placement.placeBatch(db, placing.map((k) => ({ projectId: reqs[k]!.projectId, demands: demandsOf(reqs[k]!, terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) as ImageTerms), asked: reqs[k]!.asked })));
-        const made: Array<{ k: number; rows: NewPartition[] }> = [];
-        placed.forEach((p, j) => {
-          const k = placing[j]!;
-          if (p.ok) made.push({ k, rows: newPartitions(reqs[k]!, p.nodeIds, terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) as ImageTerms) });
-          else if ('retryAlone' in p) alone.push(k);
-          else outcomes[k] = { ok: false, error: p.error };
-        });
-        if (made.length === 0) return [];
-        const rowsIn = await this.partitions.insertRows(db, made.flatMap((m) => m.rows));
-        const owner = made.flatMap((m) => m.rows.map(() => reqs[m.k]!));
-        const ops = await this.ops.insertRows(db, rowsIn.map((r, i) => newCreateOperation(owner[i]!, r)));
-        let at = 0;
-        for (const m of made) {
-          const n = m.rows.length;
-          outcomes[m.k] = { ok: true, value: answerOf(reqs[m.k]!, rowsIn.slice(at, at + n).map(partitionView), ops.slice(at, at + n).map(operationView)) };
-          at += n;
-        }
-        return [{ partitions: rowsIn.map(partitionView), operations: ops.map(operationView) }];
-      },
-      // Committed: from here on nothing may fail the batch (its creates exist). The jobs and events
-      // go out while the creates are answered (the sweep queues any job Redis missed).
-      async (created) => {
-        for (const c of created) void this.announce(c.partitions, c.operations).catch(() => undefined);
-      },
-    );
+    /** Leases of the operations recorded running, until they start (given back if the transaction fails). */
+    let leased: { lease?: OperationLease; count: number } = { count: 0 };
+    let inserted: { ops: OperationRow[]; rows: PartitionRow[] } | undefined;
+    try {
+      await this.tx.run(
+        { scope: 'partitions', name: 'partitions.create', input: null },
+        async (db) => {
+          const taken = await this.partitions.namesTakenIn(db, reqs.flatMap((r) => r.names.map((name) => ({ projectId: r.projectId, name }))));
+          const asked = new Set<string>();
+          const live: number[] = [];
+          reqs.forEach((r, k) => {
+            const keys = r.names.map((n) => `${r.projectId}/${n}`);
+            const takenName = r.names.find((_, i) => taken.has(keys[i]!));
+            if (takenName !== undefined) outcomes[k] = { ok: false, error: new AlreadyExistsError('partition', takenName) };
+            else if (keys.some((key) => asked.has(key))) alone.push(k);
+            else live.push(k);
+            for (const key of keys) asked.add(key);
+          });
+          const terms = new Map<string, ImageTerms | DomainError>();
+          for (const k of live) {
+            const r = reqs[k]!;
+            const key = `${r.projectId}\0${r.input.image}`;
+            if (terms.has(key)) continue;
+            const adding = live.reduce((n, j) => n + (reqs[j]!.projectId === r.projectId && reqs[j]!.input.image === r.input.image ? reqs[j]!.names.length : 0), 0);
+            terms.set(key, await this.imagePolicy.admit(db, r.projectId, r.input.image, adding).catch((e: unknown) => {
+              if (e instanceof DomainError) return e;
+              throw e;
+            }));
+          }
+          const placing = live.filter((k) => {
+            if (!(terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) instanceof DomainError)) return true;
+            alone.push(k);
+            return false;
+          });
+          const placed = await this.placement.placeBatch(db, placing.map((k) => ({ projectId: reqs[k]!.projectId, demands: demandsOf(reqs[k]!, terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) as ImageTerms), asked: reqs[k]!.asked })));
+          const made: Array<{ k: number; rows: NewPartition[] }> = [];
+          placed.forEach((p, j) => {
+            const k = placing[j]!;
+            if (p.ok) made.push({ k, rows: newPartitions(reqs[k]!, p.nodeIds, terms.get(`${reqs[k]!.projectId}\0${reqs[k]!.input.image}`) as ImageTerms) });
+            else if ('retryAlone' in p) alone.push(k);
+            else outcomes[k] = { ok: false, error: p.error };
+          });
+          if (made.length === 0) return [];
+          const rowsIn = await this.partitions.insertRows(db, made.flatMap((m) => m.rows));
+          const owner = made.flatMap((m) => m.rows.map(() => reqs[m.k]!));
+          leased = this.runner.leaseUpTo('partition.create', rowsIn.length);
+          const ops = await this.ops.insertRows(db, rowsIn.map((r, i) => newCreateOperation(owner[i]!, r)), leased.lease, leased.count);
+          inserted = { ops, rows: rowsIn };
+          let at = 0;
+          for (const m of made) {
+            const n = m.rows.length;
+            outcomes[m.k] = { ok: true, value: answerOf(reqs[m.k]!, rowsIn.slice(at, at + n).map(partitionView), ops.slice(at, at + n).map(operationView)) };
+            at += n;
+          }
+          return [{ partitions: rowsIn.map(partitionView), operations: ops.map(operationView) }];
+        },
+        // Committed: from here on nothing may fail the batch (its creates exist). The jobs and events
+        // go out while the creates are answered (the sweep queues any job Redis missed).
+        async (created) => {
+          const n = leased.count;
+          leased = { count: 0 }; // each runHere takes its lease over
+          for (let i = 0; i < n; i++) this.runner.runHere(inserted!.ops[i]!, inserted!.rows[i]);
+          for (const c of created) void this.announce(c.partitions, c.operations, n).catch(() => undefined);
+        },
+      );
+    } finally {
+      this.runner.unlease(leased.count);
+    }
   }
 
-  /** After commit: queue the create operations' jobs and tell the event streams. */
-  private async announce(partitions: PartitionView[], operations: OperationView[]): Promise<void> {
-    await this.queue.enqueueMany(operations.map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined); // the sweep re-queues them if Redis hiccupped
+  /** After commit: queue the create operations' jobs (all but the first `runHere`, started here) and tell the event streams. */
+  private async announce(partitions: PartitionView[], operations: OperationView[], runHere = 0): Promise<void> {
+    if (operations.length > runHere) await this.queue.enqueueMany(operations.slice(runHere).map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined); // the sweep re-queues them if Redis hiccupped
     await Promise.all(partitions.map((p, i) => Promise.all([this.events.publish(partitionEvent('partition.created', p)), this.operations.publishView(operations[i]!)])));
   }
 
