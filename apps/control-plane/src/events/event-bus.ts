@@ -21,11 +21,14 @@ export interface HpEvent {
   data: unknown;
 }
 
-/** What travels on the events channel: the events one replica published at one moment. */
+/** What travels on the events channel: the events one replica published at one moment (none: a replica saying it listens). */
 interface EventMessage {
   origin: string;
   events: HpEvent[];
 }
+
+/** How often a replica that publishes to nobody asks Redis whether another replica listens now. */
+const PEERS_CHECK_MS = 1000;
 
 /**
  * Fan-out of resource changes to every replica through Redis pub/sub, then to local listeners
@@ -33,7 +36,11 @@ interface EventMessage {
  * Postgres stays the source of truth, and a missed event is made good by the next read.
  * Events published at the same moment travel as one message; the publishing replica's own
  * listeners hear them at once, not back from Redis; listeners of one resource are found by its
- * id, not by asking every listener.
+ * id, not by asking every listener. A replica that no other replica listens to (the common
+ * single-replica case) sends nothing to Redis: it learns that one listens from the greeting each
+ * replica sends once subscribed, from any message of another replica, and from a check every
+ * second; it learns that none listens any more when Redis answers that its own subscription was
+ * the only one to get a message.
  */
 @Injectable()
 export class EventBus implements OnModuleInit, OnModuleDestroy {
@@ -44,8 +51,12 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly origin = randomUUID();
   /** How this replica's own messages begin (JSON.stringify keeps key order), to skip them unparsed. */
   private readonly ownPrefix = `{"origin":${JSON.stringify(this.origin)},`;
+  /** Another replica listens on the channel (else publishing to Redis is skipped). */
+  private peers = true;
+  private peersTimer: NodeJS.Timeout | undefined;
   private readonly onMessage = (channel: string, message: string) => {
     if (channel !== this.channel || message.startsWith(this.ownPrefix)) return;
+    this.peers = true;
     let parsed: HpEvent | HpEvent[] | EventMessage;
     try {
       parsed = JSON.parse(message) as HpEvent | HpEvent[] | EventMessage;
@@ -61,7 +72,8 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly outbox = new Batcher<HpEvent, void>(
     async (events) => {
       try {
-        await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events } satisfies EventMessage));
+        // Our own subscription is one of the receivers: one means nobody else heard it.
+        if (this.peers && (await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events } satisfies EventMessage))) <= 1) this.peers = false;
       } catch (err) {
         this.log.warn({ err, events: events.length }, 'could not publish events to the other replicas');
       }
@@ -83,9 +95,26 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async onModuleInit(): Promise<void> {
     this.sub.on('message', this.onMessage);
     await this.sub.subscribe(this.channel);
+    // The greeting: replicas that publish to nobody hear that this one listens now.
+    const receivers = await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events: [] } satisfies EventMessage)).catch(() => 2);
+    if (receivers <= 1) this.peers = false;
+    this.peersTimer = setInterval(() => void this.checkPeers(), PEERS_CHECK_MS);
+    this.peersTimer.unref();
+  }
+
+  /** While publishing to nobody: whether another replica subscribed meanwhile (its greeting may have been missed). */
+  private async checkPeers(): Promise<void> {
+    if (this.peers) return;
+    try {
+      const [, n] = (await this.redis.pubsub('NUMSUB', this.channel)) as [string, number];
+      if (Number(n) > 1) this.peers = true;
+    } catch {
+      this.peers = true; // unsure: publish, as before
+    }
   }
 
   async onModuleDestroy(): Promise<void> {
+    if (this.peersTimer) clearInterval(this.peersTimer);
     this.sub.off('message', this.onMessage);
     this.local.removeAllListeners();
     this.byResource.clear();
@@ -100,7 +129,7 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async publish(e: Omit<HpEvent, 'id' | 'at'>, record?: unknown): Promise<void> {
     const event: HpEvent = { id: uuidv7(), at: new Date().toISOString(), ...e };
     this.deliver(event, record);
-    await this.outbox.call(event);
+    if (this.peers) await this.outbox.call(event);
   }
 
   /** Calls `fn` for every event until the returned function is called. */
