@@ -7,15 +7,16 @@ import { EventBus, HpEvent } from './event-bus';
 /** An EventBus on a fake Redis: `receivers` is what PUBLISH answers, `subscribers` what PUBSUB NUMSUB does. */
 async function busOn(receivers: number, subscribers = receivers) {
   const sent: Array<{ channel: string; message: string }> = [];
-  const state = { receivers, subscribers };
+  const state = { receivers, subscribers, duringPublish: undefined as (() => void) | undefined };
   const redis = {
     publish: async (channel: string, message: string) => {
       sent.push({ channel, message });
+      state.duringPublish?.();
       return state.receivers;
     },
     pubsub: async (_sub: string, channel: string) => [channel, state.subscribers],
   } as unknown as Redis;
-  const sub = Object.assign(new EventEmitter(), { subscribe: async () => 1 }) as unknown as Redis;
+  const sub = Object.assign(new EventEmitter(), { subscribe: async () => 1, status: 'ready' }) as unknown as Redis;
   const bus = new EventBus(redis, sub, { redisPrefix: 'hp-test' } as Config, pino({ level: 'silent' }));
   await bus.onModuleInit();
   /** Events sent to Redis (the greeting has none). */
@@ -77,6 +78,36 @@ describe('EventBus', () => {
     const own = (bus as unknown as { ownPrefix: string }).ownPrefix;
     sub.emit('message', 'hp-test:events', `${own}"events":[${JSON.stringify({ ...e, type: 'mine' })}]}`);
     expect(heard).toEqual(['from.other', 'mine']);
+    await bus.onModuleDestroy();
+  });
+
+  it('keeps publishing when another replica spoke while Redis counted the receivers, or when its own subscription is down', async () => {
+    const { bus, sub, state, published } = await busOn(2);
+    state.receivers = 1;
+    state.duringPublish = () => sub.emit('message', 'hp-test:events', JSON.stringify({ origin: 'other-replica', events: [] }));
+    await bus.publish(change('a')); // the other's greeting came in on the other connection meanwhile
+    state.duringPublish = undefined;
+    (sub as unknown as { status: string }).status = 'reconnecting';
+    await bus.publish(change('b')); // the one receiver was the other replica
+    await bus.publish(change('c'));
+    expect(published()).toEqual(['a', 'b', 'c']);
+    (sub as unknown as { status: string }).status = 'ready';
+    await bus.publish(change('d'));
+    await bus.publish(change('e'));
+    expect(published()).toEqual(['a', 'b', 'c', 'd']);
+    await bus.onModuleDestroy();
+  });
+
+  it('always sends a cancel request; greets again and publishes once its subscriber is back', async () => {
+    const { bus, sub, sent, published } = await busOn(1);
+    await bus.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: 'o1', projectId: null, data: null });
+    await bus.publish(change('skipped'));
+    expect(published()).toEqual(['operation.cancel-requested']);
+    const before = sent.length;
+    sub.emit('ready');
+    await new Promise((r) => setImmediate(r));
+    expect(sent.length).toBe(before + 1); // the greeting
+    expect(JSON.parse(sent[before]!.message).events).toEqual([]);
     await bus.onModuleDestroy();
   });
 });

@@ -30,6 +30,9 @@ interface EventMessage {
 /** How often a replica that publishes to nobody asks Redis whether another replica listens now. */
 const PEERS_CHECK_MS = 1000;
 
+/** Events that always go through Redis: another replica acts on them (the one running the operation). */
+const ALWAYS_SENT = new Set(['operation.cancel-requested']);
+
 /**
  * Fan-out of resource changes to every replica through Redis pub/sub, then to local listeners
  * (event streams and operations waiting on a change). Events are notifications, not a log:
@@ -38,9 +41,10 @@ const PEERS_CHECK_MS = 1000;
  * listeners hear them at once, not back from Redis; listeners of one resource are found by its
  * id, not by asking every listener. A replica that no other replica listens to (the common
  * single-replica case) sends nothing to Redis: it learns that one listens from the greeting each
- * replica sends once subscribed, from any message of another replica, and from a check every
- * second; it learns that none listens any more when Redis answers that its own subscription was
- * the only one to get a message.
+ * replica sends once subscribed (and again after its subscriber reconnects), from any message of
+ * another replica, and from a check every second; it learns that none listens any more when Redis
+ * answers that its own subscription was the only one to get a message (and it heard no other
+ * meanwhile). A cancel request always goes through Redis.
  */
 @Injectable()
 export class EventBus implements OnModuleInit, OnModuleDestroy {
@@ -53,10 +57,18 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly ownPrefix = `{"origin":${JSON.stringify(this.origin)},`;
   /** Another replica listens on the channel (else publishing to Redis is skipped). */
   private peers = true;
+  /** Messages heard from other replicas: one heard while a PUBLISH was under way outdates its count of receivers. */
+  private heard = 0;
   private peersTimer: NodeJS.Timeout | undefined;
+  /** The subscriber reconnected (and resubscribed): greet again, and publish until Redis says nobody else listens. */
+  private readonly onSubscriberReady = () => {
+    this.peers = true;
+    void this.greet();
+  };
   private readonly onMessage = (channel: string, message: string) => {
     if (channel !== this.channel || message.startsWith(this.ownPrefix)) return;
     this.peers = true;
+    this.heard++;
     let parsed: HpEvent | HpEvent[] | EventMessage;
     try {
       parsed = JSON.parse(message) as HpEvent | HpEvent[] | EventMessage;
@@ -72,8 +84,7 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   private readonly outbox = new Batcher<HpEvent, void>(
     async (events) => {
       try {
-        // Our own subscription is one of the receivers: one means nobody else heard it.
-        if (this.peers && (await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events } satisfies EventMessage))) <= 1) this.peers = false;
+        await this.send(events);
       } catch (err) {
         this.log.warn({ err, events: events.length }, 'could not publish events to the other replicas');
       }
@@ -95,11 +106,27 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async onModuleInit(): Promise<void> {
     this.sub.on('message', this.onMessage);
     await this.sub.subscribe(this.channel);
-    // The greeting: replicas that publish to nobody hear that this one listens now.
-    const receivers = await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events: [] } satisfies EventMessage)).catch(() => 2);
-    if (receivers <= 1) this.peers = false;
+    this.sub.on('ready', this.onSubscriberReady);
+    await this.greet();
     this.peersTimer = setInterval(() => void this.checkPeers(), PEERS_CHECK_MS);
     this.peersTimer.unref();
+  }
+
+  /** The greeting (no events): replicas that publish to nobody hear that this one listens now. */
+  private async greet(): Promise<void> {
+    await this.send([]).catch(() => undefined);
+  }
+
+  /**
+   * Publishes `events` to the channel. Our own subscription is one of the receivers: when Redis
+   * counts no other, no other replica was subscribed, unless one spoke meanwhile (its message and
+   * this answer come on different connections) or our own subscription is down (then the one
+   * receiver was another replica).
+   */
+  private async send(events: HpEvent[]): Promise<void> {
+    const heard = this.heard;
+    const receivers = await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events } satisfies EventMessage));
+    if (receivers <= 1 && this.heard === heard && this.sub.status === 'ready') this.peers = false;
   }
 
   /** While publishing to nobody: whether another replica subscribed meanwhile (its greeting may have been missed). */
@@ -115,6 +142,7 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
 
   async onModuleDestroy(): Promise<void> {
     if (this.peersTimer) clearInterval(this.peersTimer);
+    this.sub.off('ready', this.onSubscriberReady);
     this.sub.off('message', this.onMessage);
     this.local.removeAllListeners();
     this.byResource.clear();
@@ -129,7 +157,7 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async publish(e: Omit<HpEvent, 'id' | 'at'>, record?: unknown): Promise<void> {
     const event: HpEvent = { id: uuidv7(), at: new Date().toISOString(), ...e };
     this.deliver(event, record);
-    if (this.peers) await this.outbox.call(event);
+    if (this.peers || ALWAYS_SENT.has(event.type)) await this.outbox.call(event);
   }
 
   /** Calls `fn` for every event until the returned function is called. */

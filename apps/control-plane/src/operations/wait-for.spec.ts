@@ -96,4 +96,25 @@ describe('waitFor', () => {
     }, opts({ pollMs: 5 }));
     expect(n).toBe(3);
   });
+
+  it('reads on the rerun when any event during a check carried no record (a local record does not stand for that read)', async () => {
+    const { bus, publish } = fakeBus();
+    let release!: () => void;
+    const calls: unknown[] = [];
+    const done = waitFor(bus, ctxOf(), async (record) => {
+      calls.push(record);
+      if (calls.length === 1) {
+        await new Promise<void>((r) => (release = r));
+        return false;
+      }
+      return true;
+    }, opts());
+    await tick();
+    publish('partition'); // another replica's event: a read is due
+    publish('partition', 'starting'); // then a local one
+    release();
+    await done;
+    expect(calls).toEqual([undefined, undefined]);
+  });
 });
+

@@ -30,7 +30,7 @@ export function waitFor(events: EventBus, ctx: OperationContext, check: (record?
   return new Promise<void>((resolve, reject) => {
     let settled = false;
     let checking = false;
-    /** An event came while `check` ran: run again, with its record when it carried one. */
+    /** Events came while `check` ran: run again, with the last one's record if every one carried one. */
     let again: { record?: unknown } | undefined;
     const end = (e?: unknown) => {
       if (settled) return;
@@ -45,7 +45,9 @@ export function waitFor(events: EventBus, ctx: OperationContext, check: (record?
     const run = async (record?: unknown) => {
       if (settled) return;
       if (checking) {
-        again = { record };
+        // A read asked for meanwhile (a poll, another replica's event) stays asked for: a record
+        // from here does not stand for what that read would see.
+        again = { record: again && again.record === undefined ? undefined : record };
         return;
       }
       checking = true;

@@ -51,13 +51,16 @@ export class PartitionOperations implements OnModuleInit {
     if (row.state === 'deleting') throw new CancelledError(`partition ${row.name} is being deleted`);
     await this.images.beforeStart(op, row, ctx);
     await ctx.progress('starting', 10);
+    /** The row as this handler just wrote it: pushed to the node and judged first as it is (any other is read again). */
+    let written: PartitionRow | undefined;
     if (row.desired !== 'running' || (row.state !== 'starting' && row.state !== 'running')) {
-      row = (await this.partitions.setDesired(this.ds.manager, row.id, 'running', 'starting')) ?? row;
+      written = await this.partitions.setDesired(this.ds.manager, row.id, 'running', 'starting');
+      row = written ?? row;
       await this.publish(row);
     }
-    await this.tellNode(row);
+    await this.tellNode(row, written);
     try {
-      await this.waitFor(row, ctx, (r) => {
+      await this.waitFor(row.id, ctx, written, (r) => {
         if (r.state === 'running' && r.observed_state === 'running' && Number(r.observed_generation) >= Number(row.generation)) return true;
         if (r.state === 'failed') throw new FailedPreconditionError(`partition ${r.name} failed to start: ${r.state_reason || 'no reason given'}`);
         if (r.state === 'deleting') throw new CancelledError(`partition ${r.name} is being deleted`);
@@ -70,7 +73,7 @@ export class PartitionOperations implements OnModuleInit {
           const stopped = await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopping', 'start cancelled');
           if (stopped) {
             await this.publish(stopped);
-            await this.tellNode(stopped).catch(() => undefined);
+            await this.tellNode(stopped, stopped).catch(() => undefined);
           }
         }
         throw e instanceof CancelledError ? e : new CancelledError('start cancelled; the partition is being stopped');
@@ -86,15 +89,17 @@ export class PartitionOperations implements OnModuleInit {
     if (row.state === 'stopped') return;
     const force = op.params.force === true;
     const graceMs = Number(op.params.graceSeconds ?? 30) * 1000;
-    row = (await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopping', force ? 'forced stop' : 'stop requested')) ?? row;
+    const written = await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopping', force ? 'forced stop' : 'stop requested');
+    row = written ?? row;
     await this.publish(row);
     await ctx.progress(force ? 'quitting' : 'powering-down', 20);
     const node = this.requireNode(row);
-    await this.tellNode(row);
+    await this.tellNode(row, written);
     await this.sessions
       .command(node, { stop: { partitionId: row.id, force, graceMs } }, graceMs + 15_000)
       .catch((e: Error) => { if (!(e instanceof DeadlineExceededError)) throw e; });
-    await this.waitFor(row, ctx, (r) => {
+    // The node reports the guest stopped before it answers the command: read, not the row from before.
+    await this.waitFor(row.id, ctx, undefined, (r) => {
       if (r.state === 'stopped') return true;
       if (r.state === 'failed') return true;
       if (r.state === 'deleting') throw new CancelledError(`partition ${r.name} is being deleted`);
@@ -121,7 +126,7 @@ export class PartitionOperations implements OnModuleInit {
       if (node?.status !== 'ready' || !(await this.sessions.sync(row.node_id, row.id, row))) {
         throw new UnavailableError(`node ${node?.name ?? row.node_id} is unreachable; the partition stays deleting until it is back`);
       }
-      await this.waitFor(row, ctx, (r) => r.observed_state === 'absent' && Number(r.observed_generation) >= Number(row.generation));
+      await this.waitFor(row.id, ctx, row, (r) => r.observed_state === 'absent' && Number(r.observed_generation) >= Number(row.generation));
     }
     const gone = await inTransaction(this.ds, async (tx) => {
       const deleted = await this.partitions.delete(tx, row.id);
@@ -145,10 +150,13 @@ export class PartitionOperations implements OnModuleInit {
     return row.node_id;
   }
 
-  /** Pushes the partition's spec (`row`, as just read or written) to its node; fails fast when no replica holds the node's stream. */
-  private async tellNode(row: PartitionRow): Promise<void> {
+  /**
+   * Pushes the partition's spec to its node (`written`: the row as this handler just wrote it, sent
+   * as it is; else read); fails fast when no replica holds the node's stream.
+   */
+  private async tellNode(row: PartitionRow, written?: PartitionRow): Promise<void> {
     const nodeId = this.requireNode(row);
-    if (!(await this.sessions.sync(nodeId, row.id, row))) {
+    if (!(await this.sessions.sync(nodeId, row.id, written))) {
       const node = await this.nodes.findByIdOrName(nodeId);
       const failed = await this.partitions.setState(this.ds.manager, row.id, 'failed', `node ${node?.name ?? nodeId} is unreachable`, ['deleting', 'stopped']);
       if (failed) await this.publish(failed);
@@ -158,12 +166,12 @@ export class PartitionOperations implements OnModuleInit {
 
   /**
    * Waits until `done(row)` is true (or throws), the operation is cancelled, or the timeout passes.
-   * Judges `known` (the partition as the handler just read or wrote it) first, then each row an
-   * event of this replica carries (the agent's reports), and reads the row only for the poll and
-   * for events from other replicas.
+   * Judges `known` first (the row as the handler just wrote it, when nothing the node does could
+   * have changed it since: else undefined, and the first check reads), then each row an event of
+   * this replica carries (the agent's reports), and reads the row for the poll and for events from
+   * other replicas.
    */
-  private waitFor(known: PartitionRow, ctx: OperationContext, done: (r: PartitionRow) => boolean): Promise<void> {
-    const id = known.id;
+  private waitFor(id: string, ctx: OperationContext, known: PartitionRow | undefined, done: (r: PartitionRow) => boolean): Promise<void> {
     return waitFor(this.events, ctx, async (record) => {
       const r = (record as PartitionRow | undefined) ?? (await this.partitions.getById(id));
       if (!r) throw new CancelledError(`partition ${id} no longer exists`);

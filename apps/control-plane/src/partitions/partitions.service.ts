@@ -246,8 +246,11 @@ export class PartitionsService {
         async (created) => {
           const n = leased.count;
           leased = { count: 0 }; // each runHere takes its lease over
-          for (let i = 0; i < n; i++) this.runner.runHere(inserted!.ops[i]!, inserted!.rows[i]);
-          for (const c of created) void this.announce(c.partitions, c.operations, n).catch(() => undefined);
+          // Told first (delivered here at once), so no step of an operation run here comes before its creation.
+          for (const c of created) void this.announce(c.partitions, c.operations).catch(() => undefined);
+          if (!inserted || n === 0) return;
+          const rows = new Map(inserted.rows.map((r) => [r.id, r]));
+          for (const op of inserted.ops) if (op.lease_owner === this.runner.owner) this.runner.runHere(op, rows.get(op.target_id));
         },
       );
     } finally {
@@ -255,10 +258,12 @@ export class PartitionsService {
     }
   }
 
-  /** After commit: queue the create operations' jobs (all but the first `runHere`, started here) and tell the event streams. */
-  private async announce(partitions: PartitionView[], operations: OperationView[], runHere = 0): Promise<void> {
-    if (operations.length > runHere) await this.queue.enqueueMany(operations.slice(runHere).map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined); // the sweep re-queues them if Redis hiccupped
-    await Promise.all(partitions.map((p, i) => Promise.all([this.events.publish(partitionEvent('partition.created', p)), this.operations.publishView(operations[i]!)])));
+  /** After commit: tell the event streams, and queue the jobs of the create operations not run here (recorded pending). */
+  private async announce(partitions: PartitionView[], operations: OperationView[]): Promise<void> {
+    const told = Promise.all(partitions.map((p, i) => Promise.all([this.events.publish(partitionEvent('partition.created', p)), this.operations.publishView(operations[i]!)])));
+    const queued = operations.filter((o) => o.status === 'pending');
+    if (queued.length) await this.queue.enqueueMany(queued.map((o) => ({ id: o.id, kind: o.kind }))).catch(() => undefined); // the sweep re-queues them if Redis hiccupped
+    await told;
   }
 
   /** Gets a partition in the project. */
