@@ -7,7 +7,7 @@ import { EventBus, HpEvent } from './event-bus';
 /** An EventBus on a fake Redis: `receivers` is what PUBLISH answers, `subscribers` what PUBSUB NUMSUB does. */
 async function busOn(receivers: number, subscribers = receivers) {
   const sent: Array<{ channel: string; message: string }> = [];
-  const state = { receivers, subscribers, duringPublish: undefined as (() => void) | undefined };
+  const state = { receivers, subscribers, duringPublish: undefined as (() => void) | undefined, resubscribed: Promise.resolve() };
   const redis = {
     publish: async (channel: string, message: string) => {
       sent.push({ channel, message });
@@ -16,7 +16,8 @@ async function busOn(receivers: number, subscribers = receivers) {
     },
     pubsub: async (_sub: string, channel: string) => [channel, state.subscribers],
   } as unknown as Redis;
-  const sub = Object.assign(new EventEmitter(), { subscribe: async () => 1, status: 'ready' }) as unknown as Redis;
+  /** SUBSCRIBE answers once `state.resubscribed` resolves (a reconnect's subscription not back yet). */
+  const sub = Object.assign(new EventEmitter(), { subscribe: async () => { await state.resubscribed; return 1; } }) as unknown as Redis;
   const bus = new EventBus(redis, sub, { redisPrefix: 'hp-test' } as Config, pino({ level: 'silent' }));
   await bus.onModuleInit();
   /** Events sent to Redis (the greeting has none). */
@@ -87,12 +88,17 @@ describe('EventBus', () => {
     state.duringPublish = () => sub.emit('message', 'hp-test:events', JSON.stringify({ origin: 'other-replica', events: [] }));
     await bus.publish(change('a')); // the other's greeting came in on the other connection meanwhile
     state.duringPublish = undefined;
-    (sub as unknown as { status: string }).status = 'reconnecting';
+    sub.emit('close'); // our subscriber lost its connection
     await bus.publish(change('b')); // the one receiver was the other replica
     await bus.publish(change('c'));
     expect(published()).toEqual(['a', 'b', 'c']);
-    (sub as unknown as { status: string }).status = 'ready';
+    let back!: () => void;
+    state.resubscribed = new Promise<void>((r) => (back = r));
+    sub.emit('ready'); // reconnected, its subscription not back in Redis yet
     await bus.publish(change('d'));
+    expect(published()).toEqual(['a', 'b', 'c', 'd']);
+    back();
+    await new Promise((r) => setImmediate(r)); // subscribed again, and greeted (one receiver: itself)
     await bus.publish(change('e'));
     expect(published()).toEqual(['a', 'b', 'c', 'd']);
     await bus.onModuleDestroy();

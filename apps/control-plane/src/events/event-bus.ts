@@ -60,11 +60,15 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   /** Messages heard from other replicas: one heard while a PUBLISH was under way outdates its count of receivers. */
   private heard = 0;
   private peersTimer: NodeJS.Timeout | undefined;
-  /** The subscriber reconnected (and resubscribed): greet again, and publish until Redis says nobody else listens. */
-  private readonly onSubscriberReady = () => {
-    this.peers = true;
-    void this.greet();
+  /** Our subscription is in place (not while the subscriber reconnects); `subEpoch` counts its losses. */
+  private subscribed = false;
+  private subEpoch = 0;
+  private readonly onSubscriberClosed = () => {
+    this.subscribed = false;
+    this.subEpoch++;
   };
+  /** The subscriber reconnected: publish until Redis says nobody else listens; once subscribed again, greet. */
+  private readonly onSubscriberReady = () => void this.resubscribed();
   private readonly onMessage = (channel: string, message: string) => {
     if (channel !== this.channel || message.startsWith(this.ownPrefix)) return;
     this.peers = true;
@@ -106,10 +110,29 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async onModuleInit(): Promise<void> {
     this.sub.on('message', this.onMessage);
     await this.sub.subscribe(this.channel);
+    this.subscribed = true;
+    this.sub.on('close', this.onSubscriberClosed);
     this.sub.on('ready', this.onSubscriberReady);
     await this.greet();
     this.peersTimer = setInterval(() => void this.checkPeers(), PEERS_CHECK_MS);
     this.peersTimer.unref();
+  }
+
+  /**
+   * After a reconnect: ioredis reports the subscriber ready before Redis has its subscription back
+   * (it resubscribes without waiting); a SUBSCRIBE of our own, queued behind that one, answers once it is.
+   */
+  private async resubscribed(): Promise<void> {
+    this.peers = true;
+    const epoch = this.subEpoch;
+    try {
+      await this.sub.subscribe(this.channel);
+    } catch {
+      return; // lost again: the next ready tries again
+    }
+    if (epoch !== this.subEpoch) return;
+    this.subscribed = true;
+    await this.greet();
   }
 
   /** The greeting (no events): replicas that publish to nobody hear that this one listens now. */
@@ -120,13 +143,14 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   /**
    * Publishes `events` to the channel. Our own subscription is one of the receivers: when Redis
    * counts no other, no other replica was subscribed, unless one spoke meanwhile (its message and
-   * this answer come on different connections) or our own subscription is down (then the one
-   * receiver was another replica).
+   * this answer come on different connections) or our own subscription was not in place all along
+   * (then the one receiver may have been another replica).
    */
   private async send(events: HpEvent[]): Promise<void> {
     const heard = this.heard;
+    const epoch = this.subEpoch;
     const receivers = await this.redis.publish(this.channel, JSON.stringify({ origin: this.origin, events } satisfies EventMessage));
-    if (receivers <= 1 && this.heard === heard && this.sub.status === 'ready') this.peers = false;
+    if (receivers <= 1 && this.heard === heard && this.subscribed && this.subEpoch === epoch) this.peers = false;
   }
 
   /** While publishing to nobody: whether another replica subscribed meanwhile (its greeting may have been missed). */
@@ -143,6 +167,7 @@ export class EventBus implements OnModuleInit, OnModuleDestroy {
   async onModuleDestroy(): Promise<void> {
     if (this.peersTimer) clearInterval(this.peersTimer);
     this.sub.off('ready', this.onSubscriberReady);
+    this.sub.off('close', this.onSubscriberClosed);
     this.sub.off('message', this.onMessage);
     this.local.removeAllListeners();
     this.byResource.clear();
