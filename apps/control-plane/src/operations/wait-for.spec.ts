@@ -23,6 +23,21 @@ const ctxOf = (ac = new AbortController()): OperationContext => ({ signal: ac.si
 const opts = (o: Partial<WaitForOptions> = {}): WaitForOptions => ({ resourceId: 'p1', resourceType: 'partition', pollMs: 60_000, timeoutMs: 60_000, timeoutMessage: 'too slow', ...o });
 const tick = () => new Promise((r) => setImmediate(r));
 
+/** A wait whose first check is slow (a read begun before a change) until `release()`; later checks answer `later(record)`. */
+function slowFirstCheck(bus: EventBus, later: (record: unknown) => boolean) {
+  let release!: () => void;
+  const calls: unknown[] = [];
+  const done = waitFor(bus, ctxOf(), async (record) => {
+    calls.push(record);
+    if (calls.length === 1) {
+      await new Promise<void>((r) => (release = r));
+      return false;
+    }
+    return later(record);
+  }, opts());
+  return { done, calls, release: () => release() };
+}
+
 describe('waitFor', () => {
   it('judges the known record first, then the record each local event carries, without reading', async () => {
     const { bus, publish } = fakeBus();
@@ -59,16 +74,7 @@ describe('waitFor', () => {
 
   it('runs once more after a check when an event came while it ran (the change is not left to the poll)', async () => {
     const { bus, publish } = fakeBus();
-    let release!: () => void;
-    const calls: unknown[] = [];
-    const done = waitFor(bus, ctxOf(), async (record) => {
-      calls.push(record);
-      if (calls.length === 1) {
-        await new Promise<void>((r) => (release = r)); // a slow read, begun before the change
-        return false;
-      }
-      return record === 'running';
-    }, opts());
+    const { done, calls, release } = slowFirstCheck(bus, (record) => record === 'running');
     await tick();
     publish('partition', 'running'); // comes while the first check still reads
     release();
@@ -99,16 +105,7 @@ describe('waitFor', () => {
 
   it('reads on the rerun when any event during a check carried no record (a local record does not stand for that read)', async () => {
     const { bus, publish } = fakeBus();
-    let release!: () => void;
-    const calls: unknown[] = [];
-    const done = waitFor(bus, ctxOf(), async (record) => {
-      calls.push(record);
-      if (calls.length === 1) {
-        await new Promise<void>((r) => (release = r));
-        return false;
-      }
-      return true;
-    }, opts());
+    const { done, calls, release } = slowFirstCheck(bus, () => true);
     await tick();
     publish('partition'); // another replica's event: a read is due
     publish('partition', 'starting'); // then a local one
