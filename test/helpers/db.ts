@@ -50,10 +50,14 @@ export async function seedNode(name: string, opts: { vcpus?: number; memoryMiB?:
   return id;
 }
 
-/** Row counts of the tables a rejected request must not touch. */
+/**
+ * Row counts of the tables a rejected request must not touch. Chain repairs are left out: the
+ * chain health sweep of any control plane of the run starts them by itself, at its own times, for
+ * chains that other test files left behind on nodes that are gone.
+ */
 export async function counts(): Promise<Record<string, number>> {
   const rows = await sql<{ t: string; n: string }>(
-    `SELECT 'partitions' t, count(*) n FROM partitions UNION ALL SELECT 'operations', count(*) FROM operations
+    `SELECT 'partitions' t, count(*) n FROM partitions UNION ALL SELECT 'operations', count(*) FROM operations WHERE kind <> 'service-chain.repair'
      UNION ALL SELECT 'projects', count(*) FROM projects UNION ALL SELECT 'tokens', count(*) FROM api_tokens
      UNION ALL SELECT 'allocated', COALESCE(sum(allocated_memory_mib), 0) FROM nodes`,
   );
