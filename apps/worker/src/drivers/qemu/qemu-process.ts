@@ -117,8 +117,10 @@ export function socketAppeared(path: string, exited: Promise<unknown>, deadline:
 /**
  * Connects to the QMP socket of a process that is starting (QEMU, qemu-storage-daemon): waits
  * until the socket is there ({@link socketAppeared}), then connects, again only in the moment it is
- * bound but not yet listening. Throws when the process exited first (the caller, which knows how
- * it exited, says so), when `deadline` passed, or when the connect fails otherwise.
+ * bound but not yet listening. The greeting may take until `deadline` (at least
+ * `options.connectTimeoutMs`): a process that is still opening its disks on a busy machine greets
+ * late. Throws when the process exited first (the caller, which knows how it exited, says so), when
+ * `deadline` passed, or when the connect fails otherwise.
  */
 export async function connectWhileStarting(path: string, exited: Promise<unknown>, deadline: number, options: QmpClientOptions): Promise<QmpClient> {
   let gone = false;
@@ -127,7 +129,7 @@ export async function connectWhileStarting(path: string, exited: Promise<unknown
   for (;;) {
     if (gone) throw new Error('the process exited during start');
     try {
-      return await QmpClient.connect(path, options);
+      return await QmpClient.connect(path, { ...options, connectTimeoutMs: Math.max(options.connectTimeoutMs ?? 0, deadline - Date.now()) });
     } catch (error) {
       const code = error instanceof QmpDisconnectedError ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined;
       if (gone) continue;
