@@ -104,12 +104,12 @@ export class MigrationOperations implements OnModuleInit {
 
   /**
    * partition.migrate: see the class comment for the order of steps. `accepted`: the rows the
-   * request committed, when it runs here just after (the usual case): not read again.
+   * request committed, when it runs here just after (the usual case; only a first attempt is run
+   * so, by OperationRunner.runHere): not read again.
    */
   async handleMigrate(op: OperationRow, ctx: OperationContext, accepted?: AcceptedMigration): Promise<void> {
     const p = op.params as unknown as MigrateParams;
-    const known = op.attempts > 1 ? undefined : accepted;
-    const row = known?.row ?? (await this.partitions.getById(op.target_id));
+    const row = accepted?.row ?? (await this.partitions.getById(op.target_id));
     if (!row) throw new CancelledError(`partition ${op.target_id} no longer exists`);
     if (row.state !== 'migrating' || row.target_node_id !== p.targetNodeId) {
       // Ended already: a re-run after a crash between the record and the operation's end. The
@@ -122,7 +122,7 @@ export class MigrationOperations implements OnModuleInit {
       }
       throw new FailedPreconditionError(`the migration of partition ${row.name} ended without moving it`);
     }
-    const [source, target] = known ? [known.source, known.target] : await Promise.all([this.nodes.findByIdOrName(p.sourceNodeId), this.nodes.findByIdOrName(p.targetNodeId)]);
+    const [source, target] = accepted ? [accepted.source, accepted.target] : await Promise.all([this.nodes.findByIdOrName(p.sourceNodeId), this.nodes.findByIdOrName(p.targetNodeId)]);
     const names = { sourceNode: source?.name ?? p.sourceNodeId, targetNode: target?.name ?? p.targetNodeId };
     const log = this.log.child({ operationId: op.id, partition: row.name, from: names.sourceNode, to: names.targetNode });
     let stage = op.metadata?.stage ?? 'new';

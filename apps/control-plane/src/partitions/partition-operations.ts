@@ -166,8 +166,8 @@ export class PartitionOperations implements OnModuleInit {
 
   /**
    * Waits until `done(row)` is true (or throws), the operation is cancelled, or the timeout passes.
-   * Judges `known` first (the row as the handler just wrote it, when nothing the node does could
-   * have changed it since: else undefined, and the first check reads), then each row an event of
+   * Judges `known` first (the row as the handler just read or wrote it, when nothing the node does
+   * could have changed it since: else undefined, and the first check reads), then each row an event of
    * this replica carries (the agent's reports), and reads the row for the poll and for events from
    * other replicas.
    */
