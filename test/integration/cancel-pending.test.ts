@@ -90,6 +90,40 @@ it('a snapshot cancelled while pending is not listed; a delete cancelled while p
   expect((await sql<{ c: string | null }>(`SELECT current_snapshot_id AS c FROM partitions WHERE id = $1`, [partitionId]))[0]!.c).toBeNull();
 });
 
+it('a running operation whose kind cannot stop halfway refuses a cancel with the reason and is left as it was; one that can is flagged', async () => {
+  const kept = await api.post(`/v1/partitions/${partitionId}/snapshots`, { name: 'running-revert' });
+  await sql(`UPDATE snapshots SET state = 'ready' WHERE id = $1`, [kept.body.snapshot.id]);
+  await settle(partitionId);
+  const r = await api.post(`/v1/partitions/${partitionId}/snapshots/${kept.body.snapshot.id}/revert`);
+  expect(r.status).toBe(202);
+  expect(r.body.operation.mayCancel).toBe(true); // pending: its request's records would be undone
+  const op = r.body.operation.id;
+  // A node is loading the snapshot now.
+  await sql(`UPDATE operations SET status = 'running', started_at = now() WHERE id = $1`, [op]);
+  expect((await api.get(`/v1/operations/${op}`)).body).toMatchObject({ status: 'running', mayCancel: false });
+  const c = await api.post(`/v1/operations/${op}/cancel`);
+  expect(c.status).toBe(409);
+  expect(c.headers.get('content-type')).toContain('application/problem+json');
+  expect(c.body.code).toBe('FAILED_PRECONDITION');
+  expect(c.body.detail).toBe(`cannot cancel operation ${op}: a snapshot.revert operation cannot be cancelled once it has started: QEMU's snapshot load is not stopped halfway (the guest's state would be neither the old nor the new)`);
+  expect((await sql<{ c: boolean; s: string }>(`SELECT cancel_requested AS c, status AS s FROM operations WHERE id = $1`, [op]))[0]).toEqual({ c: false, s: 'running' });
+  expect((await api.get(`/v1/partitions/${partitionId}/snapshots/${kept.body.snapshot.id}`)).body.current).toBe(true);
+  await settle(partitionId);
+
+  // A running start can be cancelled (it stops the partition again): flagged for its handler.
+  const s = await api.post(`/v1/partitions/${partitionId}/stop`, { force: true });
+  await settle(partitionId, 'stopped');
+  const started = await api.post(`/v1/partitions/${partitionId}/start`);
+  expect(started.status).toBe(202);
+  await sql(`UPDATE operations SET status = 'running', started_at = now() WHERE id = $1`, [started.body.operation.id]);
+  const ok = await api.post(`/v1/operations/${started.body.operation.id}/cancel`);
+  expect(ok.status).toBe(200);
+  expect(ok.body).toMatchObject({ status: 'running', mayCancel: true });
+  expect((await sql<{ c: boolean }>(`SELECT cancel_requested AS c FROM operations WHERE id = $1`, [started.body.operation.id]))[0]!.c).toBe(true);
+  expect(s.status).toBe(202);
+  await settle(partitionId);
+});
+
 it('an undo that fails (here: the database refuses the partition update) leaves the operation pending with its cancel asked for; the next cancel undoes it and cancels it', async () => {
   const m = await api.post(`/v1/partitions/${partitionId}/migrate`, { targetNode: 'cancel-pending-b', storage: 'shared' });
   expect(m.status).toBe(202);

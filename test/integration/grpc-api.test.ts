@@ -82,7 +82,7 @@ describe('gRPC', () => {
   it('creates, gets, lists and patches partitions; a duplicate is ALREADY_EXISTS', async () => {
     const r = await a.call('PartitionService', 'CreatePartition', createReq('g-1', { labels: { env: 'prod' }, requestId: 'g-1-req' }));
     expect(r.partition).toMatchObject({ name: 'g-1', state: 'scheduled', memoryMib: 128, labels: { env: 'prod' } });
-    expect(r.operation).toMatchObject({ kind: 'partition.create', status: 'pending' });
+    expect(r.operation).toMatchObject({ kind: 'partition.create', status: 'pending', mayCancel: true });
     const replay = await a.call('PartitionService', 'CreatePartition', createReq('g-1', { labels: { env: 'prod' }, requestId: 'g-1-req' }));
     expect(replay.operation.id).toBe(r.operation.id);
     const dup = await a.fail('PartitionService', 'CreatePartition', createReq('g-1'));

@@ -31,7 +31,57 @@ export function assertOperationTransition(id: string, from: OperationStatus, to:
   }
 }
 
-/** Statuses a cancel request still has an effect on. */
-export function isCancellable(status: OperationStatus): boolean {
-  return status === 'pending' || status === 'running';
+/** What decides whether an operation can be cancelled now. */
+export interface CancelSubject {
+  kind: string;
+  status: OperationStatus;
+  /** The request's parameters (`live` for a migration). */
+  params?: Record<string, unknown>;
+  /** A migration's phase and mode, as its operation shows them. */
+  migration?: { phase?: string; mode?: string };
+}
+
+/** Phases of a live migration in which a cancel still leaves the guest running on the source. */
+const PRE_COPY_PHASES = ['preparing', 'storage', 'memory'];
+
+/**
+ * Kinds whose operation can be cancelled while it runs (Incus's `may_cancel`), each with why it
+ * cannot be at the moment, if so. A create or start is stopped again; a drain leaves the node
+ * cordoned; an import stops its transfer; a live migration in pre-copy leaves the guest on the
+ * source.
+ */
+const CANCEL_WHILE_RUNNING: Record<string, (op: CancelSubject) => string | undefined> = {
+  'partition.create': () => undefined,
+  'partition.start': () => undefined,
+  'node.drain': () => undefined,
+  'image.import': () => undefined,
+  'partition.migrate': (op) => {
+    if (op.params?.live !== true || op.migration?.mode === 'cold') return 'a cold migration is not stopped halfway through copying its disk';
+    const phase = op.migration?.phase;
+    if (phase && !PRE_COPY_PHASES.includes(phase)) return `the migration is past pre-copy (phase ${phase}): it can only end on the destination now`;
+    return undefined;
+  },
+};
+
+/** Why a running operation of a kind not in CANCEL_WHILE_RUNNING cannot be cancelled. */
+const ONCE_STARTED: Record<string, string> = {
+  'partition.stop': 'the node is stopping the guest',
+  'partition.reboot': 'the node is resetting the guest',
+  'partition.delete': 'the node is removing the guest and its files',
+  'snapshot.create': "QEMU's snapshot save is not stopped halfway",
+  'snapshot.revert': "QEMU's snapshot load is not stopped halfway (the guest's state would be neither the old nor the new)",
+  'snapshot.delete': "QEMU's snapshot delete is not stopped halfway",
+};
+
+/**
+ * Why `op` cannot be cancelled now, or undefined when a cancel request takes effect: any live
+ * operation before it started (its request's records are undone), and a running one of a kind
+ * that can stop halfway without leaving anything half done.
+ */
+export function cancelRefusal(op: CancelSubject): string | undefined {
+  if (isFinal(op.status)) return `it is ${op.status}`;
+  if (op.status === 'pending') return undefined;
+  const rule = CANCEL_WHILE_RUNNING[op.kind];
+  if (rule) return rule(op);
+  return `a ${op.kind} operation cannot be cancelled once it has started: ${ONCE_STARTED[op.kind] ?? 'its steps are not stopped halfway'}`;
 }

@@ -270,12 +270,15 @@ export class OperationRepository {
     return found[0];
   }
 
-  /** Flags a live operation for cancellation; returns the row (final ones unchanged). */
-  async requestCancel(id: string): Promise<OperationRow | undefined> {
+  /**
+   * Flags a live operation for cancellation (with `status`, only while it still has that status);
+   * returns the row, or undefined when nothing was flagged (final ones are unchanged).
+   */
+  async requestCancel(id: string, status?: 'pending' | 'running'): Promise<OperationRow | undefined> {
     const found = await rows<OperationRow>(this.ds, 
       `UPDATE operations SET cancel_requested = true, version = version + 1, updated_at = now()
-       WHERE id = $1 AND status IN ('pending', 'running') RETURNING *`,
-      [id],
+       WHERE id = $1 AND status IN ('pending', 'running') AND ($2::text IS NULL OR status = $2) RETURNING *`,
+      [id, status ?? null],
     );
     return found[0];
   }

@@ -70,3 +70,65 @@ describe('OperationsService.wait', () => {
     expect(events.listening(ID)).toBe(0);
   });
 });
+
+describe('OperationsService.cancel', () => {
+  const operator: Principal = { tokenId: 't', role: 'operator', projectId: 'proj' };
+  const of = (kind: string, status: string, extra: Partial<OperationRow> = {}) => ({ ...row(status), kind, ...extra }) as OperationRow;
+  /** A repository whose reads return `reads` in turn (the last one from then on); records the cancel requests. */
+  function repo(reads: OperationRow[], flagged: (r: OperationRow, status?: string) => boolean = (r, s) => r.status === s) {
+    const asked: Array<string | undefined> = [];
+    let i = 0;
+    const current = () => reads[Math.min(i, reads.length - 1)]!;
+    return {
+      asked,
+      get: async () => current(),
+      requestCancel: async (_id: string, status?: string) => {
+        asked.push(status);
+        const r = current();
+        i++;
+        return flagged(r, status) ? { ...r, cancel_requested: true } : undefined;
+      },
+    };
+  }
+  const events = { publish: async () => undefined };
+
+  it('refuses a running snapshot revert with the reason, and flags nothing', async () => {
+    const ops = repo([of('snapshot.revert', 'running')]);
+    const service = new OperationsService(ops as never, {} as never, events as never, pino({ level: 'silent' }));
+    await expect(service.cancel(operator, 'proj', ID)).rejects.toThrow(`cannot cancel operation ${ID}: a snapshot.revert operation cannot be cancelled once it has started: QEMU's snapshot load is not stopped halfway`);
+    expect(ops.asked).toEqual([]);
+  });
+
+  it('flags a running create and a live migration in pre-copy; refuses one in post-copy', async () => {
+    for (const [op, ok] of [
+      [of('partition.create', 'running'), true],
+      [of('partition.migrate', 'running', { params: { live: true }, metadata: { migration: { mode: 'live', phase: 'memory' } } }), true],
+      [of('partition.migrate', 'running', { params: { live: true }, metadata: { migration: { mode: 'live', phase: 'postcopy' } } }), false],
+    ] as const) {
+      const ops = repo([op]);
+      const service = new OperationsService(ops as never, {} as never, events as never, pino({ level: 'silent' }));
+      if (ok) {
+        await expect(service.cancel(operator, 'proj', ID)).resolves.toMatchObject({ status: 'running', mayCancel: true });
+        expect(ops.asked).toEqual(['running']);
+      } else {
+        await expect(service.cancel(operator, 'proj', ID)).rejects.toThrow('past pre-copy (phase postcopy)');
+        expect(ops.asked).toEqual([]);
+      }
+    }
+  });
+
+  it('judges again when the operation started between the read and the flag: a delete that started is refused', async () => {
+    // Read pending; by the time of the flag (asked for status pending) it runs.
+    const ops = repo([of('partition.delete', 'pending'), of('partition.delete', 'running')], () => false);
+    const service = new OperationsService(ops as never, {} as never, events as never, pino({ level: 'silent' }));
+    await expect(service.cancel(operator, 'proj', ID)).rejects.toThrow('a partition.delete operation cannot be cancelled once it has started: the node is removing the guest and its files');
+    expect(ops.asked).toEqual(['pending']);
+  });
+
+  it('refuses a final operation', async () => {
+    const ops = repo([of('partition.create', 'succeeded')]);
+    const service = new OperationsService(ops as never, {} as never, events as never, pino({ level: 'silent' }));
+    await expect(service.cancel(operator, 'proj', ID)).rejects.toThrow(`cannot cancel operation ${ID}: it is succeeded`);
+    expect(ops.asked).toEqual([]);
+  });
+});

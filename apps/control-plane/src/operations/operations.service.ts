@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { DomainError, FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
+import { DomainError, FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, cancelRefusal, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { EventBus } from '../events/event-bus';
 import { OperationQueueRepository } from './operation-queue.repository';
@@ -21,9 +21,14 @@ export interface OperationView {
   startedAt: string | null;
   finishedAt: string | null;
   projectId: string | null;
+  /** Whether a cancel request would take effect now (Incus's `may_cancel`; see cancelRefusal). */
+  mayCancel: boolean;
   /** partition.migrate: where it goes, how far it got, how it ended. */
   migration?: MigrationMetadata;
 }
+
+/** Why the operation in `r` cannot be cancelled now, or undefined. */
+const refusalOf = (r: OperationRow) => cancelRefusal({ kind: r.kind, status: r.status, params: r.params, migration: r.metadata?.migration });
 
 /** Maps an operation row to its view. */
 export function operationView(r: OperationRow): OperationView {
@@ -39,6 +44,7 @@ export function operationView(r: OperationRow): OperationView {
     startedAt: r.started_at ? r.started_at.toISOString() : null,
     finishedAt: r.finished_at ? r.finished_at.toISOString() : null,
     projectId: r.project_id,
+    mayCancel: refusalOf(r) === undefined,
     ...(r.metadata?.migration ? { migration: r.metadata.migration } : {}),
   };
 }
@@ -171,20 +177,35 @@ export class OperationsService {
     return final ?? operationView((await this.ops.get(id)) ?? row);
   }
 
-  /** Requests cancellation: a pending operation is cancelled at once, a running one at its next step. */
+  /**
+   * Requests cancellation: a pending operation is cancelled at once (its request's records
+   * undone), a running one at its next step if its kind can stop halfway (see cancelRefusal);
+   * any other is refused with the reason, and nothing changes.
+   */
   async cancel(principal: Principal, projectId: string | null, id: string): Promise<OperationView> {
     requireRole(principal, 'operator', 'cancel operations');
-    const row = await this.find(principal, projectId, id);
-    if (isFinal(row.status)) throw new FailedPreconditionError(`cannot cancel operation ${id}: it is ${row.status}`);
-    let updated = await this.ops.requestCancel(id);
-    if (updated && updated.status === 'pending') {
+    let row = await this.find(principal, projectId, id);
+    let updated: OperationRow | undefined;
+    // Judged on the row read, recorded only if its status is still the one judged (it may start or
+    // end meanwhile: then judged again on the new row).
+    for (let attempt = 0; !updated; attempt++) {
+      const refusal = refusalOf(row);
+      if (refusal) throw new FailedPreconditionError(`cannot cancel operation ${id}: ${refusal}`);
+      updated = await this.ops.requestCancel(id, row.status as 'pending' | 'running'); // live: a final one was refused above
+      if (!updated) {
+        const now = await this.ops.get(id);
+        if (!now) throw new NotFoundError('operation', id);
+        if (attempt >= 2) throw new FailedPreconditionError(`cannot cancel operation ${id}: its status keeps changing (now ${now.status}); try again`);
+        row = now;
+      }
+    }
+    if (updated.status === 'pending') {
       await this.queue.removeIfWaiting(id);
       updated = (await this.cancelBeforeStart(updated)) ?? updated;
     }
-    const latest = updated ?? (await this.ops.get(id)) ?? row;
-    await this.publish(latest);
-    await this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: id, projectId: row.project_id, data: operationView(latest) });
-    return operationView(latest);
+    await this.publish(updated);
+    await this.events.publish({ type: 'operation.cancel-requested', resourceType: 'operation', resourceId: id, projectId: row.project_id, data: operationView(updated) });
+    return operationView(updated);
   }
 
   private async find(principal: Principal, projectId: string | null, id: string): Promise<OperationRow> {
