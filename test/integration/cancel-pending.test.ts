@@ -108,6 +108,10 @@ it('a running operation whose kind cannot stop halfway refuses a cancel with the
   expect(c.body.detail).toBe(`cannot cancel operation ${op}: a snapshot.revert operation cannot be cancelled once it has started: QEMU's snapshot load is not stopped halfway (the guest's state would be neither the old nor the new)`);
   expect((await sql<{ c: boolean; s: string }>(`SELECT cancel_requested AS c, status AS s FROM operations WHERE id = $1`, [op]))[0]).toEqual({ c: false, s: 'running' });
   expect((await api.get(`/v1/partitions/${partitionId}/snapshots/${kept.body.snapshot.id}`)).body.current).toBe(true);
+  // Another action meanwhile is refused for it, and told to wait, not to cancel.
+  const stop = await api.post(`/v1/partitions/${partitionId}/stop`, { force: true });
+  expect(stop.status).toBe(409);
+  expect(stop.body.detail).toBe(`cannot stop partition p: operation ${op} (snapshot.revert) is in progress; wait for it (it cannot be cancelled now)`);
   await settle(partitionId);
 
   // A running start can be cancelled (it stops the partition again): flagged for its handler.

@@ -37,9 +37,10 @@ describe('operation status', () => {
     // Running: the rest.
     ['partition.migrate', 'running', { live: true }, { mode: 'live', phase: 'postcopy' }, 'past pre-copy (phase postcopy)'],
     ['partition.migrate', 'running', { live: true }, { mode: 'live', phase: 'switchover' }, 'past pre-copy (phase switchover)'],
-    ['partition.migrate', 'running', { live: true }, { mode: 'live', phase: 'finishing' }, 'past pre-copy (phase finishing)'],
+    ['partition.migrate', 'running', { live: true }, { mode: 'live', phase: 'cancelled' }, 'the migration is ending (phase cancelled)'],
     ['partition.migrate', 'running', { live: false }, { mode: 'cold', phase: 'storage' }, 'a cold migration is not stopped halfway'],
-    ['partition.migrate', 'running', {}, undefined, 'a cold migration is not stopped halfway'],
+    ['partition.migrate', 'running', { live: false }, { mode: 'cold', phase: 'preparing' }, undefined],
+    ['partition.migrate', 'running', {}, undefined, undefined],
     ['partition.stop', 'running', {}, undefined, 'a partition.stop operation cannot be cancelled once it has started: the node is stopping the guest'],
     ['partition.delete', 'running', {}, undefined, 'the node is removing the guest and its files'],
     ['snapshot.create', 'running', {}, undefined, "QEMU's snapshot save is not stopped halfway"],

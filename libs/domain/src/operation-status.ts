@@ -43,12 +43,14 @@ export interface CancelSubject {
 
 /** Phases of a live migration in which a cancel still leaves the guest running on the source. */
 const PRE_COPY_PHASES = ['preparing', 'storage', 'memory'];
+/** Phases a migration's operation shows while it records how the migration ended. */
+const ENDING_PHASES = ['completed', 'failed', 'cancelled'];
 
 /**
  * Kinds whose operation can be cancelled while it runs (Incus's `may_cancel`), each with why it
  * cannot be at the moment, if so. A create or start is stopped again; a drain leaves the node
- * cordoned; an import stops its transfer; a live migration in pre-copy leaves the guest on the
- * source.
+ * cordoned; an import stops its transfer; a live migration in pre-copy, or a cold one before its
+ * disk copy, leaves the partition on the source.
  */
 const CANCEL_WHILE_RUNNING: Record<string, (op: CancelSubject) => string | undefined> = {
   'partition.create': () => undefined,
@@ -56,8 +58,11 @@ const CANCEL_WHILE_RUNNING: Record<string, (op: CancelSubject) => string | undef
   'node.drain': () => undefined,
   'image.import': () => undefined,
   'partition.migrate': (op) => {
-    if (op.params?.live !== true || op.migration?.mode === 'cold') return 'a cold migration is not stopped halfway through copying its disk';
     const phase = op.migration?.phase;
+    if (phase && ENDING_PHASES.includes(phase)) return `the migration is ending (phase ${phase})`;
+    if (op.params?.live !== true || op.migration?.mode === 'cold') {
+      return phase && phase !== 'preparing' ? 'a cold migration is not stopped halfway through copying its disk' : undefined;
+    }
     if (phase && !PRE_COPY_PHASES.includes(phase)) return `the migration is past pre-copy (phase ${phase}): it can only end on the destination now`;
     return undefined;
   },

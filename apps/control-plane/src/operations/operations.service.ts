@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
 import { Logger } from 'pino';
 import { LOGGER } from '../common/tokens';
-import { DomainError, FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, cancelRefusal, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
+import { CancelSubject, DomainError, FailedPreconditionError, NotFoundError, OperationStatus, Principal, UUID_RE, ValidationError, cancelRefusal, isFinal, requireRole, OPERATION_STATUSES } from '@hyperplane/domain';
 import { Page, parsePage, toPage } from '../common/pagination';
 import { EventBus } from '../events/event-bus';
 import { OperationQueueRepository } from './operation-queue.repository';
@@ -27,8 +27,16 @@ export interface OperationView {
   migration?: MigrationMetadata;
 }
 
+/** What decides whether the operation in `r` can be cancelled now. */
+export const cancelSubjectOf = (r: Pick<OperationRow, 'kind' | 'status' | 'params' | 'metadata'>): CancelSubject => ({ kind: r.kind, status: r.status, params: r.params, migration: r.metadata?.migration });
+
 /** Why the operation in `r` cannot be cancelled now, or undefined. */
-const refusalOf = (r: OperationRow) => cancelRefusal({ kind: r.kind, status: r.status, params: r.params, migration: r.metadata?.migration });
+const refusalOf = (r: OperationRow) => cancelRefusal(cancelSubjectOf(r));
+
+/** What a request refused for the operation in flight on its target can do about it. */
+export function inProgressHint(live: CancelSubject): string {
+  return cancelRefusal(live) ? 'wait for it (it cannot be cancelled now)' : 'wait for it or cancel it';
+}
 
 /** Maps an operation row to its view. */
 export function operationView(r: OperationRow): OperationView {

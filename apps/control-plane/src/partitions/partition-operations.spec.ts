@@ -84,4 +84,24 @@ describe('PartitionOperations', () => {
     await done;
     expect(reads).toEqual([]);
   });
+
+  it('a create cancelled while its image comes to the node ends cancelled with the partition stopped, and the node is never told to run it', async () => {
+    const db = { row: rowOf({ state: 'scheduled', desired: 'running', observed_state: '' } as Partial<PartitionRow>) };
+    const { ops, reads } = setup(db, { onStop: () => undefined });
+    const told: unknown[] = [];
+    (ops as unknown as { sessions: Partial<AgentSessions> }).sessions = { sync: async (...a: unknown[]) => (told.push(a), true) };
+    const ac = new AbortController();
+    const ctx: OperationContext = { signal: ac.signal, progress: async () => undefined, succeedWith: () => undefined };
+    // The image fetch to the node stops on the cancel (ImageDistribution honours the signal).
+    (ops as unknown as { images: Partial<PartitionImages> }).images = {
+      beforeStart: (_op, _row, c) => new Promise((_r, reject) => c.signal.addEventListener('abort', () => reject(new Error('fetch aborted')))),
+    };
+    const op = { id: 'o3', kind: 'partition.create', target_id: 'p1', params: {} } as unknown as OperationRow;
+    const done = ops.handleStart(op, ctx, db.row);
+    ac.abort();
+    await expect(done).rejects.toThrow('start cancelled; the partition is stopped');
+    expect(db.row).toMatchObject({ state: 'stopped', desired: 'stopped' });
+    expect(told).toEqual([]);
+    expect(reads).toEqual(['p1']);
+  });
 });

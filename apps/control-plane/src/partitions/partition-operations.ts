@@ -49,7 +49,12 @@ export class PartitionOperations implements OnModuleInit {
     let row = known ?? (await this.mustGet(op));
     if (row.state === 'running' && row.observed_state === 'running') return;
     if (row.state === 'deleting') throw new CancelledError(`partition ${row.name} is being deleted`);
-    await this.images.beforeStart(op, row, ctx);
+    try {
+      await this.images.beforeStart(op, row, ctx);
+    } catch (e) {
+      if (e instanceof CancelledError || ctx.signal.aborted) await this.stopCancelledStart(row);
+      throw e instanceof CancelledError || !ctx.signal.aborted ? e : new CancelledError('start cancelled; the partition is stopped');
+    }
     await ctx.progress('starting', 10);
     /** The row as this handler just wrote it: pushed to the node and judged first as it is (any other is read again). */
     let written: PartitionRow | undefined;
@@ -68,19 +73,32 @@ export class PartitionOperations implements OnModuleInit {
       });
     } catch (e) {
       if (e instanceof CancelledError || ctx.signal.aborted) {
-        const cur = await this.partitions.getById(row.id);
-        if (cur && cur.state !== 'deleting') {
-          const stopped = await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopping', 'start cancelled');
-          if (stopped) {
-            await this.publish(stopped);
-            await this.tellNode(stopped, stopped).catch(() => undefined);
-          }
-        }
+        await this.stopCancelledStart(row);
         throw e instanceof CancelledError ? e : new CancelledError('start cancelled; the partition is being stopped');
       }
       throw e;
     }
     // Done: finishing the operation records progress 100 (phase 'done'), so no step of its own.
+  }
+
+  /**
+   * After a create or start was cancelled: the partition is stopped again. One its node was not
+   * told to run yet (`scheduled`, `stopped`: cancelled while its image came to the node) is stopped
+   * in the record alone; any other is told to stop.
+   */
+  private async stopCancelledStart(row: PartitionRow): Promise<void> {
+    const cur = await this.partitions.getById(row.id);
+    if (!cur || cur.state === 'deleting') return;
+    if (cur.state === 'scheduled' || (cur.state === 'stopped' && cur.desired !== 'running')) {
+      const stopped = await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopped', 'start cancelled');
+      if (stopped) await this.publish(stopped);
+      return;
+    }
+    const stopped = await this.partitions.setDesired(this.ds.manager, row.id, 'stopped', 'stopping', 'start cancelled');
+    if (stopped) {
+      await this.publish(stopped);
+      await this.tellNode(stopped, stopped).catch(() => undefined);
+    }
   }
 
   /** stop: desired stopped, a stop command (graceful or forced), then wait for the node to report it stopped. */

@@ -9,7 +9,7 @@ import { Db, lockForTransaction } from '../database/database';
 import { EventBus } from '../events/event-bus';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
 import { OperationRepository } from '../operations/operation.repository';
-import { OperationView, OperationsService, operationView } from '../operations/operations.service';
+import { OperationView, OperationsService, cancelSubjectOf, inProgressHint, operationView } from '../operations/operations.service';
 import { PartitionRepository, PartitionRow } from '../partitions/partition.repository';
 import { ChainKeys } from './chain-keys';
 import { ChainPlacement } from './chain-placement';
@@ -289,7 +289,7 @@ export class ServiceChainsService {
 
   private async noLiveOperation(db: Db, p: PartitionRow): Promise<void> {
     const live = await this.ops.liveForTarget(db, p.id);
-    if (live) throw new FailedPreconditionError(`partition ${p.name}: operation ${live.id} (${live.kind}) is in progress; wait for it or cancel it`);
+    if (live) throw new FailedPreconditionError(`partition ${p.name}: operation ${live.id} (${live.kind}) is in progress; ${inProgressHint(cancelSubjectOf(live))}`);
   }
 
   /** Seals the keys of encrypt links (made here when the request gives none). */
@@ -336,7 +336,7 @@ export class ServiceChainsService {
         if (c.state === 'deleting') throw new FailedPreconditionError(`cannot ${action} service chain ${c.name}: it is being deleted`);
         const live = await this.ops.liveForTarget(db, c.id);
         if (live && !(supersede && live.kind === 'service-chain.repair')) {
-          throw new FailedPreconditionError(`cannot ${action} service chain ${c.name}: operation ${live.id} (${live.kind}) is in progress; wait for it or cancel it`);
+          throw new FailedPreconditionError(`cannot ${action} service chain ${c.name}: operation ${live.id} (${live.kind}) is in progress; ${inProgressHint(cancelSubjectOf(live))}`);
         }
         c = await prepare(db, c);
         const op = await this.ops.insert(db, { id: uuidv7(), projectId, kind, targetType: 'service-chain', targetId: c.id, params: { ...params, ...extraParams() }, requestId: opts.requestId });
