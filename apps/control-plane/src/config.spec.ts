@@ -14,7 +14,7 @@ describe('configuration', () => {
     });
     expect(c.dataDir.endsWith('.hyperplane')).toBe(true);
     expect(c.role).toBe('all');
-    expect(c.operationConcurrency).toBe(256);
+    expect(c.operationConcurrency).toBe(512);
     expect(c.runAccepted).toBe(true);
   });
 

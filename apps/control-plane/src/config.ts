@@ -166,7 +166,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ...maxCandidates(env),
     maxImageBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_BYTES', 16 * 1024 ** 3),
     maxImageVirtualBytes: positiveInt(env, 'HYPERPLANE_MAX_IMAGE_VIRTUAL_BYTES', 4 * 1024 ** 4),
-    operationConcurrency: positiveInt(env, 'HYPERPLANE_OPERATION_CONCURRENCY', 256),
+    operationConcurrency: positiveInt(env, 'HYPERPLANE_OPERATION_CONCURRENCY', 512),
     runAccepted: onOff(env, 'HYPERPLANE_RUN_ACCEPTED', true),
     role: role(env),
     ...secretsKey(env),

@@ -32,7 +32,7 @@ function setup(op: OperationRow) {
     },
   } as unknown as OperationRepository;
   const service = { publish: async () => undefined } as unknown as OperationsService;
-  const runner = new OperationRunner(ops, {} as OperationQueueRepository, service, {} as EventBus, pino({ level: 'silent' }), {} as Config);
+  const runner = new OperationRunner(ops, {} as OperationQueueRepository, service, {} as EventBus, pino({ level: 'silent' }), { operationConcurrency: 8 } as Config);
   const run = (job: { name: string; operationId: string }) => (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: job.name, data: { operationId: job.operationId } } as Job);
   return { runner, run, calls, startDone };
 }
@@ -221,6 +221,77 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
     expect(calls).toEqual([]); // no finish
     await runner.onModuleDestroy();
+  });
+
+  it('runs at most HYPERPLANE_OPERATION_CONCURRENCY however they started: a job waits (its operation pending) while leased ones hold every slot, and no lease is given while it waits', async () => {
+    const marked: string[] = [];
+    const { runner } = started(2, {
+      markRunning: async (id: string) => (marked.push(id), running(id, 'thing.do')),
+    } as Partial<OperationRepository>);
+    const release = new Map<string, () => void>();
+    runner.register('thing.do', (op) => new Promise<void>((r) => release.set(op.id, r)));
+    await runner.onApplicationBootstrap();
+    const tick = async () => {
+      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    };
+    runner.leaseHere('thing.do');
+    runner.runHere(running('leased-1', 'thing.do'));
+    runner.leaseHere('thing.do');
+    runner.runHere(running('leased-2', 'thing.do'));
+    const job = (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'thing.do', data: { operationId: 'queued-1' } } as Job);
+    await tick();
+    expect(marked).toEqual([]); // waits for a slot, not started
+    expect([...release.keys()]).toEqual(['leased-1', 'leased-2']);
+    release.get('leased-1')!();
+    await tick();
+    expect(runner.leaseHere('thing.do')).toBeUndefined(); // the freed slot went to the waiting job
+    expect(marked).toEqual(['queued-1']);
+    expect([...release.keys()]).toEqual(['leased-1', 'leased-2', 'queued-1']);
+    release.get('queued-1')!();
+    await job;
+    expect(runner.leaseHere('thing.do')).toBeDefined(); // its slot is free again
+    release.get('leased-2')!();
+    await runner.onModuleDestroy();
+  });
+
+  it('a drain holds no slot (it waits for operations that need one): with every slot held, its job starts and it is leased', async () => {
+    const marked: string[] = [];
+    const { runner } = started(1, {
+      markRunning: async (id: string) => (marked.push(id), running(id, 'node.drain')),
+    } as Partial<OperationRepository>);
+    const release: Array<() => void> = [];
+    runner.register('thing.do', () => new Promise<void>((r) => release.push(r)));
+    runner.register('node.drain', () => new Promise<void>((r) => release.push(r)));
+    await runner.onApplicationBootstrap();
+    runner.leaseHere('thing.do');
+    runner.runHere(running('leased-1', 'thing.do'));
+    expect(runner.leaseHere('thing.do')).toBeUndefined();
+    const job = (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'node.drain', data: { operationId: 'drain-1' } } as Job);
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    expect(marked).toEqual(['drain-1']);
+    expect(runner.leaseHere('node.drain')).toBeDefined();
+    runner.unlease();
+    for (const r of release) r();
+    await job;
+    await runner.onModuleDestroy();
+  });
+
+  it('at shutdown a job waiting for a slot ends without starting its operation (it stays pending for the sweep)', async () => {
+    const marked: string[] = [];
+    const { runner } = started(1, {
+      markRunning: async (id: string) => (marked.push(id), running(id, 'thing.do')),
+    } as Partial<OperationRepository>);
+    let release!: () => void;
+    runner.register('thing.do', () => new Promise<void>((r) => (release = r)));
+    await runner.onApplicationBootstrap();
+    runner.leaseHere('thing.do');
+    runner.runHere(running('leased-1', 'thing.do'));
+    const job = (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'thing.do', data: { operationId: 'queued-1' } } as Job);
+    await new Promise((r) => setImmediate(r));
+    await runner.onModuleDestroy();
+    await job;
+    expect(marked).toEqual([]);
+    release();
   });
 
   it('does not lease with HYPERPLANE_RUN_ACCEPTED off (replicas older than the leases still run)', async () => {

@@ -48,6 +48,13 @@ const SWEEP_MS = 15_000;
 export const LEASE_MS = 10_000;
 
 /**
+ * Kinds that wait for operations they start (a drain, for its migrations and stops): they hold no
+ * slot of HYPERPLANE_OPERATION_CONCURRENCY, else drains could hold every slot while the operations
+ * they wait for queue for one.
+ */
+const ORCHESTRATING_KINDS = new Set(['node.drain']);
+
+/**
  * Runs operations from the BullMQ queue through their handlers, drives each to a final status,
  * and after a restart makes sure every operation that was live gets a job again (Incus
  * operations.go: a status machine, a cancel hook, an event on every transition).
@@ -64,6 +71,13 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   private readonly lost = new Set<string>();
   /** Leases handed out by {@link leaseHere} whose operation has not started yet. */
   private reserved = 0;
+  /**
+   * Slots held by operations running here, however they started (under a lease or by a job),
+   * orchestrating kinds aside: with {@link reserved}, at most HYPERPLANE_OPERATION_CONCURRENCY.
+   */
+  private held = 0;
+  /** Jobs waiting for a slot, oldest first: each is called with true when it has one, false at shutdown. */
+  private readonly waiting: Array<(go: boolean) => void> = [];
   private leaseTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
@@ -100,6 +114,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
 
   async onModuleDestroy(): Promise<void> {
     this.started = false; // no more leases: requests still answered meanwhile queue their operations
+    for (const w of this.waiting.splice(0)) w(false); // their jobs end; the sweep queues them again
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.unsubscribe?.();
@@ -128,7 +143,8 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
    * with {@link unlease}.
    */
   leaseHere(kind: string): OperationLease | undefined {
-    if (!this.started || !this.config.runAccepted || !this.handlers.has(kind) || this.running.size + this.reserved >= this.config.operationConcurrency) return undefined;
+    if (!this.started || !this.config.runAccepted || !this.handlers.has(kind)) return undefined;
+    if (!ORCHESTRATING_KINDS.has(kind) && (this.waiting.length > 0 || this.free() <= 0)) return undefined; // queued jobs wait first
     this.reserved++;
     return { owner: this.owner, ms: LEASE_MS };
   }
@@ -152,6 +168,34 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   /** Gives back `n` leases from {@link leaseHere} whose operations were not recorded (the request failed). */
   unlease(n = 1): void {
     this.reserved = Math.max(0, this.reserved - n);
+    this.wakeWaiting();
+  }
+
+  /** Slots neither held nor reserved. */
+  private free(): number {
+    return this.config.operationConcurrency - this.held - this.reserved;
+  }
+
+  /** A slot for a job: at once when one is free and no job waits before it; false at shutdown. */
+  private takeSlot(): Promise<boolean> {
+    if (this.waiting.length === 0 && this.free() > 0) {
+      this.held++;
+      return Promise.resolve(true);
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  private giveSlotBack(): void {
+    this.held--;
+    this.wakeWaiting();
+  }
+
+  /** Hands the free slots to the jobs waiting longest. */
+  private wakeWaiting(): void {
+    while (this.waiting.length > 0 && this.free() > 0) {
+      this.held++;
+      this.waiting.shift()!(true);
+    }
   }
 
   /**
@@ -160,7 +204,11 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
    * prefetch would read, as the request's transaction committed it (then not read again).
    */
   runHere(op: OperationRow, read?: unknown): void {
-    this.unlease();
+    // Its lease's reservation becomes the slot it holds while it runs.
+    this.reserved = Math.max(0, this.reserved - 1);
+    const counted = !ORCHESTRATING_KINDS.has(op.kind);
+    if (counted) this.held++;
+    else this.wakeWaiting();
     const registered = this.handlers.get(op.kind)!;
     this.leased.add(op.id);
     const prefetched = read !== undefined ? Promise.resolve(read) : registered.prefetch?.(op.id).catch(() => undefined);
@@ -170,6 +218,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
       .finally(() => {
         this.leased.delete(op.id);
         this.lost.delete(op.id);
+        if (counted) this.giveSlotBack();
       });
   }
 
@@ -191,7 +240,21 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     }
   }
 
+  /**
+   * A job: started once this replica has a slot for it (it stays pending meanwhile; at most
+   * HYPERPLANE_OPERATION_CONCURRENCY run here, under a lease or by a job), orchestrating kinds at once.
+   */
   private async onJob(job: Job<OperationJobData>): Promise<void> {
+    if (ORCHESTRATING_KINDS.has(job.name)) return this.startJob(job);
+    if (!(await this.takeSlot())) return; // shutting down: the job ends, the operation stays pending, a sweep queues it again
+    try {
+      await this.startJob(job);
+    } finally {
+      this.giveSlotBack();
+    }
+  }
+
+  private async startJob(job: Job<OperationJobData>): Promise<void> {
     const id = job.data.operationId;
     // The common case in one statement: a live operation of a known kind starts. Anything else
     // (final already, cancelled while pending, no handler, run under a replica's lease) is read and settled below.
