@@ -88,6 +88,11 @@ export class OperationQueueRepository implements OnModuleDestroy {
     this.worker.on('error', (err) => this.log.warn({ err }, 'operation worker error'));
   }
 
+  /** How many jobs this replica's worker takes at once from now on (at least 1). */
+  setConcurrency(n: number): void {
+    if (this.worker && this.worker.concurrency !== n) this.worker.concurrency = Math.max(1, n);
+  }
+
   /** Readiness probe: Redis answers. */
   async ping(): Promise<void> {
     await this.queue.getJobCounts('active');

@@ -32,7 +32,7 @@ function setup(op: OperationRow) {
     },
   } as unknown as OperationRepository;
   const service = { publish: async () => undefined } as unknown as OperationsService;
-  const runner = new OperationRunner(ops, {} as OperationQueueRepository, service, {} as EventBus, pino({ level: 'silent' }), { operationConcurrency: 8 } as Config);
+  const runner = new OperationRunner(ops, {} as OperationQueueRepository, service, {} as EventBus, pino({ level: 'silent' }), {} as Config);
   const run = (job: { name: string; operationId: string }) => (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: job.name, data: { operationId: job.operationId } } as Job);
   return { runner, run, calls, startDone };
 }
@@ -91,10 +91,11 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     } as unknown as OperationRepository;
     const published: string[] = [];
     const service = { publish: async (r: OperationRow) => void published.push(`${r.id} ${r.status}`) } as unknown as OperationsService;
-    const queue = { startWorker: () => undefined } as unknown as OperationQueueRepository;
+    const jobsAtOnce: number[] = [];
+    const queue = { startWorker: () => undefined, setConcurrency: (n: number) => void jobsAtOnce.push(n) } as unknown as OperationQueueRepository;
     const events = { subscribe: () => () => undefined } as unknown as EventBus;
     const runner = new OperationRunner(repo, queue, service, events, pino({ level: 'silent' }), { role: 'all', operationConcurrency: concurrency, runAccepted } as Config);
-    return { runner, calls, published };
+    return { runner, calls, published, jobsAtOnce };
   }
 
   afterEach(() => jest.useRealTimers());
@@ -223,10 +224,9 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     await runner.onModuleDestroy();
   });
 
-  it('runs at most HYPERPLANE_OPERATION_CONCURRENCY however they started: a job waits (its operation pending) while leased ones hold every slot, and no lease is given while it waits', async () => {
-    const marked: string[] = [];
-    const { runner } = started(2, {
-      markRunning: async (id: string) => (marked.push(id), running(id, 'thing.do')),
+  it('one count for HYPERPLANE_OPERATION_CONCURRENCY: leases leave the queue\'s worker the slots left (at least one), and operations run from jobs leave fewer leases', async () => {
+    const { runner, jobsAtOnce } = started(3, {
+      markRunning: async (id: string) => running(id, 'thing.do'),
     } as Partial<OperationRepository>);
     const release = new Map<string, () => void>();
     runner.register('thing.do', (op) => new Promise<void>((r) => release.set(op.id, r)));
@@ -236,28 +236,31 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     };
     runner.leaseHere('thing.do');
     runner.runHere(running('leased-1', 'thing.do'));
+    expect(jobsAtOnce.at(-1)).toBe(2);
     runner.leaseHere('thing.do');
+    expect(jobsAtOnce.at(-1)).toBe(1); // reserved counts as soon as it is given
     runner.runHere(running('leased-2', 'thing.do'));
+    expect(jobsAtOnce.at(-1)).toBe(1);
+    // A job runs here: the last slot; no lease is left for a request.
     const job = (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'thing.do', data: { operationId: 'queued-1' } } as Job);
     await tick();
-    expect(marked).toEqual([]); // waits for a slot, not started
-    expect([...release.keys()]).toEqual(['leased-1', 'leased-2']);
-    release.get('leased-1')!();
-    await tick();
-    expect(runner.leaseHere('thing.do')).toBeUndefined(); // the freed slot went to the waiting job
-    expect(marked).toEqual(['queued-1']);
-    expect([...release.keys()]).toEqual(['leased-1', 'leased-2', 'queued-1']);
+    expect(runner.leaseHere('thing.do')).toBeUndefined();
     release.get('queued-1')!();
     await job;
-    expect(runner.leaseHere('thing.do')).toBeDefined(); // its slot is free again
+    expect(runner.leaseHere('thing.do')).toBeDefined();
+    // Every slot taken by leases: the worker still takes one job at once (the queue never stalls).
+    expect(jobsAtOnce.at(-1)).toBe(1); // max(1, 3 - 1 reserved - 2 leased)
+    runner.unlease();
+    release.get('leased-1')!();
     release.get('leased-2')!();
+    await tick();
+    expect(jobsAtOnce.at(-1)).toBe(3); // all slots free again
     await runner.onModuleDestroy();
   });
 
-  it('a drain holds no slot (it waits for operations that need one): with every slot held, its job starts and it is leased', async () => {
-    const marked: string[] = [];
-    const { runner } = started(1, {
-      markRunning: async (id: string) => (marked.push(id), running(id, 'node.drain')),
+  it('a drain holds no slot (it waits for operations that need one): with every slot held it is still leased, and a drain job takes a place of the worker, not a slot', async () => {
+    const { runner, jobsAtOnce } = started(1, {
+      markRunning: async (id: string) => running(id, 'node.drain'),
     } as Partial<OperationRepository>);
     const release: Array<() => void> = [];
     runner.register('thing.do', () => new Promise<void>((r) => release.push(r)));
@@ -268,7 +271,7 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     expect(runner.leaseHere('thing.do')).toBeUndefined();
     const job = (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'node.drain', data: { operationId: 'drain-1' } } as Job);
     for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
-    expect(marked).toEqual(['drain-1']);
+    expect(jobsAtOnce.at(-1)).toBe(2); // max(1, 1 - 1) + the drain
     expect(runner.leaseHere('node.drain')).toBeDefined();
     runner.unlease();
     for (const r of release) r();
@@ -276,22 +279,16 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     await runner.onModuleDestroy();
   });
 
-  it('at shutdown a job waiting for a slot ends without starting its operation (it stays pending for the sweep)', async () => {
+  it('a job fetched while it shuts down starts nothing (the operation stays pending for the sweep)', async () => {
     const marked: string[] = [];
-    const { runner } = started(1, {
+    const { runner } = started(4, {
       markRunning: async (id: string) => (marked.push(id), running(id, 'thing.do')),
     } as Partial<OperationRepository>);
-    let release!: () => void;
-    runner.register('thing.do', () => new Promise<void>((r) => (release = r)));
+    runner.register('thing.do', async () => undefined);
     await runner.onApplicationBootstrap();
-    runner.leaseHere('thing.do');
-    runner.runHere(running('leased-1', 'thing.do'));
-    const job = (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'thing.do', data: { operationId: 'queued-1' } } as Job);
-    await new Promise((r) => setImmediate(r));
     await runner.onModuleDestroy();
-    await job;
+    await (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'thing.do', data: { operationId: 'late-1' } } as Job);
     expect(marked).toEqual([]);
-    release();
   });
 
   it('does not lease with HYPERPLANE_RUN_ACCEPTED off (replicas older than the leases still run)', async () => {

@@ -72,12 +72,16 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   /** Leases handed out by {@link leaseHere} whose operation has not started yet. */
   private reserved = 0;
   /**
-   * Slots held by operations running here, however they started (under a lease or by a job),
-   * orchestrating kinds aside: with {@link reserved}, at most HYPERPLANE_OPERATION_CONCURRENCY.
+   * Operations running here that hold a slot, however they started (orchestrating kinds aside):
+   * with {@link reserved}, at most HYPERPLANE_OPERATION_CONCURRENCY (see {@link fitQueue}).
    */
-  private held = 0;
-  /** Jobs waiting for a slot, oldest first: each is called with true when it has one, false at shutdown. */
-  private readonly waiting: Array<(go: boolean) => void> = [];
+  private busy = 0;
+  /** Of {@link busy}, those run under a lease ({@link runHere}); the others came from jobs. */
+  private busyLeased = 0;
+  /** Orchestrating operations run here from jobs: each takes one of the queue worker's places, not a slot. */
+  private orchestratingJobs = 0;
+  /** Set at shutdown: a job fetched from then on starts nothing. */
+  private stopping = false;
   private leaseTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
@@ -114,7 +118,7 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
 
   async onModuleDestroy(): Promise<void> {
     this.started = false; // no more leases: requests still answered meanwhile queue their operations
-    for (const w of this.waiting.splice(0)) w(false); // their jobs end; the sweep queues them again
+    this.stopping = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.unsubscribe?.();
@@ -144,8 +148,9 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
    */
   leaseHere(kind: string): OperationLease | undefined {
     if (!this.started || !this.config.runAccepted || !this.handlers.has(kind)) return undefined;
-    if (!ORCHESTRATING_KINDS.has(kind) && (this.waiting.length > 0 || this.free() <= 0)) return undefined; // queued jobs wait first
+    if (!ORCHESTRATING_KINDS.has(kind) && this.busy + this.reserved >= this.config.operationConcurrency) return undefined;
     this.reserved++;
+    this.fitQueue();
     return { owner: this.owner, ms: LEASE_MS };
   }
 
@@ -168,34 +173,19 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   /** Gives back `n` leases from {@link leaseHere} whose operations were not recorded (the request failed). */
   unlease(n = 1): void {
     this.reserved = Math.max(0, this.reserved - n);
-    this.wakeWaiting();
+    this.fitQueue();
   }
 
-  /** Slots neither held nor reserved. */
-  private free(): number {
-    return this.config.operationConcurrency - this.held - this.reserved;
-  }
-
-  /** A slot for a job: at once when one is free and no job waits before it; false at shutdown. */
-  private takeSlot(): Promise<boolean> {
-    if (this.waiting.length === 0 && this.free() > 0) {
-      this.held++;
-      return Promise.resolve(true);
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-
-  private giveSlotBack(): void {
-    this.held--;
-    this.wakeWaiting();
-  }
-
-  /** Hands the free slots to the jobs waiting longest. */
-  private wakeWaiting(): void {
-    while (this.waiting.length > 0 && this.free() > 0) {
-      this.held++;
-      this.waiting.shift()!(true);
-    }
+  /**
+   * One count for HYPERPLANE_OPERATION_CONCURRENCY, whichever way operations start: the queue's
+   * worker takes as many jobs at once as the slots that leases (reserved, or running under them)
+   * leave, and at least one, so the queue never stalls (at most one over the count then); a lease
+   * is given only while running operations, from jobs too, and leases leave a slot. A replica full
+   * of leased work so fetches no jobs that would wait: another replica with room takes them.
+   */
+  private fitQueue(): void {
+    if (!this.started) return;
+    this.queue.setConcurrency(Math.max(1, this.config.operationConcurrency - this.reserved - this.busyLeased) + this.orchestratingJobs);
   }
 
   /**
@@ -207,8 +197,11 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     // Its lease's reservation becomes the slot it holds while it runs.
     this.reserved = Math.max(0, this.reserved - 1);
     const counted = !ORCHESTRATING_KINDS.has(op.kind);
-    if (counted) this.held++;
-    else this.wakeWaiting();
+    if (counted) {
+      this.busy++;
+      this.busyLeased++;
+    }
+    this.fitQueue();
     const registered = this.handlers.get(op.kind)!;
     this.leased.add(op.id);
     const prefetched = read !== undefined ? Promise.resolve(read) : registered.prefetch?.(op.id).catch(() => undefined);
@@ -218,7 +211,11 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
       .finally(() => {
         this.leased.delete(op.id);
         this.lost.delete(op.id);
-        if (counted) this.giveSlotBack();
+        if (counted) {
+          this.busy--;
+          this.busyLeased--;
+          this.fitQueue();
+        }
       });
   }
 
@@ -240,17 +237,19 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
     }
   }
 
-  /**
-   * A job: started once this replica has a slot for it (it stays pending meanwhile; at most
-   * HYPERPLANE_OPERATION_CONCURRENCY run here, under a lease or by a job), orchestrating kinds at once.
-   */
+  /** A job: its operation started and run here (it holds a slot meanwhile; orchestrating kinds a place of the queue's worker). */
   private async onJob(job: Job<OperationJobData>): Promise<void> {
-    if (ORCHESTRATING_KINDS.has(job.name)) return this.startJob(job);
-    if (!(await this.takeSlot())) return; // shutting down: the job ends, the operation stays pending, a sweep queues it again
+    if (this.stopping) return; // fetched while shutting down: the operation stays pending, and a sweep queues it again
+    const counted = !ORCHESTRATING_KINDS.has(job.name);
+    if (counted) this.busy++;
+    else this.orchestratingJobs++;
+    this.fitQueue();
     try {
       await this.startJob(job);
     } finally {
-      this.giveSlotBack();
+      if (counted) this.busy--;
+      else this.orchestratingJobs--;
+      this.fitQueue();
     }
   }
 
