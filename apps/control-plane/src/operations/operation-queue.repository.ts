@@ -88,10 +88,27 @@ export class OperationQueueRepository implements OnModuleDestroy {
     this.worker.on('error', (err) => this.log.warn({ err }, 'operation worker error'));
   }
 
-  /** How many jobs this replica's worker takes at once from now on (at least 1). */
+  /**
+   * How many jobs this replica's worker takes at once from now on (at least 1). BullMQ reads a
+   * lower value at its next fetch; a higher one it would only read when one of its jobs ends (its
+   * main loop waits on them), so the loop is woken as `Worker.resume` wakes it (once per tick).
+   */
   setConcurrency(n: number): void {
-    if (this.worker && this.worker.concurrency !== n) this.worker.concurrency = Math.max(1, n);
+    const worker = this.worker;
+    const next = Math.max(1, n);
+    if (!worker || worker.concurrency === next) return;
+    const raised = next > worker.concurrency;
+    worker.concurrency = next;
+    if (raised && !this.wakePending) {
+      this.wakePending = true;
+      setImmediate(() => {
+        this.wakePending = false;
+        (worker as unknown as { mainLoopQueue?: { add(p: Promise<unknown>): void } }).mainLoopQueue?.add(Promise.resolve(undefined));
+      });
+    }
   }
+
+  private wakePending = false;
 
   /** Readiness probe: Redis answers. */
   async ping(): Promise<void> {

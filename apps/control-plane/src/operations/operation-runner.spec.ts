@@ -279,6 +279,27 @@ describe('OperationRunner runs operations accepted here under a lease', () => {
     await runner.onModuleDestroy();
   });
 
+  it('a job that starts nothing (its operation final already, or the start statement failing) gives its slot back', async () => {
+    let fail = false;
+    const { runner, jobsAtOnce } = started(2, {
+      markRunning: async () => {
+        if (fail) throw new Error('database gone');
+        return undefined; // not live any more
+      },
+      get: async (id: string) => ({ ...running(id, 'thing.do'), status: 'succeeded' }),
+    } as unknown as Partial<OperationRepository>);
+    runner.register('thing.do', async () => undefined);
+    await runner.onApplicationBootstrap();
+    const onJob = (id: string) => (runner as unknown as { onJob(j: Job): Promise<void> }).onJob({ name: 'thing.do', data: { operationId: id } } as Job);
+    await onJob('done-1');
+    fail = true;
+    await expect(onJob('down-1')).rejects.toThrow('database gone');
+    expect(runner.leaseUpTo('thing.do', 5).count).toBe(2); // both slots free
+    runner.unlease(2);
+    expect(jobsAtOnce.at(-1)).toBe(2);
+    await runner.onModuleDestroy();
+  });
+
   it('a job fetched while it shuts down starts nothing (the operation stays pending for the sweep)', async () => {
     const marked: string[] = [];
     const { runner } = started(4, {

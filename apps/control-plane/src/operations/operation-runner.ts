@@ -179,7 +179,8 @@ export class OperationRunner implements OnApplicationBootstrap, OnModuleDestroy 
   /**
    * One count for HYPERPLANE_OPERATION_CONCURRENCY, whichever way operations start: the queue's
    * worker takes as many jobs at once as the slots that leases (reserved, or running under them)
-   * leave, and at least one, so the queue never stalls (at most one over the count then); a lease
+   * leave, and at least one, so the queue never stalls (one over the count then, and for a moment one
+   * more per job fetch under way as a slot frees: BullMQ fetches as a job ends); a lease
    * is given only while running operations, from jobs too, and leases leave a slot. A replica full
    * of leased work so fetches no jobs that would wait: another replica with room takes them.
    */
