@@ -1,14 +1,15 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { AlreadyExistsError, CancelSubject, OperationStatus, PartitionState } from '@hyperplane/domain';
+import { AlreadyExistsError, PartitionState } from '@hyperplane/domain';
 import { DataSource } from 'typeorm';
 import { Db, inOrder, rows, rowsByIdBatcher, isUniqueViolation, outsideTransaction } from '../database/database';
 import { PageRequest } from '../common/pagination';
 import { Where } from '../database/where';
 import { DATA_SOURCE } from '../common/tokens';
 import { Batcher } from '../common/batcher';
+import type { OperationRow } from '../operations/operation.repository';
 
-/** The operation in flight on a partition, as a request that finds one needs it (its id, and whether it can be cancelled now). */
-export type LiveOperation = CancelSubject & { id: string };
+/** The operation in flight on a partition, as a request that finds one needs it (its id, and whether it can be cancelled now: cancelSubjectOf). */
+export type LiveOperation = Pick<OperationRow, 'id' | 'kind' | 'status' | 'params' | 'metadata'>;
 
 /** What the control plane wants a node to do with a partition. */
 export type Desired = 'running' | 'stopped' | 'absent';
@@ -207,14 +208,14 @@ export class PartitionRepository {
    * flight on it (the oldest pending or running one), if any.
    */
   async lockWithLiveOperation(tx: Db, projectId: string, id: string): Promise<{ row: PartitionRow; live?: LiveOperation } | undefined> {
-    const found = await rows<PartitionRow & { live_op_id: string | null; live_op_kind: string | null; live_op_status: OperationStatus | null; live_op_params: Record<string, unknown> | null; live_op_migration: LiveOperation['migration'] | null }>(tx,
-      `SELECT p.*, o.id AS live_op_id, o.kind AS live_op_kind, o.status AS live_op_status, o.params AS live_op_params, o.metadata -> 'migration' AS live_op_migration FROM partitions p
+    const found = await rows<PartitionRow & { live_op: LiveOperation | null }>(tx,
+      `SELECT p.*, CASE WHEN o.id IS NULL THEN NULL ELSE jsonb_build_object('id', o.id, 'kind', o.kind, 'status', o.status, 'params', o.params, 'metadata', o.metadata) END AS live_op FROM partitions p
          LEFT JOIN LATERAL (SELECT id, kind, status, params, metadata FROM operations WHERE target_id = p.id AND status IN ('pending', 'running') ORDER BY id LIMIT 1) o ON true
        WHERE p.id = $1 AND p.project_id = $2 FOR UPDATE OF p`, [id, projectId]);
     const r = found[0];
     if (!r) return undefined;
-    const { live_op_id: liveId, live_op_kind: liveKind, live_op_status: liveStatus, live_op_params: liveParams, live_op_migration: liveMigration, ...row } = r;
-    return { row, ...(liveId ? { live: { id: liveId, kind: liveKind ?? '', status: liveStatus ?? 'pending', params: liveParams ?? {}, migration: liveMigration ?? undefined } } : {}) };
+    const { live_op: live, ...row } = r;
+    return { row, ...(live ? { live } : {}) };
   }
 
   /** A keyset page of a project's partitions. */

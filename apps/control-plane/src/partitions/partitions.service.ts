@@ -24,7 +24,7 @@ import { Batcher } from '../common/batcher';
 import { OperationQueueRepository } from '../operations/operation-queue.repository';
 import { NewOperation, OperationLease, OperationRepository, OperationRow } from '../operations/operation.repository';
 import { OperationRunner } from '../operations/operation-runner';
-import { OperationView, OperationsService, inProgressHint, operationView } from '../operations/operations.service';
+import { OperationView, OperationsService, cancelSubjectOf, inProgressHint, operationView } from '../operations/operations.service';
 import { AgentSessions } from '../agents/agent-sessions';
 import { ImagePolicy, ImageTerms } from '../images/image-policy';
 import { NewPartition, PartitionRepository, PartitionRow, PlacementSpecRow } from './partition.repository';
@@ -422,7 +422,7 @@ export class PartitionsService {
         checkIfMatch('partition', id, opts.ifMatch, row.version);
         assertCanPerform(action, row);
         if (live && action !== 'delete') {
-          throw new FailedPreconditionError(`cannot ${action} partition ${row.name}: operation ${live.id} (${live.kind}) is in progress; ${inProgressHint(live)}`);
+          throw new FailedPreconditionError(`cannot ${action} partition ${row.name}: operation ${live.id} (${live.kind}) is in progress; ${inProgressHint(cancelSubjectOf(live))}`);
         }
         const operationId = uuidv7();
         const prepared = prepare ? await prepare(db, row, operationId) : {};
