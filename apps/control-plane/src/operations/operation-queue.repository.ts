@@ -21,6 +21,8 @@ const QUEUE = 'operations';
 export class OperationQueueRepository implements OnModuleDestroy {
   private readonly queue: Queue<OperationJobData>;
   private worker: Worker<OperationJobData> | undefined;
+  /** A wake of the worker's main loop is due this tick (see setConcurrency). */
+  private wakePending = false;
   /** Lock time of a job; a crashed replica's jobs are picked up again after this. */
   static readonly lockDurationMs = 10_000;
 
@@ -107,8 +109,6 @@ export class OperationQueueRepository implements OnModuleDestroy {
       });
     }
   }
-
-  private wakePending = false;
 
   /** Readiness probe: Redis answers. */
   async ping(): Promise<void> {
